@@ -1,0 +1,1 @@
+"""Feature pipelines: source adapters, geography harmonisation, panel and feature matrices."""
