@@ -1,0 +1,261 @@
+"""The feature matrix of a reference period t: one row per commune, only data dated <= t.
+
+Feature families, each a pure function of the panel (and of the spatial graph or located
+facilities built once by the caller):
+
+* levels: each indicator at its latest vintage <= t (the same vintage for every zone);
+* past changes: latest minus previous vintage, and latest minus earliest when three or more
+  vintages exist (relative changes, in %, for counts such as population);
+* spatial context: neighbour mean, gap to neighbours, gap to the EPCI and the department;
+* access: great-circle distance from the town hall to the nearest facility of each type,
+  mobile sites nearby; environment: IREP facilities within 2/5/10 km;
+* IRIS contrasts: pockets of poverty inside communes.
+
+Every feature is described in a metadata table (indicator, domain, lever or context,
+transform, vintages) so that explanations can group contributions by domain and lever.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pandera.pandas as pa
+
+from territoria.features.access import count_within, distance_to_nearest, distance_weighted_count
+from territoria.features.spatial import gap_to_group, gap_to_neighbours, neighbour_mean
+from territoria.registry import Registry
+
+ID_COLUMNS = ["zone_code", "zone_name", "departement", "region", "epci", "zone", "reference_period"]
+
+META_SCHEMA = pa.DataFrameSchema(
+    {
+        "feature": pa.Column(str, unique=True),
+        "indicator": pa.Column(str),
+        "domain": pa.Column(str),
+        "is_lever": pa.Column(bool),
+        "transform": pa.Column(str),
+        "period_from": pa.Column(float, nullable=True),
+        "period_to": pa.Column(float, nullable=True),
+        "label_en": pa.Column(str),
+        "label_fr": pa.Column(str),
+    },
+    strict=True,
+    coerce=True,
+)
+
+_TRANSFORM_LABELS = {
+    "level": ("", ""),
+    "change": (" (change)", " (évolution)"),
+    "change_long": (" (long-run change)", " (évolution longue)"),
+    "nbr_mean": (" (neighbours' mean)", " (moyenne des voisines)"),
+    "gap_nbr": (" (gap to neighbours)", " (écart aux voisines)"),
+    "gap_epci": (" (gap to EPCI)", " (écart à l'EPCI)"),
+    "gap_dep": (" (gap to department)", " (écart au département)"),
+}
+
+
+class FeatureSet:
+    """A feature matrix and the metadata of its columns, built up family by family."""
+
+    def __init__(self, index: pd.Index) -> None:
+        self.index = index
+        self.columns: dict[str, pd.Series] = {}
+        self.meta: list[dict] = []
+
+    def add(self, name: str, values: pd.Series, ind, transform: str, periods=(None, None)) -> None:
+        suffix_en, suffix_fr = _TRANSFORM_LABELS.get(transform, ("", ""))
+        self.columns[name] = values.reindex(self.index).astype(float)
+        self.meta.append(
+            {
+                "feature": name,
+                "indicator": ind.name,
+                "domain": ind.domain,
+                "is_lever": bool(ind.lever),
+                "transform": transform,
+                "period_from": periods[0],
+                "period_to": periods[1],
+                "label_en": ind.label_en + suffix_en,
+                "label_fr": ind.label_fr + suffix_fr,
+            }
+        )
+
+    def frame(self) -> pd.DataFrame:
+        return pd.DataFrame(self.columns, index=self.index)
+
+    def metadata(self) -> pd.DataFrame:
+        return META_SCHEMA.validate(pd.DataFrame(self.meta))
+
+
+def commune_series(panel: pd.DataFrame, measure: str, period: int) -> pd.Series:
+    """Values of one measure and period for communes, indexed by zone code."""
+    sel = panel[(panel["level"] == "commune") & (panel["measure"] == measure) & (panel["period"] == period)]
+    return sel.set_index("zone_code")["value"]
+
+
+def indicator_periods(panel: pd.DataFrame, t: int) -> dict[str, list[int]]:
+    """Vintages <= t available for each commune indicator."""
+    com = panel[(panel["level"] == "commune") & panel["is_indicator"] & (panel["period"] <= t)]
+    per = com.groupby("measure")["period"].unique()
+    return {m: sorted(int(p) for p in v) for m, v in per.items()}
+
+
+def add_levels_and_changes(
+    fs: FeatureSet, panel: pd.DataFrame, registry: Registry, t: int
+) -> list[str]:
+    """Levels at the latest vintage <= t, and past changes; returns the level feature names."""
+    levels = []
+    for measure, periods in sorted(indicator_periods(panel, t).items()):
+        ind = registry.indicator(measure)
+        last = periods[-1]
+        cur = commune_series(panel, measure, last)
+        fs.add(measure, cur, ind, "level", (last, last))
+        levels.append(measure)
+        if len(periods) < 2:
+            continue
+        relative = _is_count(registry, ind)
+        prev = commune_series(panel, measure, periods[-2])
+        fs.add(f"{measure}__chg", _change(cur, prev, relative), ind, "change", (periods[-2], last))
+        if len(periods) >= 3:
+            first = commune_series(panel, measure, periods[0])
+            fs.add(f"{measure}__chg_long", _change(cur, first, relative), ind, "change_long", (periods[0], last))
+    return levels
+
+
+def _is_count(registry: Registry, ind) -> bool:
+    var = ind.definition.variable
+    return var is not None and registry.variable(var).kind == "count"
+
+
+def _change(cur: pd.Series, prev: pd.Series, relative: bool) -> pd.Series:
+    prev = prev.reindex(cur.index)
+    if relative:
+        return (cur - prev) / prev.where(prev > 0) * 100.0
+    return cur - prev
+
+
+def add_spatial_context(
+    fs: FeatureSet, graph, identity: pd.DataFrame, registry: Registry, names: list[str]
+) -> None:
+    """Neighbour mean, gap to neighbours and gaps to EPCI and department of scored levels."""
+    frame = fs.frame()
+    scored = [n for n in names if registry.indicator(n).scored]
+    values = frame[scored]
+    nbr = neighbour_mean(graph, values)
+    gap = gap_to_neighbours(graph, values)
+    weights = frame["population"] if "population" in frame else None
+    for n in scored:
+        ind = registry.indicator(n)
+        fs.add(f"{n}__nbr_mean", nbr[n], ind, "nbr_mean")
+        fs.add(f"{n}__gap_nbr", gap[n], ind, "gap_nbr")
+        fs.add(f"{n}__gap_epci", gap_to_group(values[n], identity["epci"], weights), ind, "gap_epci")
+        fs.add(f"{n}__gap_dep", gap_to_group(values[n], identity["departement"], weights), ind, "gap_dep")
+
+
+def add_access(
+    fs: FeatureSet,
+    panel: pd.DataFrame,
+    townhalls: pd.DataFrame,
+    points: dict[str, pd.DataFrame],
+    registry: Registry,
+    params,
+    t: int,
+) -> None:
+    """Distances to facilities, mobile sites nearby and IREP exposure, dated <= t."""
+    origins = townhalls.reindex(fs.index).reset_index()
+    origins = origins.rename(columns={"index": "zone_code"})
+    group = origins["territory"]
+    origins = origins.assign(group=group)
+    for label, variable in params.nearest_facility.items():
+        periods = sorted(p for p in panel.loc[panel["measure"] == variable, "period"].unique() if p <= t)
+        name = f"dist_{label}"
+        if not periods or name not in registry.indicators:
+            continue
+        counts = commune_series(panel, variable, periods[-1])
+        having = counts[counts > 0].index
+        targets = origins[origins["zone_code"].isin(having)]
+        dist = distance_to_nearest(origins, targets, group="group")
+        fs.add(name, pd.Series(dist.to_numpy(), index=origins["zone_code"]), registry.indicator(name),
+               "level", (periods[-1], periods[-1]))
+    _add_points(fs, origins, points.get("france_services"), "dist_france_services", registry, t, "nearest")
+    _add_points(fs, origins, points.get("arcep_mobile_sites"), "mobile_sites_nearby", registry, t,
+                "count", params.mobile_site_radius_km)
+    irep = _dated(points.get("irep"), t)
+    if irep is not None and len(irep):
+        tg = _lonlat(irep)
+        for r in params.irep_radii_km:
+            name = f"irep_within_{int(r)}km"
+            if name in registry.indicators:
+                c = count_within(origins, tg, r)
+                fs.add(name, pd.Series(c.to_numpy(), index=origins["zone_code"]), registry.indicator(name),
+                       "level", _span(irep))
+        w = distance_weighted_count(origins, tg, radius_km=max(params.irep_radii_km))
+        fs.add("irep_exposure", pd.Series(w.to_numpy(), index=origins["zone_code"]),
+               registry.indicator("irep_exposure"), "level", _span(irep))
+
+
+def _dated(points: pd.DataFrame | None, t: int) -> pd.DataFrame | None:
+    if points is None or points.empty:
+        return None
+    sub = points[points["period"] <= t]
+    if sub.empty:
+        return None
+    return sub[sub["period"] == sub["period"].max()]
+
+
+def _span(points: pd.DataFrame) -> tuple[int, int]:
+    p = int(points["period"].max())
+    return (p, p)
+
+
+def _lonlat(points: pd.DataFrame) -> pd.DataFrame:
+    return pd.DataFrame({"lon": points.geometry.x.to_numpy(), "lat": points.geometry.y.to_numpy()})
+
+
+def _add_points(fs, origins, points, name, registry, t, how, radius=None) -> None:
+    pts = _dated(points, t)
+    if pts is None or name not in registry.indicators:
+        return
+    tg = _lonlat(pts)
+    if how == "nearest":
+        tg = tg.assign(group=_territory_of(tg["lon"], tg["lat"]))
+        vals = distance_to_nearest(origins, tg, group="group")
+    else:
+        vals = count_within(origins, tg, radius)
+    fs.add(name, pd.Series(np.asarray(vals), index=origins["zone_code"]), registry.indicator(name), "level", _span(pts))
+
+
+def _territory_of(lon: pd.Series, lat: pd.Series) -> pd.Series:
+    """Mainland (incl. Corsica) or the overseas department a point lies in, from its position."""
+    lon, lat = np.asarray(lon), np.asarray(lat)
+    out = np.full(len(lon), "metro", dtype=object)
+    boxes = {
+        "971": (-62.0, -60.9, 15.8, 16.6),
+        "972": (-61.3, -60.7, 14.3, 15.0),
+        "973": (-54.7, -51.5, 2.0, 6.0),
+        "974": (55.1, 56.0, -21.5, -20.8),
+        "976": (44.9, 45.4, -13.1, -12.5),
+    }
+    for code, (x0, x1, y0, y1) in boxes.items():
+        out[(lon >= x0) & (lon <= x1) & (lat >= y0) & (lat <= y1)] = code
+    return pd.Series(out)
+
+
+def add_iris_contrasts(fs: FeatureSet, panel: pd.DataFrame, registry: Registry, params, t: int) -> None:
+    """Pockets of poverty: IRIS far poorer than the rest of their commune."""
+    iris = panel[(panel["level"] == "iris") & (panel["measure"] == "declared_poverty_rate") & (panel["period"] <= t)]
+    if iris.empty:
+        return
+    iris = iris[iris["period"] == iris["period"].max()].dropna(subset=["value", "parent_commune"])
+    g = iris.groupby("parent_commune")["value"]
+    med = g.transform("median")
+    pockets = (iris["value"] >= med + params.pocket_gap_points).groupby(iris["parent_commune"]).sum()
+    span = (int(iris["period"].max()),) * 2
+    fs.add("iris_poverty_max", g.max(), registry.indicator("iris_poverty_max"), "level", span)
+    fs.add("iris_poverty_spread", g.max() - g.median(), registry.indicator("iris_poverty_spread"), "level", span)
+    fs.add("iris_pockets", pockets.astype(float), registry.indicator("iris_pockets"), "level", span)
+
+
+def territory_groups(identity: pd.DataFrame) -> pd.Series:
+    """Territory each commune belongs to for access measures: mainland or its overseas department."""
+    dep = identity["departement"].astype(str)
+    return dep.where(identity["zone"] == "drom", "metro")

@@ -1,0 +1,115 @@
+"""The ``territoria`` command line.
+
+Bad input never ends in a traceback: a :class:`~territoria.errors.DataError` is printed as one
+line naming the file and the problem, and the command exits with code 2.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Annotated, Optional
+
+import typer
+from rich.console import Console
+from rich.table import Table
+
+from territoria.errors import DataError
+
+app = typer.Typer(
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="Prioritisation engine for territorial inequalities in France.",
+)
+data_app = typer.Typer(no_args_is_help=True, help="Inspect or rebuild a data folder.")
+app.add_typer(data_app, name="data")
+
+console = Console()
+err_console = Console(stderr=True)
+
+DataOpt = Annotated[
+    Optional[Path],
+    typer.Option("--data", help="Data folder laid out like the bundle (default: bundled real data)."),
+]
+OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
+ConfOpt = Annotated[Optional[Path], typer.Option("--conf", help="Parameters file (default conf/parameters.yml).")]
+AsOfOpt = Annotated[
+    Optional[int], typer.Option("--as-of", help="Use only data for periods up to this year.")
+]
+
+
+@app.command()
+def run(
+    data: DataOpt = None,
+    out: OutOpt = Path("out"),
+    conf: ConfOpt = None,
+    as_of: AsOfOpt = None,
+) -> None:
+    """Main job on the bundled real data: panel and feature matrix for all communes."""
+    from territoria.pipelines.build_features import run_build_features
+
+    result = run_build_features(data_dir=data, out_dir=out, conf=conf, as_of=as_of, console=console)
+    console.print(result.summary())
+
+
+@app.command()
+def features(
+    data: DataOpt = None,
+    out: OutOpt = Path("out"),
+    conf: ConfOpt = None,
+    as_of: AsOfOpt = None,
+) -> None:
+    """Build ``panel.parquet`` and ``features.parquet`` (the first stage of ``run``)."""
+    run(data=data, out=out, conf=conf, as_of=as_of)
+
+
+@data_app.command("check")
+def data_check(data: DataOpt = None) -> None:
+    """Validate a data folder and report, file by file, what was found."""
+    from territoria.features.sources import all_sources
+    from territoria.paths import bundled_data_dir
+
+    folder = data or bundled_data_dir()
+    table = Table(title=f"Data check: {folder}")
+    for col in ("adapter", "vintage", "file", "rows", "coverage", "status"):
+        table.add_column(col, overflow="fold")
+    n_problems = 0
+    for cls in all_sources().values():
+        for rep in cls(folder).check():
+            status = "ok" if rep.ok else "; ".join(rep.problems)
+            n_problems += not rep.ok
+            table.add_row(
+                rep.adapter, rep.vintage, Path(rep.file).name, str(rep.rows), rep.coverage,
+                status if rep.ok else f"[red]{status}[/red]",
+            )
+    console.print(table)
+    if n_problems:
+        err_console.print(f"{n_problems} file(s) with problems")
+        raise typer.Exit(2)
+    console.print("all files ok")
+
+
+@data_app.command("bundle")
+def data_bundle(
+    raw: Annotated[Path, typer.Argument(help="Folder of raw official files (e.g. ../shared/data).")],
+    dest: Annotated[Path, typer.Argument(help="Bundle folder to write (the repository's data/).")] = Path("data"),
+) -> None:
+    """Rebuild the compact data bundle from the raw official files."""
+    from territoria.bundle import build_bundle
+
+    written = build_bundle(raw, dest)
+    size = sum(p.stat().st_size for p in written) / 1e6
+    console.print(f"{len(written)} files, {size:.1f} MB in {dest}")
+
+
+def main() -> None:
+    """Console-script entry point: one-line errors and exit code 2 on bad input."""
+    try:
+        app()
+    except DataError as exc:
+        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        sys.exit(2)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,47 @@
+"""Typed parameters of a run, read from ``conf/parameters.yml``."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from territoria.errors import DataError
+from territoria.paths import conf_dir
+
+
+class FeatureParameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    knn_fallback: int = Field(4, ge=1, le=20)
+    nearest_facility: dict[str, str] = Field(default_factory=dict)
+    mobile_site_radius_km: float = Field(5.0, gt=0)
+    irep_radii_km: list[float] = Field(default_factory=lambda: [2.0, 5.0, 10.0])
+    pocket_gap_points: float = Field(10.0, ge=0)
+
+
+class Parameters(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    target_cog: int = Field(2026, ge=2015, le=2100)
+    reference_period: int = Field(2021, ge=2000, le=2100)
+    seed: int = 42
+    features: FeatureParameters = Field(default_factory=FeatureParameters)
+
+
+def load_parameters(path: Path | str | None = None) -> Parameters:
+    """Read and validate the parameters file (``conf/parameters.yml`` by default)."""
+    path = Path(path) if path is not None else conf_dir() / "parameters.yml"
+    if not path.exists():
+        raise DataError(path, "parameters file not found")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise DataError(path, f"invalid YAML ({str(exc).splitlines()[0]})") from None
+    try:
+        return Parameters.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        loc = ".".join(str(x) for x in err["loc"])
+        raise DataError(path, f"{loc}: {err['msg']}") from None
