@@ -160,40 +160,54 @@ def add_access(
     params,
     t: int,
 ) -> None:
-    """Distances to facilities, mobile sites nearby and IREP exposure, dated <= t."""
-    origins = townhalls.reindex(fs.index).reset_index()
-    origins = origins.rename(columns={"index": "zone_code"})
-    group = origins["territory"]
-    origins = origins.assign(group=group)
+    """Distances to facilities, mobile sites nearby and IREP exposure, dated <= t.
+
+    ``townhalls`` is indexed by zone code with ``lon, lat, territory``; distances are only
+    measured within a territory (mainland, or each overseas department).
+    """
+    origins = townhalls.reindex(fs.index).rename_axis("zone_code").reset_index()
     for label, variable in params.nearest_facility.items():
-        periods = sorted(p for p in panel.loc[panel["measure"] == variable, "period"].unique() if p <= t)
         name = f"dist_{label}"
+        periods = _periods_upto(panel, variable, t)
         if not periods or name not in registry.indicators:
             continue
         counts = commune_series(panel, variable, periods[-1])
-        having = counts[counts > 0].index
-        targets = origins[origins["zone_code"].isin(having)]
-        dist = distance_to_nearest(origins, targets, group="group")
-        fs.add(name, pd.Series(dist.to_numpy(), index=origins["zone_code"]), registry.indicator(name),
-               "level", (periods[-1], periods[-1]))
-    _add_points(fs, origins, points.get("france_services"), "dist_france_services", registry, t, "nearest")
-    _add_points(fs, origins, points.get("arcep_mobile_sites"), "mobile_sites_nearby", registry, t,
-                "count", params.mobile_site_radius_km)
-    irep = _dated(points.get("irep"), t)
-    if irep is not None and len(irep):
-        tg = _lonlat(irep)
-        for r in params.irep_radii_km:
-            name = f"irep_within_{int(r)}km"
-            if name in registry.indicators:
-                c = count_within(origins, tg, r)
-                fs.add(name, pd.Series(c.to_numpy(), index=origins["zone_code"]), registry.indicator(name),
-                       "level", _span(irep))
-        w = distance_weighted_count(origins, tg, radius_km=max(params.irep_radii_km))
-        fs.add("irep_exposure", pd.Series(w.to_numpy(), index=origins["zone_code"]),
-               registry.indicator("irep_exposure"), "level", _span(irep))
+        targets = origins[origins["zone_code"].isin(counts[counts > 0].index)]
+        dist = distance_to_nearest(origins, targets, group="territory")
+        fs.add(name, dist, registry.indicator(name), "level", (periods[-1], periods[-1]))
+
+    services = _latest_upto(points.get("france_services"), t)
+    if services is not None and "dist_france_services" in registry.indicators:
+        tg = _lonlat(services)
+        dist = distance_to_nearest(origins, tg, group="territory", same_zone_zero=False)
+        fs.add("dist_france_services", dist, registry.indicator("dist_france_services"), "level", _span(services))
+
+    sites = _latest_upto(points.get("arcep_mobile_sites"), t)
+    if sites is not None and "mobile_sites_nearby" in registry.indicators:
+        n = count_within(origins, _lonlat(sites), params.mobile_site_radius_km, group="territory")
+        # the file covers mainland France only: overseas communes have no measure, not zero
+        n = n.where(origins.set_index("zone_code")["territory"].reindex(n.index) == "metro")
+        fs.add("mobile_sites_nearby", n, registry.indicator("mobile_sites_nearby"), "level", _span(sites))
+
+    irep = _latest_upto(points.get("irep"), t)
+    if irep is not None:
+        radii = tuple(params.irep_radii_km)
+        counts = distance_weighted_count(origins, _lonlat(irep), radii=radii, group="territory")
+        for r in radii:
+            name = f"irep_within_{r:g}km"
+            col = f"n_within_{r:g}km"
+            if name in registry.indicators and col in counts:
+                fs.add(name, counts[col], registry.indicator(name), "level", _span(irep))
+        fs.add("irep_exposure", counts["decay_weighted"], registry.indicator("irep_exposure"), "level", _span(irep))
 
 
-def _dated(points: pd.DataFrame | None, t: int) -> pd.DataFrame | None:
+def _periods_upto(panel: pd.DataFrame, measure: str, t: int) -> list[int]:
+    per = panel.loc[(panel["measure"] == measure) & (panel["level"] == "commune"), "period"].unique()
+    return sorted(int(p) for p in per if p <= t)
+
+
+def _latest_upto(points: pd.DataFrame | None, t: int) -> pd.DataFrame | None:
+    """The latest vintage of located facilities dated <= t (None when there is none)."""
     if points is None or points.empty:
         return None
     sub = points[points["period"] <= t]
@@ -208,28 +222,21 @@ def _span(points: pd.DataFrame) -> tuple[int, int]:
 
 
 def _lonlat(points: pd.DataFrame) -> pd.DataFrame:
-    return pd.DataFrame({"lon": points.geometry.x.to_numpy(), "lat": points.geometry.y.to_numpy()})
+    """``lon, lat, territory`` of located facilities (territory from the position)."""
+    lon, lat = points.geometry.x.to_numpy(), points.geometry.y.to_numpy()
+    return pd.DataFrame({"lon": lon, "lat": lat, "territory": territory_at(lon, lat)})
 
 
-def _add_points(fs, origins, points, name, registry, t, how, radius=None) -> None:
-    pts = _dated(points, t)
-    if pts is None or name not in registry.indicators:
-        return
-    tg = _lonlat(pts)
-    if how == "nearest":
-        tg = tg.assign(group=_territory_of(tg["lon"], tg["lat"]))
-        vals = distance_to_nearest(origins, tg, group="group")
-    else:
-        vals = count_within(origins, tg, radius)
-    fs.add(name, pd.Series(np.asarray(vals), index=origins["zone_code"]), registry.indicator(name), "level", _span(pts))
+def territory_at(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
+    """Mainland (with Corsica) or the overseas department a point lies in, from its position.
 
-
-def _territory_of(lon: pd.Series, lat: pd.Series) -> pd.Series:
-    """Mainland (incl. Corsica) or the overseas department a point lies in, from its position."""
-    lon, lat = np.asarray(lon), np.asarray(lat)
-    out = np.full(len(lon), "metro", dtype=object)
+    Points elsewhere (overseas collectivities, errors) get ``"other"`` and match no commune.
+    """
+    lon, lat = np.asarray(lon, float), np.asarray(lat, float)
+    out = np.full(len(lon), "other", dtype=object)
     boxes = {
-        "971": (-62.0, -60.9, 15.8, 16.6),
+        "metro": (-5.5, 10.0, 41.0, 51.5),
+        "971": (-61.9, -60.9, 15.8, 16.6),
         "972": (-61.3, -60.7, 14.3, 15.0),
         "973": (-54.7, -51.5, 2.0, 6.0),
         "974": (55.1, 56.0, -21.5, -20.8),
@@ -237,7 +244,7 @@ def _territory_of(lon: pd.Series, lat: pd.Series) -> pd.Series:
     }
     for code, (x0, x1, y0, y1) in boxes.items():
         out[(lon >= x0) & (lon <= x1) & (lat >= y0) & (lat <= y1)] = code
-    return pd.Series(out)
+    return out
 
 
 def add_iris_contrasts(fs: FeatureSet, panel: pd.DataFrame, registry: Registry, params, t: int) -> None:
@@ -253,9 +260,3 @@ def add_iris_contrasts(fs: FeatureSet, panel: pd.DataFrame, registry: Registry, 
     fs.add("iris_poverty_max", g.max(), registry.indicator("iris_poverty_max"), "level", span)
     fs.add("iris_poverty_spread", g.max() - g.median(), registry.indicator("iris_poverty_spread"), "level", span)
     fs.add("iris_pockets", pockets.astype(float), registry.indicator("iris_pockets"), "level", span)
-
-
-def territory_groups(identity: pd.DataFrame) -> pd.Series:
-    """Territory each commune belongs to for access measures: mainland or its overseas department."""
-    dep = identity["departement"].astype(str)
-    return dep.where(identity["zone"] == "drom", "metro")

@@ -80,6 +80,7 @@ def harmonise(
     registry: Registry,
     *,
     target_cog: int,
+    weights: pd.DataFrame | None = None,
 ) -> HarmonisationResult:
     """Convert a tidy commune table to the COG of ``mapping`` (see :func:`code_mapping`).
 
@@ -94,6 +95,9 @@ def harmonise(
         Gives each variable's kind, weight, numerator and denominator.
     target_cog : int
         COG year written in the output.
+    weights : DataFrame, optional
+        Tidy count variables of other sources (e.g. census population), used at the nearest
+        period when a variable's weight is not in ``tidy`` itself.
 
     Returns
     -------
@@ -118,7 +122,10 @@ def harmonise(
     multi = joined[sizes > 1]
     parts = [single]
     if len(multi):
-        parts.append(_aggregate(multi, joined, registry))
+        aux = None
+        if weights is not None and len(weights):
+            aux = weights.rename(columns={"zone_code": "old_code"})[["old_code", "period", "variable", "value"]]
+        parts.append(_aggregate(multi, joined, registry, aux))
     table = pd.concat(parts, ignore_index=True)
     table["level"] = "commune"
     table["cog_year"] = target_cog
@@ -146,7 +153,9 @@ def _drop_redundant_arrondissements(df: pd.DataFrame) -> pd.DataFrame:
     return df.drop(index=df.index[arm][redundant])
 
 
-def _aggregate(multi: pd.DataFrame, joined: pd.DataFrame, registry: Registry) -> pd.DataFrame:
+def _aggregate(
+    multi: pd.DataFrame, joined: pd.DataFrame, registry: Registry, aux: pd.DataFrame | None = None
+) -> pd.DataFrame:
     """Aggregate the parts of merged communes, variable by variable, following the registry."""
     keys = ["zone_code", "period", "variable"]
     lookup = joined[["old_code", "period", "variable", "value"]]
@@ -175,6 +184,8 @@ def _aggregate(multi: pd.DataFrame, joined: pd.DataFrame, registry: Registry) ->
             exact = None
         weight = meta.weight or meta.denominator
         w = _part_values(grp, lookup, weight)
+        if np.isnan(w).all() and aux is not None:
+            w = _nearest_period_values(grp, aux, weight)
         usable = has & ~np.isnan(w)
         tmp["wv"] = np.where(usable, w * np.where(has, vals, 0.0), 0.0)
         tmp["w"] = np.where(usable, w, 0.0)
@@ -199,3 +210,18 @@ def _part_values(grp: pd.DataFrame, lookup: pd.DataFrame, variable: str) -> np.n
         sub[["old_code", "period", "value"]], on=["old_code", "period"], how="left"
     )
     return merged["value"].to_numpy(float)
+
+
+def _nearest_period_values(grp: pd.DataFrame, aux: pd.DataFrame, variable: str) -> np.ndarray:
+    """Value of ``variable`` from another source, same former code, nearest period."""
+    sub = aux[aux["variable"] == variable].dropna(subset=["value"])
+    if sub.empty:
+        return np.full(len(grp), np.nan)
+    left = grp[["old_code", "period"]].reset_index(drop=True).reset_index(names="row")
+    left["period"] = left["period"].astype("int64")
+    right = sub[["old_code", "period", "value"]].astype({"period": "int64"})
+    merged = pd.merge_asof(
+        left.sort_values("period"), right.sort_values("period"),
+        on="period", by="old_code", direction="nearest",
+    )
+    return merged.sort_values("row")["value"].to_numpy(float)

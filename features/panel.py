@@ -102,10 +102,17 @@ def build_panel(
     universe = set(commune_universe(cog)["code"])
     report = PanelReport()
     frames = []
+    counts = [v.name for v in registry.variables.values() if v.kind == "count"]
+    weights = pd.concat(
+        [t[t["variable"].isin(counts) & (t["level"] != "iris")] for t in tables.values()],
+        ignore_index=True,
+    )
     for name, tidy in tables.items():
         if tidy.empty:
             continue
-        res: HarmonisationResult = harmonise(tidy, mapping, registry, target_cog=target_cog)
+        res: HarmonisationResult = harmonise(
+            tidy, mapping, registry, target_cog=target_cog, weights=weights
+        )
         report.unmapped[name] = res.unmapped
         t = res.table
         is_com = t["level"] == "commune"

@@ -141,3 +141,27 @@ def test_missing_parts_and_no_weights():
     assert med.value == 10.0 and med.approx and med.n_parts == 2
     hh = t[(t.zone_code == "A") & (t.variable == "households_fiscal")].iloc[0]
     assert hh.value == 1.0 and hh.n_parts == 1
+
+
+def test_weight_from_another_source_at_nearest_period():
+    reg = load_registry()
+    mapping = pd.DataFrame({"old_code": ["A", "B"], "code": ["A", "A"]})
+    tidy = pd.DataFrame(
+        {
+            "zone_code": ["A", "B"], "level": "commune", "cog_year": 2021, "period": 2013,
+            "variable": "neet_rate", "value": [10.0, 40.0],
+        }
+    )
+    census = pd.DataFrame(
+        {
+            "zone_code": ["A", "B", "A", "B"], "level": "commune", "cog_year": 2021,
+            "period": [2016, 2016, 2008, 2008], "variable": "population",
+            "value": [300.0, 100.0, 100.0, 300.0],
+        }
+    )
+    t = harmonise(tidy, mapping, reg, target_cog=2026, weights=census).table
+    # the census of 2016 is nearer to 2013 than that of 2008: weights 300 and 100
+    assert t.value.iloc[0] == pytest.approx((10 * 300 + 40 * 100) / 400)
+    assert t.approx.iloc[0]
+    t = harmonise(tidy, mapping, reg, target_cog=2026, weights=census[census.period == 2008]).table
+    assert t.value.iloc[0] == pytest.approx((10 * 100 + 40 * 300) / 400)

@@ -1,0 +1,203 @@
+"""Pipeline ``build_features``: official files → harmonised panel → feature matrix.
+
+Node functions are pure (DataFrame in, DataFrame out) and live in
+:mod:`territoria.features`; this module wires them by name, does the I/O at the edges and
+shows progress. Outputs (written atomically under ``out_dir``):
+
+``panel.parquet``
+    zone × period × measure at the target COG (communes and IRIS).
+``features.parquet``
+    one row per commune: identity columns then features dated <= the reference period.
+``features_meta.csv``
+    each feature's indicator, domain, lever/context flag, transform and vintages.
+``data_report.json``
+    files read (with SHA-256), codes not mapped to the target COG, zones left out.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+
+from territoria.features import build as fb
+from territoria.features.panel import build_panel, commune_universe
+from territoria.features.sources import all_sources
+from territoria.features.sources.base import file_sha256
+from territoria.features.sources.cog import Cog, CogEpci
+from territoria.features.sources.geometries import CommuneGeometries
+from territoria.features.access import territory_of
+from territoria.features.spatial import build_commune_graph
+from territoria.io import write_csv, write_json, write_parquet
+from territoria.paths import bundled_data_dir
+from territoria.registry import Registry, load_registry
+from territoria.settings import Parameters, load_parameters
+
+
+@dataclass
+class FeatureBuild:
+    """Everything the stage produced, for the next stages and for the summary."""
+
+    panel: pd.DataFrame
+    features: pd.DataFrame
+    meta: pd.DataFrame
+    identity: pd.DataFrame
+    graph: object
+    reference_period: int
+    out_dir: Path | None = None
+    timings: dict[str, float] = field(default_factory=dict)
+    report_lines: list[str] = field(default_factory=list)
+    file_hashes: dict[str, str] = field(default_factory=dict)
+
+    def summary(self) -> str:
+        n_zones = len(self.features)
+        n_feat = len(self.meta)
+        lines = [
+            f"panel: {len(self.panel):,} rows; features: {n_zones:,} communes × {n_feat} features "
+            f"(reference period {self.reference_period})",
+            *self.report_lines,
+        ]
+        if self.out_dir is not None:
+            lines.append(f"outputs in {self.out_dir}")
+        return "\n".join(lines)
+
+
+def identity_table(cog: pd.DataFrame, epci: pd.DataFrame) -> pd.DataFrame:
+    """Communes of the study with their department, region, EPCI and zone (metro/drom)."""
+    uni = commune_universe(cog)
+    ident = uni[["code", "name", "departement", "region", "zone"]].rename(
+        columns={"code": "zone_code", "name": "zone_name"}
+    )
+    ident = ident.merge(epci[["code", "epci", "epci_name"]].rename(columns={"code": "zone_code"}),
+                        on="zone_code", how="left")
+    # communes outside any EPCI (a few islands) form their own group
+    ident["epci"] = ident["epci"].fillna("none-" + ident["zone_code"])
+    return ident.set_index("zone_code", drop=False).rename_axis(None)
+
+
+def townhall_points(identity: pd.DataFrame, geoms: pd.DataFrame) -> pd.DataFrame:
+    """Town-hall longitude/latitude of each commune and the territory used for access."""
+    pts = geoms.set_index("zone_code")[["townhall_lon", "townhall_lat"]]
+    pts = pts[~pts.index.duplicated()]
+    out = pts.reindex(identity.index).rename(columns={"townhall_lon": "lon", "townhall_lat": "lat"})
+    out["territory"] = territory_of(identity.index).to_numpy()
+    return out
+
+
+def build_feature_matrix(
+    panel: pd.DataFrame,
+    identity: pd.DataFrame,
+    graph,
+    townhalls: pd.DataFrame,
+    points: dict[str, pd.DataFrame],
+    registry: Registry,
+    params: Parameters,
+    t: int,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Wide feature matrix (identity columns first) and its metadata, for reference period t."""
+    fs = fb.FeatureSet(identity.index)
+    levels = fb.add_levels_and_changes(fs, panel, registry, t)
+    fb.add_access(fs, panel, townhalls, points, registry, params.features, t)
+    fb.add_iris_contrasts(fs, panel, registry, params.features, t)
+    fb.add_spatial_context(fs, graph, identity, registry, levels)
+    feats = fs.frame()
+    ident = identity[["zone_code", "zone_name", "departement", "region", "epci", "zone"]].copy()
+    ident["reference_period"] = t
+    return pd.concat([ident, feats], axis=1).reset_index(drop=True), fs.metadata()
+
+
+def run_build_features(
+    data_dir: Path | None = None,
+    out_dir: Path | None = Path("out"),
+    conf: Path | None = None,
+    as_of: int | None = None,
+    console: Console | None = None,
+) -> FeatureBuild:
+    """Run the stage end to end on a data folder and write its outputs."""
+    console = console or Console(quiet=True)
+    data_dir = Path(data_dir) if data_dir is not None else bundled_data_dir()
+    params = load_parameters(conf)
+    registry = load_registry()
+    t = as_of if as_of is not None else params.reference_period
+    timings: dict[str, float] = {}
+    sources = {name: cls(data_dir) for name, cls in all_sources().items()}
+
+    def step(label: str):
+        console.log(label)
+        return time.perf_counter()
+
+    t0 = step("reading the COG and EPCI")
+    cog = Cog(data_dir).read_vintage(params.target_cog)
+    identity = identity_table(cog, CogEpci(data_dir).read_vintage(params.target_cog))
+    timings["cog"] = time.perf_counter() - t0
+
+    t0 = step("reading the statistical sources")
+    tables = {}
+    for name, src in sources.items():
+        if src.kind != "table":
+            continue
+        vintages = [v for v in src.vintages if v <= t] if as_of is not None else None
+        if vintages == []:
+            continue
+        console.log(f"  {name} ({src.dataset})")
+        tables[name] = src.load(vintages)
+    timings["sources"] = time.perf_counter() - t0
+
+    t0 = step(f"harmonising to the COG {params.target_cog} and computing indicators")
+    panel, report = build_panel(tables, cog, registry, target_cog=params.target_cog)
+    panel = panel[panel["period"] <= t]
+    timings["panel"] = time.perf_counter() - t0
+
+    t0 = step("geometries and spatial weights")
+    geoms = sources["commune_geometries"].load()
+    graph = build_commune_graph(
+        geoms[geoms["zone_code"].isin(identity.index)], k=params.features.knn_fallback
+    )
+    townhalls = townhall_points(identity, geoms)
+    timings["graph"] = time.perf_counter() - t0
+
+    t0 = step("located facilities")
+    points = {name: src.load() for name, src in sources.items() if src.kind == "points"}
+    timings["points"] = time.perf_counter() - t0
+
+    t0 = step(f"feature matrix at t = {t}")
+    features, meta = build_feature_matrix(
+        panel, identity, graph, townhalls, points, registry, params, t
+    )
+    timings["features"] = time.perf_counter() - t0
+
+    hashes = {}
+    for src in sources.values():
+        for v in src.vintages:
+            p = src.path(v)
+            if p.exists():
+                hashes[str(p.relative_to(data_dir))] = file_sha256(p)
+    result = FeatureBuild(
+        panel=panel, features=features, meta=meta, identity=identity, graph=graph,
+        reference_period=t, timings=timings, report_lines=report.lines(), file_hashes=hashes,
+    )
+    if out_dir is not None:
+        t0 = step(f"writing outputs to {out_dir}")
+        out_dir = Path(out_dir)
+        write_parquet(panel, out_dir / "panel.parquet")
+        write_parquet(features, out_dir / "features.parquet")
+        write_csv(meta, out_dir / "features_meta.csv")
+        write_json(
+            {
+                "reference_period": t,
+                "target_cog": params.target_cog,
+                "data_dir": str(data_dir),
+                "files": hashes,
+                "problems": report.lines(),
+                "unmapped_codes": {
+                    k: sorted(v["zone_code"].unique().tolist()) for k, v in report.unmapped.items() if len(v)
+                },
+            },
+            out_dir / "data_report.json",
+        )
+        timings["write"] = time.perf_counter() - t0
+        result.out_dir = out_dir
+    return result
