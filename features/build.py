@@ -166,12 +166,13 @@ def add_access(
     measured within a territory (mainland, or each overseas department).
     """
     origins = townhalls.reindex(fs.index).rename_axis("zone_code").reset_index()
-    for label, variable in params.nearest_facility.items():
+    for label, variables in params.nearest_facility.items():
         name = f"dist_{label}"
-        periods = _periods_upto(panel, variable, t)
+        variables = [variables] if isinstance(variables, str) else variables
+        periods = _periods_upto(panel, variables[0], t)
         if not periods or name not in registry.indicators:
             continue
-        counts = commune_series(panel, variable, periods[-1])
+        counts = pd.concat([commune_series(panel, v, periods[-1]) for v in variables], axis=1).sum(axis=1)
         targets = origins[origins["zone_code"].isin(counts[counts > 0].index)]
         dist = distance_to_nearest(origins, targets, group="territory")
         fs.add(name, dist, registry.indicator(name), "level", (periods[-1], periods[-1]))

@@ -218,7 +218,7 @@ def parse_number(
     # pyarrow compute keeps the cleaning vectorised (pandas' regex replace runs per cell)
     arr = pa.array(values.astype("string[pyarrow]").array).fill_null("")
     text = pc.utf8_trim_whitespace(arr)
-    is_secret = pc.is_in(pc.utf8_lower(text), value_set=pa.array(sorted({m.lower() for m in secrets})))
+    is_secret = pc.is_in(pc.utf8_lower(text), value_set=pa.array(sorted({m.lower() for m in secrets}), type=pa.string()))
     cleaned = text
     for sep in _THOUSANDS:
         cleaned = pc.replace_substring(cleaned, sep, "")

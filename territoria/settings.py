@@ -15,7 +15,8 @@ class FeatureParameters(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
     knn_fallback: int = Field(4, ge=1, le=20)
-    nearest_facility: dict[str, str] = Field(default_factory=dict)
+    #: facility label -> BPE count variable(s); a commune hosts it when their sum is > 0
+    nearest_facility: dict[str, str | list[str]] = Field(default_factory=dict)
     mobile_site_radius_km: float = Field(5.0, gt=0)
     irep_radii_km: list[float] = Field(default_factory=lambda: [2.0, 5.0, 10.0])
     pocket_gap_points: float = Field(10.0, ge=0)

@@ -17,10 +17,17 @@ def test_registry_loads_and_every_indicator_is_complete():
 
 
 def test_designations_are_not_indicators():
+    """Programmes (QPV, ZRR, ACV, PVD...) are reference tables, never model inputs."""
+    from territoria.features.sources import all_sources
+
     reg = load_registry()
-    names = " ".join(reg.indicators) + " " + " ".join(reg.variables)
-    for programme in ("qpv", "zrr", "acv", "pvd", "afr"):
-        assert f"{programme}_" not in names and not any(n == programme for n in reg.indicators)
+    sources = all_sources()
+    reference = {name for name, cls in sources.items() if cls.kind == "reference"}
+    assert {"cog", "commune_geometries"} <= reference
+    for entry in [*reg.indicators.values(), *reg.variables.values()]:
+        assert entry.source not in reference, entry.name
+    for name in reg.indicators:
+        assert not name.startswith(("is_", "in_", "zrr", "acv", "pvd", "afr", "qpv2024")), name
 
 
 def _write(tmp_path, text):
