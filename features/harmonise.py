@@ -165,7 +165,8 @@ def _aggregate(
         vals = grp["value"].to_numpy(float)
         has = ~np.isnan(vals)
         tmp = grp[keys].copy()
-        tmp["n"] = has.astype(int)
+        # n_parts counts the former zones merged, whether or not they had a value
+        tmp["n"] = 1
         if meta.kind == "count":
             tmp["v"] = vals
             agg = tmp.groupby(keys, sort=False).agg(value=("v", lambda s: s.sum(min_count=1)), n_parts=("n", "sum"))
@@ -193,7 +194,8 @@ def _aggregate(
         g = tmp.groupby(keys, sort=False)
         sums = g[["wv", "w", "n"]].sum()
         weighted = (sums["wv"] / sums["w"].replace(0.0, np.nan)).fillna(g["v"].mean())
-        res = pd.DataFrame({"value": weighted, "n_parts": sums["n"], "approx": sums["n"] > 1})
+        n_valued = g["v"].count()
+        res = pd.DataFrame({"value": weighted, "n_parts": sums["n"], "approx": n_valued > 1})
         if exact is not None:
             res.loc[exact.notna(), "value"] = exact[exact.notna()]
             res.loc[exact.notna(), "approx"] = False

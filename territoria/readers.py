@@ -88,6 +88,35 @@ def read_zip_member(path: Path, member: str) -> bytes:
         raise DataError(path, "not a valid zip archive") from None
 
 
+def read_first_sheet(path: Path) -> list[list]:
+    """Cells of the first worksheet of an xlsx or xls workbook, row by row (``.gz`` accepted).
+
+    Read with calamine (Rust): a BPE crosstab of ~6 million cells takes about a second,
+    where openpyxl takes several. Empty cells are ``""``; numbers are floats (use
+    :func:`cell_text` for codes).
+    """
+    from python_calamine import CalamineError, CalamineWorkbook
+
+    data = read_bytes(path)
+    if not data:
+        raise DataError(path, "empty file: no header and no rows")
+    try:
+        book = CalamineWorkbook.from_filelike(io.BytesIO(data))
+        rows = book.get_sheet_by_index(0).to_python(skip_empty_area=False)
+    except (CalamineError, ValueError, IndexError) as exc:
+        raise DataError(path, f"not a valid Excel workbook ({exc})") from None
+    return rows
+
+
+def cell_text(value) -> str | None:
+    """Text of a spreadsheet cell: ``None`` when empty, ``1001.0`` read as ``"1001"``."""
+    if value is None or value == "":
+        return None
+    if isinstance(value, float) and value.is_integer():
+        return str(int(value))
+    return str(value)
+
+
 def read_csv(
     path: Path,
     *,

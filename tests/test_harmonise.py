@@ -140,7 +140,7 @@ def test_missing_parts_and_no_weights():
     # B has no household count: only A's weight is usable
     assert med.value == 10.0 and med.approx and med.n_parts == 2
     hh = t[(t.zone_code == "A") & (t.variable == "households_fiscal")].iloc[0]
-    assert hh.value == 1.0 and hh.n_parts == 1
+    assert hh.value == 1.0 and hh.n_parts == 2
 
 
 def test_weight_from_another_source_at_nearest_period():

@@ -25,11 +25,7 @@ measure access better, in particular for rare facilities (maternity, emergency, 
 
 from __future__ import annotations
 
-import io
 import unicodedata
-import xml.etree.ElementTree as ET
-import zipfile
-from xml.parsers import expat
 
 import numpy as np
 import pandas as pd
@@ -37,7 +33,7 @@ import pandas as pd
 from territoria.errors import DataError
 from territoria.features.sources.base import Coverage, Source, tidy
 from territoria.readers import (
-    check_columns, check_unique, commune_codes, parse_number, read_bytes, read_csv,
+    check_columns, check_unique, commune_codes, cell_text, parse_number, read_csv, read_first_sheet,
 )
 
 #: Municipal arrondissements of Paris, Lyon and Marseille.
@@ -144,7 +140,7 @@ class Bpe(Source):
         path = self.path(vintage)
         header, rows, first_row = _crosstab_rows(path)
         folded = {fold(h): i for i, h in enumerate(header) if h is not None}
-        wide = pd.DataFrame({"code": [r.get(0) for r in rows]}, dtype=object)
+        wide = pd.DataFrame({"code": [cell_text(r[0]) for r in rows]}, dtype=object)
         code_col = str(header[0])
         wide["code"] = commune_codes(
             wide["code"].fillna(""), path=path, column=code_col, header_lines=first_row - 1
@@ -161,7 +157,7 @@ class Bpe(Source):
                 if idx is None:
                     check_columns(pd.DataFrame(columns=[str(h) for h in header]), [label], path)
                 if label not in cells:
-                    raw = pd.Series([r.get(idx) for r in rows], dtype=object)
+                    raw = pd.Series([_cell(r, idx) for r in rows], dtype=object)
                     cells[label] = _counts(raw, path, str(header[idx]), first_row - 1)
                 total = total + cells[label]
             wide[var] = total
@@ -231,27 +227,23 @@ class Bpe(Source):
         return pd.concat([communes, split], ignore_index=True)
 
 
-def _crosstab_rows(path) -> tuple[list, list[dict[int, object]], int]:
-    """Header, data rows (cells by 0-based column) and sheet row of the first data row."""
-    data = read_bytes(path)
-    if not data:
-        raise DataError(path, "empty file: no header and no rows")
-    cells, n_rows = first_sheet_cells(data, path)
+def _crosstab_rows(path) -> tuple[list, list[list], int]:
+    """Header, data rows and sheet row (1-based) of the first data row of a crosstab."""
+    sheet = read_first_sheet(path)
     header, header_row = None, 0
-    for i in range(1, min(n_rows, 30) + 1):
-        first = cells.get(i, {}).get(0)
+    for i, row in enumerate(sheet[:30]):
+        first = row[0] if row else None
         if isinstance(first, str) and fold(first) in _CODE_LABELS:
-            row = cells[i]
-            header, header_row = [row.get(c) for c in range(max(row) + 1)], i
+            header, header_row = [h if h != "" else None for h in row], i + 1
             break
     if header is None:
         raise DataError(
             path, "no header row found: no row of the first 30 starts with a commune code "
             "column (INSEECOM, DEPCOM, CODGEO)"
         )
-    rows = [cells.get(r, {}) for r in range(header_row + 1, n_rows + 1)]
+    rows = sheet[header_row:]
     # a pivot table may end with blank rows and a grand-total row
-    while rows and (not rows[-1] or _is_total(rows[-1].get(0))):
+    while rows and (not any(v != "" for v in rows[-1]) or _is_total(rows[-1][0])):
         rows.pop()
     if not rows:
         raise DataError(path, "header only: the file has no data rows")
@@ -263,127 +255,8 @@ def _is_total(first: object) -> bool:
     return isinstance(first, str) and fold(first).startswith("total")
 
 
-_NS_MAIN = "http://schemas.openxmlformats.org/spreadsheetml/2006/main"
-_NS_REL = "http://schemas.openxmlformats.org/officeDocument/2006/relationships"
-_NS_PKG = "http://schemas.openxmlformats.org/package/2006/relationships"
-
-
-def first_sheet_cells(data: bytes, path) -> tuple[dict[int, dict[int, object]], int]:
-    """Cells of the first worksheet of an xlsx workbook: ``{sheet row: {0-based column: value}}``.
-
-    A streaming SpreadsheetML reader (expat) keeping only non-empty cells: openpyxl's
-    read-only mode builds an object for each of the ~6 million cells of a BPE crosstab and is
-    about twice as slow. Numbers are returned as their text; shared and inline strings as
-    ``str``; errors (``#N/A``) and booleans as their text. Also returns the last row number.
-    """
-    try:
-        with zipfile.ZipFile(io.BytesIO(data)) as zf:
-            sheet_xml = zf.read(_first_sheet_member(zf))
-            names = zf.namelist()
-            strings = (_shared_strings(zf.read("xl/sharedStrings.xml"))
-                       if "xl/sharedStrings.xml" in names else [])
-    except (zipfile.BadZipFile, KeyError, ET.ParseError, IndexError, StopIteration,
-            AttributeError) as exc:
-        raise DataError(path, f"not a valid xlsx workbook ({type(exc).__name__}: {exc})") from None
-    rows: dict[int, dict[int, object]] = {}
-    columns: dict[str, int] = {}
-    tags: dict[str, str] = {}
-    row_no, col, kind, text, in_value, phonetic = 0, -1, None, None, False, 0
-    current: dict[int, object] = {}
-
-    def local(name: str) -> str:
-        tag = tags.get(name)
-        if tag is None:
-            tag = tags[name] = name.rsplit(":", 1)[-1]
-        return tag
-
-    def start(name, attrs):
-        nonlocal row_no, col, kind, text, in_value, phonetic, current
-        tag = local(name)
-        if tag == "c":
-            ref = attrs.get("r")
-            if ref:
-                letters = ref.rstrip("0123456789")
-                col = columns.get(letters)
-                if col is None:
-                    col = columns[letters] = _column_index(letters) - 1
-            else:
-                col += 1
-            kind, text = attrs.get("t"), None
-        elif tag == "v" or tag == "t":
-            if not phonetic:
-                in_value = True
-                if text is None:
-                    text = []
-        elif tag == "row":
-            row_no = int(attrs["r"]) if "r" in attrs else row_no + 1
-            col = -1
-            current = rows.setdefault(row_no, {})
-        elif tag == "rPh":
-            phonetic += 1
-
-    def end(name):
-        nonlocal in_value, phonetic
-        tag = local(name)
-        if tag == "c":
-            if text is not None:
-                value = "".join(text)
-                current[col] = strings[int(value)] if kind == "s" else value
-        elif tag == "v" or tag == "t":
-            in_value = False
-        elif tag == "rPh":
-            phonetic -= 1
-
-    def chars(data):
-        if in_value:
-            text.append(data)
-
-    parser = expat.ParserCreate()
-    parser.buffer_text = True
-    parser.StartElementHandler, parser.EndElementHandler = start, end
-    parser.CharacterDataHandler = chars
-    try:
-        parser.Parse(sheet_xml, True)
-    except (expat.ExpatError, ValueError, IndexError) as exc:
-        raise DataError(path, f"malformed worksheet XML ({exc})") from None
-    rows = {r: cells for r, cells in rows.items() if cells}
-    return rows, max(rows, default=0)
-
-
-def _first_sheet_member(zf: zipfile.ZipFile) -> str:
-    """Zip member of the first worksheet, following workbook.xml and its relationships."""
-    wb = ET.fromstring(zf.read("xl/workbook.xml"))
-    sheet = wb.find(f"{{{_NS_MAIN}}}sheets/{{{_NS_MAIN}}}sheet")
-    rid = sheet.get(f"{{{_NS_REL}}}id")
-    rels = ET.fromstring(zf.read("xl/_rels/workbook.xml.rels"))
-    target = next(
-        r.get("Target") for r in rels.iter(f"{{{_NS_PKG}}}Relationship") if r.get("Id") == rid
-    )
-    return target.lstrip("/") if target.startswith("/") else f"xl/{target}"
-
-
-def _shared_strings(xml: bytes) -> list[str]:
-    """Texts of the shared-string table (rich-text runs joined, phonetic runs left out)."""
-    root = ET.fromstring(xml)
-    out = []
-    for si in root.iter(f"{{{_NS_MAIN}}}si"):
-        parts = []
-        for child in si:
-            tag = child.tag.rsplit("}", 1)[-1]
-            if tag == "t":
-                parts.append(child.text or "")
-            elif tag == "r":
-                parts.extend(t.text or "" for t in child.iter(f"{{{_NS_MAIN}}}t"))
-        out.append("".join(parts))
-    return out
-
-
-def _column_index(letters: str) -> int:
-    """1-based column of cell-reference letters (``"AB"`` -> 28)."""
-    n = 0
-    for ch in letters.upper():
-        n = n * 26 + (ord(ch) - 64)
-    return n
+def _cell(row: list, idx: int):
+    return row[idx] if idx < len(row) and row[idx] != "" else None
 
 
 def _counts(raw: pd.Series, path, column: str, header_lines: int) -> pd.Series:

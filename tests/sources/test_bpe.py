@@ -130,7 +130,7 @@ def test_no_header_empty_and_not_a_workbook(variant):
         Bpe(variant(X2013, _crosstab([]))).load([2013])
     with pytest.raises(DataError, match="empty file"):
         Bpe(variant(X2013, b"")).load([2013])
-    with pytest.raises(DataError, match="not a valid xlsx workbook"):
+    with pytest.raises(DataError, match="not a valid Excel workbook"):
         Bpe(variant(X2013, "depcom;Pharmacie\n59172;12\n")).load([2013])
 
 
