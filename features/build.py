@@ -86,37 +86,48 @@ class FeatureSet:
         return META_SCHEMA.validate(pd.DataFrame(self.meta))
 
 
-def commune_series(panel: pd.DataFrame, measure: str, period: int) -> pd.Series:
+def commune_cube(panel: pd.DataFrame, t: int) -> pd.DataFrame:
+    """Commune measures dated <= t as one wide table: zone × (measure, period).
+
+    Built once so that every feature family reads columns instead of filtering the long panel.
+    """
+    com = panel[(panel["level"] == "commune") & (panel["period"] <= t)]
+    cube = com.pivot(index="zone_code", columns=["measure", "period"], values="value")
+    return cube.sort_index(axis=1)
+
+
+def commune_series(cube: pd.DataFrame, measure: str, period: int) -> pd.Series:
     """Values of one measure and period for communes, indexed by zone code."""
-    sel = panel[(panel["level"] == "commune") & (panel["measure"] == measure) & (panel["period"] == period)]
-    return sel.set_index("zone_code")["value"]
+    if (measure, period) not in cube.columns:
+        return pd.Series(dtype=float)
+    return cube[(measure, period)].dropna()
 
 
-def indicator_periods(panel: pd.DataFrame, t: int) -> dict[str, list[int]]:
-    """Vintages <= t available for each commune indicator."""
-    com = panel[(panel["level"] == "commune") & panel["is_indicator"] & (panel["period"] <= t)]
-    per = com.groupby("measure")["period"].unique()
-    return {m: sorted(int(p) for p in v) for m, v in per.items()}
+def measure_periods(cube: pd.DataFrame, measure: str) -> list[int]:
+    """Vintages of a measure in the cube (all dated <= t)."""
+    if measure not in cube.columns.get_level_values(0):
+        return []
+    return sorted(int(p) for p in cube[measure].columns)
 
 
-def add_levels_and_changes(
-    fs: FeatureSet, panel: pd.DataFrame, registry: Registry, t: int
-) -> list[str]:
+def add_levels_and_changes(fs: FeatureSet, cube: pd.DataFrame, registry: Registry) -> list[str]:
     """Levels at the latest vintage <= t, and past changes; returns the level feature names."""
     levels = []
-    for measure, periods in sorted(indicator_periods(panel, t).items()):
+    measures = sorted(set(cube.columns.get_level_values(0)) & set(registry.indicators))
+    for measure in measures:
         ind = registry.indicator(measure)
+        periods = measure_periods(cube, measure)
         last = periods[-1]
-        cur = commune_series(panel, measure, last)
+        cur = commune_series(cube, measure, last)
         fs.add(measure, cur, ind, "level", (last, last))
         levels.append(measure)
         if len(periods) < 2:
             continue
         relative = _is_count(registry, ind)
-        prev = commune_series(panel, measure, periods[-2])
+        prev = commune_series(cube, measure, periods[-2])
         fs.add(f"{measure}__chg", _change(cur, prev, relative), ind, "change", (periods[-2], last))
         if len(periods) >= 3:
-            first = commune_series(panel, measure, periods[0])
+            first = commune_series(cube, measure, periods[0])
             fs.add(f"{measure}__chg_long", _change(cur, first, relative), ind, "change_long", (periods[0], last))
     return levels
 
@@ -153,7 +164,7 @@ def add_spatial_context(
 
 def add_access(
     fs: FeatureSet,
-    panel: pd.DataFrame,
+    cube: pd.DataFrame,
     townhalls: pd.DataFrame,
     points: dict[str, pd.DataFrame],
     registry: Registry,
@@ -169,10 +180,10 @@ def add_access(
     for label, variables in params.nearest_facility.items():
         name = f"dist_{label}"
         variables = [variables] if isinstance(variables, str) else variables
-        periods = _periods_upto(panel, variables[0], t)
+        periods = measure_periods(cube, variables[0])
         if not periods or name not in registry.indicators:
             continue
-        counts = pd.concat([commune_series(panel, v, periods[-1]) for v in variables], axis=1).sum(axis=1)
+        counts = pd.concat([commune_series(cube, v, periods[-1]) for v in variables], axis=1).sum(axis=1)
         targets = origins[origins["zone_code"].isin(counts[counts > 0].index)]
         dist = distance_to_nearest(origins, targets, group="territory")
         fs.add(name, dist, registry.indicator(name), "level", (periods[-1], periods[-1]))
@@ -200,11 +211,6 @@ def add_access(
             if name in registry.indicators and col in counts:
                 fs.add(name, counts[col], registry.indicator(name), "level", _span(irep))
         fs.add("irep_exposure", counts["decay_weighted"], registry.indicator("irep_exposure"), "level", _span(irep))
-
-
-def _periods_upto(panel: pd.DataFrame, measure: str, t: int) -> list[int]:
-    per = panel.loc[(panel["measure"] == measure) & (panel["level"] == "commune"), "period"].unique()
-    return sorted(int(p) for p in per if p <= t)
 
 
 def _latest_upto(points: pd.DataFrame | None, t: int) -> pd.DataFrame | None:

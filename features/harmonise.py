@@ -108,20 +108,58 @@ def harmonise(
     unknown = sorted(set(tidy["variable"].unique()) - set(registry.variables))
     if unknown:
         raise DataError("conf/indicators", f"variables not in the registry: {unknown[:5]}")
-    other = tidy[~tidy["level"].isin(["commune", "arm"])]
-    com = tidy[tidy["level"].isin(["commune", "arm"])]
-    com = _drop_redundant_arrondissements(com)
-    joined = com.merge(mapping, left_on="zone_code", right_on="old_code", how="left")
-    unmapped = joined[joined["code"].isna()][list(tidy.columns)].reset_index(drop=True)
-    joined = joined[joined["code"].notna()]
-    joined = joined.assign(zone_code=joined["code"]).drop(columns=["code"])
+    # Work on integer codes of zones and variables: string columns of millions of rows make
+    # every take, comparison and merge slow.
+    tidy = tidy.reset_index(drop=True)
+    zone_id, zones = pd.factorize(tidy["zone_code"])
+    var_id, variables = pd.factorize(tidy["variable"])
+    period = tidy["period"].to_numpy("int64")
+    is_com = tidy["level"].isin(["commune", "arm"]).to_numpy(bool)
 
-    keys = ["zone_code", "period", "variable"]
-    sizes = joined.groupby(keys, sort=False)["value"].transform("size")
-    single = joined[sizes == 1].assign(n_parts=1, approx=False)
-    multi = joined[sizes > 1]
-    parts = [single]
-    if len(multi):
+    zones = pd.Index(zones, dtype=object)
+    keep = is_com & ~_redundant_arrondissements(zones, zone_id, period, var_id)
+    lookup = mapping.drop_duplicates("old_code").set_index("old_code")["code"]
+    new_of_zone = lookup.reindex(zones).to_numpy(object)
+    new_zone = new_of_zone[zone_id]
+    mapped = keep & pd.notna(new_zone)
+    unmapped = tidy[keep & ~mapped].reset_index(drop=True)
+
+    rows = np.flatnonzero(mapped)
+    new_id, new_codes = pd.factorize(new_zone[rows])
+    key = (new_id.astype("int64") * 10_000 + period[rows]) * 10_000 + var_id[rows]
+    group, _ = pd.factorize(key)
+    size = np.bincount(group)[group]
+    single = rows[size == 1]
+    values = tidy["value"].to_numpy(float)
+    parts = [
+        pd.DataFrame(
+            {
+                "zone_code": new_zone[single],
+                "period": period[single],
+                "variable": variables[var_id[single]],
+                "value": values[single],
+                "n_parts": 1,
+                "approx": False,
+            }
+        )
+    ]
+    multi_rows = rows[size > 1]
+    if len(multi_rows):
+        # every row of a merged commune (all variables) serves as weights for its parts
+        is_merged = np.zeros(len(new_codes), bool)
+        is_merged[new_id[size > 1]] = True
+        lookup_rows = rows[is_merged[new_id]]
+        joined = pd.DataFrame(
+            {
+                "old_code": zones[zone_id[lookup_rows]],
+                "zone_code": new_zone[lookup_rows],
+                "period": period[lookup_rows],
+                "variable": variables[var_id[lookup_rows]],
+                "value": values[lookup_rows],
+            },
+            index=lookup_rows,
+        )
+        multi = joined.loc[multi_rows]
         aux = None
         if weights is not None and len(weights):
             aux = weights.rename(columns={"zone_code": "old_code"})[["old_code", "period", "variable", "value"]]
@@ -129,28 +167,37 @@ def harmonise(
     table = pd.concat(parts, ignore_index=True)
     table["level"] = "commune"
     table["cog_year"] = target_cog
-    if len(other):
-        table = pd.concat([table, other.assign(n_parts=1, approx=False)], ignore_index=True)
-    table = table[HARMONISED_COLUMNS].sort_values(
-        ["level", "zone_code", "period", "variable"], kind="stable"
-    )
+    other = ~is_com
+    if other.any():
+        table = pd.concat(
+            [table, tidy[other].assign(n_parts=1, approx=False)], ignore_index=True
+        )
+    # rows keep the input order (deterministic); the panel sorts once at the end
+    table = table[HARMONISED_COLUMNS].reset_index(drop=True)
     table["n_parts"] = table["n_parts"].astype(int)
     table["approx"] = table["approx"].astype(bool)
-    return HarmonisationResult(table.reset_index(drop=True), unmapped)
+    return HarmonisationResult(table, unmapped)
 
 
-def _drop_redundant_arrondissements(df: pd.DataFrame) -> pd.DataFrame:
-    """Arrondissement rows are dropped where the source also gives their whole commune."""
-    arm = df["zone_code"].str.match(r"^(?:751(?:0[1-9]|1\d|20)|6938[1-9]|132(?:0[1-9]|1[0-6]))$")
-    if not arm.any():
-        return df
-    parent = df.loc[arm, "zone_code"].str[:2].map({"75": "75056", "69": "69123", "13": "13055"})
-    have = pd.MultiIndex.from_frame(df[["zone_code", "period", "variable"]])
-    probe = pd.MultiIndex.from_arrays(
-        [parent.to_numpy(), df.loc[arm, "period"].to_numpy(), df.loc[arm, "variable"].to_numpy()]
-    )
-    redundant = probe.isin(have)
-    return df.drop(index=df.index[arm][redundant])
+_ARRONDISSEMENT = r"^(?:751(?:0[1-9]|1\d|20)|6938[1-9]|132(?:0[1-9]|1[0-6]))$"
+_PLM = {"75": "75056", "69": "69123", "13": "13055"}
+
+
+def _redundant_arrondissements(
+    zones: pd.Index, zone_id: np.ndarray, period: np.ndarray, var_id: np.ndarray
+) -> np.ndarray:
+    """Arrondissement rows of Paris, Lyon and Marseille whose whole commune is also given."""
+    is_arm_zone = np.asarray(zones.str.match(_ARRONDISSEMENT), dtype=bool)
+    if not is_arm_zone.any():
+        return np.zeros(len(zone_id), bool)
+    parent = pd.Index(zones.str[:2].map(_PLM))
+    parent_id = zones.get_indexer(parent)  # -1 when the parent commune is absent
+    key = (zone_id.astype("int64") * 10_000 + period) * 10_000 + var_id
+    arm_rows = is_arm_zone[zone_id] & (parent_id[zone_id] >= 0)
+    probe = (parent_id[zone_id[arm_rows]].astype("int64") * 10_000 + period[arm_rows]) * 10_000 + var_id[arm_rows]
+    out = np.zeros(len(zone_id), bool)
+    out[np.flatnonzero(arm_rows)[pd.Index(probe).isin(key)]] = True
+    return out
 
 
 def _aggregate(
@@ -169,7 +216,8 @@ def _aggregate(
         tmp["n"] = 1
         if meta.kind == "count":
             tmp["v"] = vals
-            agg = tmp.groupby(keys, sort=False).agg(value=("v", lambda s: s.sum(min_count=1)), n_parts=("n", "sum"))
+            g = tmp.groupby(keys, sort=False)
+            agg = pd.DataFrame({"value": g["v"].sum(min_count=1), "n_parts": g["n"].sum()})
             agg["approx"] = False
             frames.append(agg.reset_index())
             continue
@@ -220,8 +268,8 @@ def _nearest_period_values(grp: pd.DataFrame, aux: pd.DataFrame, variable: str) 
     if sub.empty:
         return np.full(len(grp), np.nan)
     left = grp[["old_code", "period"]].reset_index(drop=True).reset_index(names="row")
-    left["period"] = left["period"].astype("int64")
-    right = sub[["old_code", "period", "value"]].astype({"period": "int64"})
+    left = left.astype({"period": "int64", "old_code": object})
+    right = sub[["old_code", "period", "value"]].astype({"period": "int64", "old_code": object})
     merged = pd.merge_asof(
         left.sort_values("period"), right.sort_values("period"),
         on="period", by="old_code", direction="nearest",

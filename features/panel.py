@@ -14,12 +14,15 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from territoria.errors import DataError
 from territoria.features.harmonise import HarmonisationResult, code_mapping, harmonise
 from territoria.features.sources import all_sources
 from territoria.features.sources.base import Source
 from territoria.features.sources.cog import Cog
 from territoria.registry import Registry
 
+# Uniqueness of (zone_code, level, period, measure) is checked by build_panel on integer
+# keys: pandera's string-based check costs seconds on millions of rows.
 PANEL_SCHEMA = pa.DataFrameSchema(
     {
         "zone_code": pa.Column(str),
@@ -34,7 +37,6 @@ PANEL_SCHEMA = pa.DataFrameSchema(
         "approx": pa.Column(bool),
         "source": pa.Column(str),
     },
-    unique=["zone_code", "level", "period", "measure"],
     strict=True,
     coerce=True,
 )
@@ -99,7 +101,7 @@ def build_panel(
     report : PanelReport
     """
     mapping = code_mapping(cog)
-    universe = set(commune_universe(cog)["code"])
+    universe = pd.Index(commune_universe(cog)["code"])
     report = PanelReport()
     frames = []
     counts = [v.name for v in registry.variables.values() if v.kind == "count"]
@@ -115,57 +117,58 @@ def build_panel(
         )
         report.unmapped[name] = res.unmapped
         t = res.table
-        is_com = t["level"] == "commune"
-        outside = ~t["zone_code"].isin(universe) & is_com
+        zone_id, zones = pd.factorize(t["zone_code"])
+        outside_zone = ~pd.Index(zones).isin(universe)
+        outside = outside_zone[zone_id] & (t["level"] == "commune").to_numpy(bool)
         report.outside_universe[name] = sorted(t.loc[outside, "zone_code"].unique())
-        t = t[~outside].assign(source=name)
-        frames.append(t)
+        frames.append(t[~outside].assign(source=name))
     long = pd.concat(frames, ignore_index=True)
-    dup = long.duplicated(["zone_code", "level", "period", "variable"], keep=False)
-    if dup.any():
-        from territoria.errors import DataError
-
-        row = long[dup].iloc[0]
-        raise DataError(
-            "conf/indicators",
-            f"variable '{row.variable}' for period {row.period} is produced by several sources "
-            f"({sorted(long[dup & (long.variable == row.variable)].source.unique())})",
-        )
+    _check_one_source_per_measure(long)
     long = long.rename(columns={"variable": "measure"})
-    long["is_indicator"] = long["measure"].isin(registry.indicators)
+    long["is_indicator"] = long["measure"].isin(list(registry.indicators))
     indicators = _ratio_indicators(long, registry)
     panel = pd.concat([long, indicators], ignore_index=True)
     panel["parent_commune"] = _parent_commune(panel, mapping)
-    panel = panel[list(PANEL_SCHEMA.columns)]
-    panel = panel.sort_values(["level", "zone_code", "measure", "period"], kind="stable")
-    return PANEL_SCHEMA.validate(panel.reset_index(drop=True)), report
+    # row order is deterministic (sources by name, rows as read): no costly global sort
+    return PANEL_SCHEMA.validate(panel[list(PANEL_SCHEMA.columns)]), report
+
+
+def _check_one_source_per_measure(long: pd.DataFrame) -> None:
+    """A (zone, level, period, variable) given twice (two sources, or twice by one) is an error."""
+    codes = [pd.factorize(long[c])[0].astype("int64") for c in ("zone_code", "level", "variable")]
+    per, _ = pd.factorize(long["period"])
+    key = ((codes[0] * 8 + codes[1]) * 64 + per) * 4096 + codes[2]
+    dup = pd.Index(key).duplicated(keep=False)
+    if dup.any():
+        row = long[dup].iloc[0]
+        sources = sorted(long.loc[dup & (long["variable"] == row["variable"]), "source"].unique())
+        raise DataError(
+            "conf/indicators",
+            f"variable '{row['variable']}' for zone {row['zone_code']} and period {row['period']} "
+            f"is given more than once (by {sources}): keep one adapter per variable",
+        )
 
 
 def _ratio_indicators(long: pd.DataFrame, registry: Registry) -> pd.DataFrame:
     """Indicators defined as numerator / denominator × scale of harmonised counts."""
-    frames = []
+    ratios = [i for i in registry.indicators.values() if i.definition.numerator is not None]
+    needed = {i.definition.numerator for i in ratios} | {i.definition.denominator for i in ratios}
+    by_measure = {m: g for m, g in long[long["measure"].isin(list(needed))].groupby("measure", sort=False)}
     keys = ["zone_code", "level", "cog_year", "period"]
-    for ind in registry.indicators.values():
+    frames = []
+    for ind in ratios:
         d = ind.definition
-        if d.numerator is None:
+        num, den = by_measure.get(d.numerator), by_measure.get(d.denominator)
+        if num is None or den is None:
             continue
-        num = long[long["measure"] == d.numerator].set_index(keys)
-        den = long[long["measure"] == d.denominator].set_index(keys)
-        if num.empty or den.empty:
-            continue
-        j = num[["value", "n_parts", "source"]].join(
-            den[["value", "n_parts"]], rsuffix="_den", how="inner"
+        j = num[[*keys, "value", "n_parts", "source"]].merge(
+            den[[*keys, "value", "n_parts"]], on=keys, suffixes=("", "_den")
         )
-        den_v = j["value_den"].replace(0.0, np.nan)
-        out = pd.DataFrame(
-            {
-                "value": j["value"] / den_v * d.scale,
-                "n_parts": np.maximum(j["n_parts"], j["n_parts_den"]),
-                "approx": False,
-                "source": j["source"],
-            },
-            index=j.index,
-        ).reset_index()
+        out = j[keys].copy()
+        out["value"] = j["value"] / j["value_den"].where(j["value_den"] != 0) * d.scale
+        out["n_parts"] = np.maximum(j["n_parts"], j["n_parts_den"])
+        out["approx"] = False
+        out["source"] = j["source"]
         out["measure"] = ind.name
         out["is_indicator"] = True
         frames.append(out)
@@ -174,12 +177,15 @@ def _ratio_indicators(long: pd.DataFrame, registry: Registry) -> pd.DataFrame:
 
 def _parent_commune(panel: pd.DataFrame, mapping: pd.DataFrame) -> pd.Series:
     """Commune (target COG) of each row: itself for communes, the IRIS's commune for IRIS."""
-    lookup = mapping.set_index("old_code")["code"]
-    parent = pd.Series(pd.NA, index=panel.index, dtype="string")
-    com = panel["level"] == "commune"
-    parent[com] = panel.loc[com, "zone_code"]
-    iris = panel["level"] == "iris"
-    parent[iris] = panel.loc[iris, "zone_code"].str[:5].map(lookup)
+    lookup = mapping.drop_duplicates("old_code").set_index("old_code")["code"]
+    zone_id, zones = pd.factorize(panel["zone_code"])
+    zones = pd.Index(zones, dtype=object)
+    # IRIS codes are the commune code and 4 digits; QPV codes have no parent here
+    is_iris_zone = np.asarray(zones.str.len() == 9, dtype=bool)
+    parent_of_zone = np.where(is_iris_zone, lookup.reindex(zones.str[:5]).to_numpy(object), zones)
+    parent = pd.Series(parent_of_zone[zone_id], index=panel.index, dtype=object)
+    is_qpv = (panel["level"] == "qpv").to_numpy(bool)
+    parent[is_qpv] = None
     return parent
 
 

@@ -47,10 +47,23 @@ class FeatureBuild:
     identity: pd.DataFrame
     graph: object
     reference_period: int
+    townhalls: pd.DataFrame | None = None
+    points: dict[str, pd.DataFrame] = field(default_factory=dict)
+    params: Parameters | None = None
     out_dir: Path | None = None
     timings: dict[str, float] = field(default_factory=dict)
     report_lines: list[str] = field(default_factory=list)
     file_hashes: dict[str, str] = field(default_factory=dict)
+
+    def features_at(self, t: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """Feature matrix and metadata at another reference period, reusing the loaded data.
+
+        Only panel rows and facilities dated <= t enter (the origin of a backtest).
+        """
+        return build_feature_matrix(
+            self.panel, self.identity, self.graph, self.townhalls, self.points,
+            load_registry(), self.params, t,
+        )
 
     def summary(self) -> str:
         n_zones = len(self.features)
@@ -99,8 +112,9 @@ def build_feature_matrix(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Wide feature matrix (identity columns first) and its metadata, for reference period t."""
     fs = fb.FeatureSet(identity.index)
-    levels = fb.add_levels_and_changes(fs, panel, registry, t)
-    fb.add_access(fs, panel, townhalls, points, registry, params.features, t)
+    cube = fb.commune_cube(panel, t)
+    levels = fb.add_levels_and_changes(fs, cube, registry)
+    fb.add_access(fs, cube, townhalls, points, registry, params.features, t)
     fb.add_iris_contrasts(fs, panel, registry, params.features, t)
     fb.add_spatial_context(fs, graph, identity, registry, levels)
     feats = fs.frame()
@@ -148,7 +162,8 @@ def run_build_features(
 
     t0 = step(f"harmonising to the COG {params.target_cog} and computing indicators")
     panel, report = build_panel(tables, cog, registry, target_cog=params.target_cog)
-    panel = panel[panel["period"] <= t]
+    if as_of is not None:
+        panel = panel[panel["period"] <= as_of].reset_index(drop=True)
     timings["panel"] = time.perf_counter() - t0
 
     t0 = step("geometries and spatial weights")
@@ -177,7 +192,7 @@ def run_build_features(
                 hashes[str(p.relative_to(data_dir))] = file_sha256(p)
     result = FeatureBuild(
         panel=panel, features=features, meta=meta, identity=identity, graph=graph,
-        reference_period=t, timings=timings, report_lines=report.lines(), file_hashes=hashes,
+        reference_period=t, townhalls=townhalls, points=points, params=params, timings=timings, report_lines=report.lines(), file_hashes=hashes,
     )
     if out_dir is not None:
         t0 = step(f"writing outputs to {out_dir}")

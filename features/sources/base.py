@@ -39,7 +39,8 @@ TIDY_SCHEMA = pa.DataFrameSchema(
         "variable": pa.Column(str),
         "value": pa.Column(float, nullable=True),
     },
-    unique=["zone_code", "level", "period", "variable"],
+    # uniqueness of (zone_code, level, period, variable) is checked on integer keys when the
+    # panel is built (features.panel): pandera's check on strings costs seconds per source
     strict=True,
     coerce=True,
 )
