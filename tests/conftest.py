@@ -65,3 +65,16 @@ def variant(tmp_path):
 def copy_bundled(tmp_path):
     """``copy_bundled(relative)``: a data folder holding a copy of one bundled file."""
     return lambda relative: _copy_bundled(tmp_path, relative)
+
+
+@pytest.fixture(scope="session")
+def feature_build(tmp_path_factory):
+    """The feature stage run once on all communes of the bundled data (about a minute).
+
+    Shared by every test that needs the real panel or feature matrix: its outputs are in
+    ``feature_build.out_dir``; ``feature_build.features_at(t)`` rebuilds features at another
+    origin without reloading the sources.
+    """
+    from territoria.pipelines.build_features import run_build_features
+
+    return run_build_features(out_dir=tmp_path_factory.mktemp("features"))

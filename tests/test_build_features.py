@@ -1,0 +1,85 @@
+"""The feature stage on all communes of the bundled real data (one build per test session)."""
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from territoria.features.harmonise import code_mapping, harmonise
+from territoria.features.panel import commune_universe
+from territoria.features.sources.comparateur import Comparateur
+from territoria.features.sources.cog import Cog
+from territoria.registry import DOMAINS, load_registry
+
+
+def test_outputs_written_for_every_commune(feature_build):
+    out = feature_build.out_dir
+    for name in ("panel.parquet", "features.parquet", "features_meta.csv", "data_report.json"):
+        assert (out / name).stat().st_size > 0, name
+    features = pd.read_parquet(out / "features.parquet")
+    universe = commune_universe(Cog().read_vintage(2026))
+    assert set(features.zone_code) == set(universe.code)
+    assert features.zone_code.is_unique
+    # overseas departments are in, with their own territory
+    assert features.zone_code.str.startswith("974").sum() == 24
+    report = json.loads((out / "data_report.json").read_text())
+    assert report["target_cog"] == 2026 and len(report["files"]) > 40
+
+
+def test_every_feature_carries_registry_metadata(feature_build):
+    reg = load_registry()
+    meta = feature_build.meta.set_index("feature")
+    feats = [c for c in feature_build.features.columns if c in meta.index]
+    id_cols = {"zone_code", "zone_name", "departement", "region", "epci", "zone", "reference_period"}
+    assert set(feature_build.features.columns) - id_cols == set(feats)
+    for name, row in meta.iterrows():
+        ind = reg.indicator(row.indicator)
+        assert row.domain == ind.domain in DOMAINS
+        assert row.is_lever == ind.lever
+    assert meta.loc["unemployment_rate__gap_nbr", "transform"] == "gap_nbr"
+
+
+def test_denain_published_values_reach_the_features(feature_build):
+    f = feature_build.features.set_index("zone_code")
+    denain = f.loc["59172"]
+    # Filosofi 2021 (latest vintage <= 2021): median 14,890 EUR, poverty rate 43 %
+    assert denain.median_income == 14890
+    assert denain.poverty_rate == 43
+    assert denain.median_income__chg == 14890 - 14320  # 2019 -> 2021
+    assert denain.dist_post_office == 0  # Denain has a post office (BPE 2013)
+    gap = denain.unemployment_rate__gap_nbr
+    assert gap == pytest.approx(denain.unemployment_rate - denain.unemployment_rate__nbr_mean)
+
+
+def test_no_leakage_from_later_vintages(feature_build):
+    features, meta = feature_build.features_at(2018)
+    assert meta.period_to.max() <= 2018
+    assert not meta.feature.str.startswith("poverty_rate").any()  # first published for 2019
+    f = features.set_index("zone_code")
+    # Denain's median income at t = 2018 is the 2018 vintage, not 2019 or 2021
+    assert f.loc["59172", "median_income"] == 14030
+    assert (features.reference_period == 2018).all()
+
+
+def test_iris_rows_know_their_commune(feature_build):
+    panel = feature_build.panel
+    iris = panel[panel.level == "iris"]
+    assert len(iris) > 100_000
+    assert iris.parent_commune.notna().mean() > 0.99
+    denain_iris = iris[iris.parent_commune == "59172"]
+    assert denain_iris.zone_code.str.startswith("59172").all() and len(denain_iris) > 0
+
+
+def test_census_totals_conserved_by_harmonisation():
+    census = Comparateur().load()
+    res = harmonise(census, code_mapping(Cog().read_vintage(2026)), load_registry(), target_cog=2026)
+    assert res.unmapped.empty
+    communes = census[census.level == "commune"]  # arrondissements duplicate Paris, Lyon, Marseille
+    for var in ("population", "households", "dwellings"):
+        for period in (2013, 2018):
+            raw = communes[(communes.variable == var) & (communes.period == period)].value.sum()
+            out = res.table[(res.table.variable == var) & (res.table.period == period)].value.sum()
+            if np.isnan(raw) or raw == 0:
+                continue
+            assert out == pytest.approx(raw, rel=1e-12), (var, period)
