@@ -133,6 +133,9 @@ def add_levels_and_changes(fs: FeatureSet, cube: pd.DataFrame, registry: Registr
 
 
 def _is_count(registry: Registry, ind) -> bool:
+    """Whether past changes of ``ind`` are relative (%): its ``change`` or, by default, counts."""
+    if ind.change is not None:
+        return ind.change == "relative"
     var = ind.definition.variable
     return var is not None and registry.variable(var).kind == "count"
 

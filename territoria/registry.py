@@ -103,6 +103,9 @@ class Indicator(BaseModel):
     vintages: list[int] = Field(default_factory=list)
     #: enters the composite deprivation index (context counts such as population do not)
     scored: bool = True
+    #: how past changes are measured: ``relative`` (%) or ``absolute`` (difference);
+    #: by default relative for counts (population) and absolute otherwise
+    change: Literal["absolute", "relative"] | None = None
     third_party: bool = False
     note: str = ""
 

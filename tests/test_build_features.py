@@ -48,6 +48,13 @@ def test_denain_published_values_reach_the_features(feature_build):
     assert denain.poverty_rate == 43
     assert denain.median_income__chg == 14890 - 14320  # 2019 -> 2021
     assert denain.dist_post_office == 0  # Denain has a post office (BPE 2013)
+    # BPE closures and openings 2009 -> 2013 are absolute changes of facility counts
+    assert "n_post_office__chg" in f.columns and f.n_post_office__chg.dropna().abs().max() < 50
+    # population changes are relative (%), between the two latest censuses <= t
+    panel = feature_build.panel
+    pop = panel[(panel.zone_code == "59172") & (panel.measure == "population")].set_index("period").value
+    prev = pop[pop.index < 2021].index.max()
+    assert denain.population__chg == pytest.approx((pop[2021] / pop[prev] - 1) * 100)
     gap = denain.unemployment_rate__gap_nbr
     assert gap == pytest.approx(denain.unemployment_rate - denain.unemployment_rate__nbr_mean)
 
