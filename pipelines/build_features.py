@@ -34,6 +34,7 @@ from territoria.features.spatial import build_commune_graph
 from territoria.io import write_csv, write_json, write_parquet
 from territoria.paths import bundled_data_dir
 from territoria.registry import Registry, load_registry
+from territoria.pipelines.cache import load_cached
 from territoria.settings import Parameters, load_parameters
 
 
@@ -129,8 +130,13 @@ def run_build_features(
     conf: Path | None = None,
     as_of: int | None = None,
     console: Console | None = None,
+    cache: bool = True,
 ) -> FeatureBuild:
-    """Run the stage end to end on a data folder and write its outputs."""
+    """Run the stage end to end on a data folder and write its outputs.
+
+    Parsed sources are cached under ``<out_dir>/.cache`` (see :mod:`.cache`) unless
+    ``cache`` is false or there is no output folder.
+    """
     console = console or Console(quiet=True)
     data_dir = Path(data_dir) if data_dir is not None else bundled_data_dir()
     params = load_parameters(conf)
@@ -138,6 +144,7 @@ def run_build_features(
     t = as_of if as_of is not None else params.reference_period
     timings: dict[str, float] = {}
     sources = {name: cls(data_dir) for name, cls in all_sources().items()}
+    cache_dir = Path(out_dir) / ".cache" if (cache and out_dir is not None) else None
 
     def step(label: str):
         console.log(label)
@@ -157,7 +164,7 @@ def run_build_features(
         if vintages == []:
             continue
         console.log(f"  {name} ({src.dataset})")
-        tables[name] = src.load(vintages)
+        tables[name] = load_cached(src, vintages, cache_dir)
     timings["sources"] = time.perf_counter() - t0
 
     t0 = step(f"harmonising to the COG {params.target_cog} and computing indicators")
@@ -167,7 +174,7 @@ def run_build_features(
     timings["panel"] = time.perf_counter() - t0
 
     t0 = step("geometries and spatial weights")
-    geoms = sources["commune_geometries"].load()
+    geoms = load_cached(sources["commune_geometries"], None, cache_dir)
     graph = build_commune_graph(
         geoms[geoms["zone_code"].isin(identity.index)], k=params.features.knn_fallback
     )
@@ -175,7 +182,9 @@ def run_build_features(
     timings["graph"] = time.perf_counter() - t0
 
     t0 = step("located facilities")
-    points = {name: src.load() for name, src in sources.items() if src.kind == "points"}
+    points = {
+        name: load_cached(src, None, cache_dir) for name, src in sources.items() if src.kind == "points"
+    }
     timings["points"] = time.perf_counter() - t0
 
     t0 = step(f"feature matrix at t = {t}")

@@ -33,6 +33,9 @@ DataOpt = Annotated[
 ]
 OutOpt = Annotated[Path, typer.Option("--out", help="Output folder.")]
 ConfOpt = Annotated[Optional[Path], typer.Option("--conf", help="Parameters file (default conf/parameters.yml).")]
+NoCacheOpt = Annotated[
+    bool, typer.Option("--no-cache", help="Re-read every source instead of using <out>/.cache.")
+]
 AsOfOpt = Annotated[
     Optional[int], typer.Option("--as-of", help="Use only data for periods up to this year.")
 ]
@@ -44,11 +47,14 @@ def run(
     out: OutOpt = Path("out"),
     conf: ConfOpt = None,
     as_of: AsOfOpt = None,
+    no_cache: NoCacheOpt = False,
 ) -> None:
     """Main job on the bundled real data: panel and feature matrix for all communes."""
     from territoria.pipelines.build_features import run_build_features
 
-    result = run_build_features(data_dir=data, out_dir=out, conf=conf, as_of=as_of, console=console)
+    result = run_build_features(
+        data_dir=data, out_dir=out, conf=conf, as_of=as_of, console=console, cache=not no_cache
+    )
     console.print(result.summary())
 
 
@@ -58,9 +64,10 @@ def features(
     out: OutOpt = Path("out"),
     conf: ConfOpt = None,
     as_of: AsOfOpt = None,
+    no_cache: NoCacheOpt = False,
 ) -> None:
     """Build ``panel.parquet`` and ``features.parquet`` (the first stage of ``run``)."""
-    run(data=data, out=out, conf=conf, as_of=as_of)
+    run(data=data, out=out, conf=conf, as_of=as_of, no_cache=no_cache)
 
 
 @data_app.command("check")

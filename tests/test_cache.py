@@ -1,0 +1,39 @@
+"""The parsed-source cache: reused while inputs are unchanged, rebuilt when a file changes."""
+
+import pandas as pd
+
+from territoria.features.sources.neet import Neet
+from territoria.pipelines.cache import cache_key, load_cached
+
+NEET = "social/neet_communes_2008_2013_2018.csv"
+
+
+def test_cache_reused_then_invalidated(tmp_path, copy_bundled, raw_text):
+    data = copy_bundled(NEET)
+    src = Neet(data)
+    cache = tmp_path / "cache"
+    first = load_cached(src, None, cache)
+    entries = list(cache.glob("neet-*.parquet"))
+    assert len(entries) == 1
+    pd.testing.assert_frame_equal(load_cached(src, None, cache), first)
+
+    # a new vintage of the file (one value changed) gets a new key; the stale entry goes
+    key = cache_key(src, src.vintages)
+    text = raw_text(NEET).replace("01001;L'Abergement-Clémenciat;2018;18,90", "01001;L'Abergement-Clémenciat;2018;19,90")
+    for p in (data / "social").glob("neet_*"):
+        p.unlink()
+    (data / NEET).write_text(text, encoding="utf-8")
+    assert cache_key(src, src.vintages) != key
+    second = load_cached(src, None, cache)
+    row = second[(second.zone_code == "01001") & (second.period == 2018)]
+    assert row.value.iloc[0] == 19.9
+    assert len(list(cache.glob("neet-*.parquet"))) == 1
+
+
+def test_damaged_entry_is_rebuilt(tmp_path, copy_bundled):
+    src = Neet(copy_bundled(NEET))
+    cache = tmp_path / "cache"
+    good = load_cached(src, None, cache)
+    entry = next(cache.glob("neet-*.parquet"))
+    entry.write_bytes(b"not parquet")
+    pd.testing.assert_frame_equal(load_cached(src, None, cache), good)
