@@ -165,3 +165,18 @@ def test_weight_from_another_source_at_nearest_period():
     assert t.approx.iloc[0]
     t = harmonise(tidy, mapping, reg, target_cog=2026, weights=census[census.period == 2008]).table
     assert t.value.iloc[0] == pytest.approx((10 * 100 + 40 * 300) / 400)
+
+
+def test_souleuvre_rebuilt_in_bpe_2009_and_2013(cog2026, mapping):
+    from territoria.features.sources.bpe import Bpe
+
+    bpe = Bpe().load([2009, 2013])
+    souleuvre = cog2026[(cog2026.code == "14061") & (cog2026.type == "commune-actuelle")].iloc[0]
+    former = set(souleuvre.anciens_codes) | {"14061"}
+    res = harmonise(bpe, mapping, load_registry(), target_cog=2026)
+    for period in (2009, 2013):
+        parts = _raw(bpe, former, "n_school_primary", period)
+        # BPE of each year is in its own COG: the 2016 merger's former communes are apart
+        assert len(parts) >= 15
+        row = _out(res, "14061", "n_school_primary", period)
+        assert row.value == parts.value.sum() and row.n_parts == len(parts)
