@@ -187,8 +187,10 @@ def add_access(
         if not periods or name not in registry.indicators:
             continue
         counts = pd.concat([commune_series(cube, v, periods[-1]) for v in variables], axis=1).sum(axis=1)
-        targets = origins[origins["zone_code"].isin(counts[counts > 0].index)]
-        dist = distance_to_nearest(origins, targets, group="territory")
+        hosts = counts.reindex(pd.Index(origins["zone_code"])).to_numpy(float) > 0
+        targets = origins[hosts]
+        # hosts are town halls themselves (distance 0): no need to match them by code
+        dist = distance_to_nearest(origins, targets, group="territory", same_zone_zero=False)
         fs.add(name, dist, registry.indicator(name), "level", (periods[-1], periods[-1]))
 
     services = _latest_upto(points.get("france_services"), t)
