@@ -78,7 +78,7 @@ def data_check(data: DataOpt = None) -> None:
 
     folder = data or bundled_data_dir()
     table = Table(title=f"Data check: {folder}")
-    for col in ("adapter", "vintage", "file", "rows", "coverage", "status"):
+    for col in ("adapter", "dataset", "vintage", "file", "rows", "coverage", "status"):
         table.add_column(col, overflow="fold")
     n_problems = 0
     for cls in all_sources().values():
@@ -86,7 +86,7 @@ def data_check(data: DataOpt = None) -> None:
             status = "ok" if rep.ok else "; ".join(rep.problems)
             n_problems += not rep.ok
             table.add_row(
-                rep.adapter, rep.vintage, Path(rep.file).name, str(rep.rows), rep.coverage,
+                rep.adapter, rep.dataset, rep.vintage, Path(rep.file).name, str(rep.rows), rep.coverage,
                 status if rep.ok else f"[red]{status}[/red]",
             )
     console.print(table)
