@@ -76,13 +76,13 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from scipy.special import ndtri
 
 from territoria.errors import DataError
 from territoria.paths import conf_dir
 from territoria.registry import DOMAINS, Registry, load_registry
+from territoria.settings import load_yaml
 
 Normalisation = Literal["rank_normal", "robust_z"]
 Transform = Literal["exponential", "none"]
@@ -179,12 +179,7 @@ def load_index_config(
     """Read and validate ``conf/index.yml`` (or ``path``); indicators are checked against the
     registry (unknown or unscored indicator → :class:`DataError`)."""
     path = Path(path) if path is not None else conf_dir() / "index.yml"
-    if not path.exists():
-        raise DataError(path, "index configuration not found")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise DataError(path, f"invalid YAML ({str(exc).splitlines()[0]})") from None
+    doc = load_yaml(path, "index configuration")
     try:
         cfg = IndexConfig.model_validate(doc)
     except DataError as exc:

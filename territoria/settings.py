@@ -31,15 +31,26 @@ class Parameters(BaseModel):
     features: FeatureParameters = Field(default_factory=FeatureParameters)
 
 
-def load_parameters(path: Path | str | None = None) -> Parameters:
-    """Read and validate the parameters file (``conf/parameters.yml`` by default)."""
-    path = Path(path) if path is not None else conf_dir() / "parameters.yml"
+def load_yaml(path: Path | str, what: str = "configuration file") -> dict:
+    """A YAML mapping from a configuration file, with one-line errors naming the file."""
+    path = Path(path)
     if not path.exists():
-        raise DataError(path, "parameters file not found")
+        raise DataError(path, f"{what} not found")
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
     except yaml.YAMLError as exc:
         raise DataError(path, f"invalid YAML ({str(exc).splitlines()[0]})") from None
+    except UnicodeDecodeError:
+        raise DataError(path, "not UTF-8 text") from None
+    if not isinstance(doc, dict):
+        raise DataError(path, "expected a mapping of settings at the top level")
+    return doc
+
+
+def load_parameters(path: Path | str | None = None) -> Parameters:
+    """Read and validate the parameters file (``conf/parameters.yml`` by default)."""
+    path = Path(path) if path is not None else conf_dir() / "parameters.yml"
+    doc = load_yaml(path, "parameters file")
     try:
         return Parameters.model_validate(doc)
     except ValidationError as exc:
