@@ -41,6 +41,22 @@ AsOfOpt = Annotated[
 ]
 
 
+TrackingOpt = Annotated[
+    Optional[str],
+    typer.Option("--tracking-uri", help="MLflow tracking URI (default: sqlite store in --out)."),
+]
+
+
+def _features(data, out, conf, as_of, no_cache):
+    from territoria.pipelines.build_features import run_build_features
+
+    fb = run_build_features(
+        data_dir=data, out_dir=out, conf=conf, as_of=as_of, console=console, cache=not no_cache
+    )
+    console.print(fb.summary())
+    return fb
+
+
 @app.command()
 def run(
     data: DataOpt = None,
@@ -48,14 +64,14 @@ def run(
     conf: ConfOpt = None,
     as_of: AsOfOpt = None,
     no_cache: NoCacheOpt = False,
+    tracking_uri: TrackingOpt = None,
 ) -> None:
-    """Main job on the bundled real data: panel and feature matrix for all communes."""
-    from territoria.pipelines.build_features import run_build_features
+    """Main job on the bundled real data: features, index, backtest, models and forecasts."""
+    from territoria.pipelines.train import run_train
 
-    result = run_build_features(
-        data_dir=data, out_dir=out, conf=conf, as_of=as_of, console=console, cache=not no_cache
-    )
-    console.print(result.summary())
+    fb = _features(data, out, conf, as_of, no_cache)
+    res = run_train(fb, out, as_of=as_of, tracking_uri=tracking_uri, console=console)
+    _print_train_summary(res, out)
 
 
 @app.command()
@@ -67,7 +83,61 @@ def features(
     no_cache: NoCacheOpt = False,
 ) -> None:
     """Build ``panel.parquet`` and ``features.parquet`` (the first stage of ``run``)."""
-    run(data=data, out=out, conf=conf, as_of=as_of, no_cache=no_cache)
+    _features(data, out, conf, as_of, no_cache)
+
+
+@app.command()
+def train(
+    data: DataOpt = None,
+    out: OutOpt = Path("out"),
+    conf: ConfOpt = None,
+    as_of: AsOfOpt = None,
+    no_cache: NoCacheOpt = False,
+    tracking_uri: TrackingOpt = None,
+    skip_backtest: Annotated[bool, typer.Option("--skip-backtest", help="Only fit and forecast.")] = False,
+) -> None:
+    """Fit the trajectory models, log them to MLflow and forecast every commune."""
+    from territoria.pipelines.train import run_train
+
+    fb = _features(data, out, conf, as_of, no_cache)
+    res = run_train(
+        fb, out, as_of=as_of, tracking_uri=tracking_uri, backtest=not skip_backtest, console=console
+    )
+    _print_train_summary(res, out)
+
+
+@app.command()
+def backtest(
+    data: DataOpt = None,
+    out: OutOpt = Path("out"),
+    conf: ConfOpt = None,
+    as_of: AsOfOpt = None,
+    no_cache: NoCacheOpt = False,
+) -> None:
+    """Score the models and the baselines on the same spatially blocked folds."""
+    from territoria.pipelines.train import run_backtest_stage
+
+    fb = _features(data, out, conf, as_of, no_cache)
+    result = run_backtest_stage(fb, out, console, as_of=as_of)
+    console.print(result.table())
+    console.print(f"metrics in {out / 'metrics.json'}")
+
+
+def _print_train_summary(res, out: Path) -> None:
+    top = res.index.sort_values("index_rank").head(10)
+    table = Table(title="Most deprived communes (composite index)")
+    for col in ("rank", "commune", "code", "department", "index"):
+        table.add_column(col)
+    for r in top.itertuples():
+        table.add_row(str(int(r.index_rank)), str(r.zone_name), r.zone_code, str(r.departement),
+                      f"{r.deprivation_index:.1f}")
+    console.print(table)
+    if res.backtest is not None:
+        console.print(res.backtest.table())
+    console.print(
+        f"{len(res.predictions):,} forecasts (with 80 % and 90 % intervals) in {out / 'predictions.parquet'}; "
+        f"MLflow runs: {', '.join(res.run_ids) or 'none'}"
+    )
 
 
 @data_app.command("check")

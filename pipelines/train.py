@@ -1,0 +1,166 @@
+"""Pipelines ``backtest`` and ``train``: the index, honest evaluation, final models, forecasts.
+
+Wiring only; the node functions live in :mod:`territoria.models`. Outputs under ``out_dir``
+(written atomically):
+
+``index.parquet``, ``index_weights.csv``
+    the composite deprivation index at the reference period, its domain scores, and the
+    weights used with their rationale (``conf/index.yml``).
+``metrics.json``, ``backtest_table.txt``, ``backtest_metrics.csv``, ``backtest_predictions.parquet``
+    the trajectory models and every baseline on the same department-blocked folds, and the
+    temporal backtests.
+``predictions.parquet``
+    long format ``zone_code, target, origin, horizon_end, prediction, low_80, high_80,
+    low_90, high_90`` for every commune.
+``mlflow.db``, ``mlruns/``
+    the embedded MLflow store (or ``--tracking-uri``): one run per target with parameters,
+    metrics, features, data hashes, the booster and SHAP values; the model is registered as
+    ``territoria-<measure>`` with the alias ``champion``.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import pandas as pd
+from rich.console import Console
+
+from territoria.io import write_csv, write_parquet
+from territoria.models.backtest import FeatureCache, predict_target, run_backtest, train_target
+from territoria.models.index import DeprivationIndex
+from territoria.models.targets import ModelConfig, TargetSpec, load_model_config
+from territoria.models.tracking import log_training, register_champion
+from territoria.pipelines.build_features import FeatureBuild
+
+
+@dataclass
+class TrainResult:
+    """What the training stage produced."""
+
+    index: pd.DataFrame
+    predictions: pd.DataFrame
+    backtest: object | None = None
+    run_ids: dict[str, str] = field(default_factory=dict)
+    timings: dict[str, float] = field(default_factory=dict)
+
+
+def training_specs(config: ModelConfig, as_of: int) -> list[TargetSpec]:
+    """For each key target's measure, the latest transition that ended by ``as_of``.
+
+    ``--as-of 2018`` trains income on 2016→2018 and population on 2013→2018: the training
+    targets, like the features, use only data for periods up to ``as_of``.
+    """
+    measures = []
+    for spec in config.key_targets():
+        if spec.measure not in measures:
+            measures.append(spec.measure)
+    chosen = []
+    for measure in measures:
+        candidates = [
+            s for s in config.targets.values()
+            if s.measure == measure and s.end <= as_of and not getattr(s, "repeated_survey", "keep") == "drop"
+        ]
+        if candidates:
+            chosen.append(max(candidates, key=lambda s: (s.end, s.origin)))
+    return chosen
+
+
+def compute_index(fb: FeatureBuild) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The composite deprivation index of every commune at the reference period."""
+    features = fb.features.set_index("zone_code")
+    index = DeprivationIndex()
+    scores = index.fit_transform(features)
+    ident = features[["zone_name", "departement", "epci"]]
+    table = ident.join(scores, how="left").reset_index()
+    table.insert(1, "period", fb.reference_period)
+    return table, index.describe()
+
+
+def run_backtest_stage(fb: FeatureBuild, out_dir: Path, console: Console, as_of: int | None = None):
+    """Backtest the key targets (those ending by ``as_of``) and write the metrics."""
+    config = load_model_config()
+    specs = config.key_targets()
+    if as_of is not None:
+        specs = [s for s in specs if s.end <= as_of] or training_specs(config, as_of)
+    result = run_backtest(fb, [s.name for s in specs], config=config, log=console.log)
+    result.write(out_dir)
+    return result
+
+
+def run_train(
+    fb: FeatureBuild,
+    out_dir: Path,
+    *,
+    as_of: int | None = None,
+    tracking_uri: str | None = None,
+    backtest: bool = True,
+    console: Console | None = None,
+) -> TrainResult:
+    """Index, backtest, final models and forecasts from ``as_of`` (default: the reference period)."""
+    console = console or Console(quiet=True)
+    out_dir = Path(out_dir)
+    t = as_of if as_of is not None else fb.reference_period
+    timings: dict[str, float] = {}
+    config = load_model_config()
+
+    t0 = time.perf_counter()
+    console.log("composite deprivation index")
+    index, weights = compute_index(fb)
+    write_parquet(index, out_dir / "index.parquet")
+    write_csv(weights, out_dir / "index_weights.csv")
+    timings["index"] = time.perf_counter() - t0
+
+    result = None
+    if backtest:
+        t0 = time.perf_counter()
+        console.log("backtest: trajectory models vs baselines on the same folds")
+        result = run_backtest_stage(fb, out_dir, console, as_of=as_of)
+        timings["backtest"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    features = FeatureCache.of(fb)
+    forecasts, run_ids = [], {}
+    for spec in training_specs(config, t):
+        console.log(f"training {spec.name} and forecasting {t}→{t + spec.horizon}")
+        trained = train_target(fb, spec, config, features=features)
+        forecasts.append(predict_target(fb, trained, origin=t, horizon_end=t + spec.horizon, features=features))
+        metrics = None
+        if result is not None:
+            m = result.metrics
+            metrics = m[m["target"] == spec.name]
+        F, _ = features(spec.origin)
+        run_id = log_training(
+            out_dir=out_dir if tracking_uri is None else None,
+            tracking_uri=tracking_uri,
+            run_name=spec.name,
+            params={"target": spec.model_dump(), "model": config.model, "seed": config.seed,
+                    "as_of": t, "weighting": config.weighting},
+            metrics=metrics if metrics is not None and len(metrics) else None,
+            features=trained.meta[trained.meta["feature"].isin(trained.columns)]
+            if "feature" in trained.meta else trained.columns,
+            data_hashes=fb.file_hashes,
+            model=trained.booster(),
+            shap_data=_design_rows(fb, trained, features),
+            tags={"target": spec.name, "measure": spec.measure},
+        )
+        register_champion(run_id, f"territoria-{spec.measure}",
+                          out_dir=out_dir if tracking_uri is None else None, tracking_uri=tracking_uri)
+        run_ids[spec.name] = run_id
+    predictions = pd.concat(forecasts, ignore_index=True) if forecasts else pd.DataFrame()
+    write_parquet(predictions, out_dir / "predictions.parquet")
+    timings["train"] = time.perf_counter() - t0
+    return TrainResult(index=index, predictions=predictions, backtest=result, run_ids=run_ids, timings=timings)
+
+
+def _design_rows(fb: FeatureBuild, trained, features) -> pd.DataFrame:
+    """The training design matrix (zones × trained columns) to compute SHAP values on."""
+    from territoria.models.trajectory import design_matrix
+    from territoria.registry import load_registry
+
+    spec = trained.spec
+    F, meta = features(spec.origin)
+    X, _ = design_matrix(F, meta, fb.panel, fb.graph, fb.identity, load_registry(), spec.measure,
+                         spec.origin, select=False)
+    return X.reindex(columns=trained.columns)
