@@ -43,6 +43,7 @@ class TrainResult:
     predictions: pd.DataFrame
     backtest: object | None = None
     run_ids: dict[str, str] = field(default_factory=dict)
+    models: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
 
 
@@ -96,9 +97,13 @@ def run_train(
     as_of: int | None = None,
     tracking_uri: str | None = None,
     backtest: bool = True,
+    measures: list[str] | None = None,
     console: Console | None = None,
 ) -> TrainResult:
-    """Index, backtest, final models and forecasts from ``as_of`` (default: the reference period)."""
+    """Index, backtest, final models and forecasts from ``as_of`` (default: the reference period).
+
+    ``measures`` restricts training to some key targets' measures (default: all of them).
+    """
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
     t = as_of if as_of is not None else fb.reference_period
@@ -121,8 +126,9 @@ def run_train(
 
     t0 = time.perf_counter()
     features = FeatureCache.of(fb)
-    forecasts, run_ids = [], {}
-    for spec in training_specs(config, t):
+    forecasts, run_ids, models = [], {}, {}
+    specs = [s for s in training_specs(config, t) if measures is None or s.measure in measures]
+    for spec in specs:
         console.log(f"training {spec.name} and forecasting {t}→{t + spec.horizon}")
         trained = train_target(fb, spec, config, features=features)
         forecasts.append(predict_target(fb, trained, origin=t, horizon_end=t + spec.horizon, features=features))
@@ -130,7 +136,6 @@ def run_train(
         if result is not None:
             m = result.metrics
             metrics = m[m["target"] == spec.name]
-        F, _ = features(spec.origin)
         run_id = log_training(
             out_dir=out_dir if tracking_uri is None else None,
             tracking_uri=tracking_uri,
@@ -142,16 +147,28 @@ def run_train(
             if "feature" in trained.meta else trained.columns,
             data_hashes=fb.file_hashes,
             model=trained.booster(),
-            shap_data=_design_rows(fb, trained, features),
+            shap_values=_shap_values(fb, trained, features),
             tags={"target": spec.name, "measure": spec.measure},
         )
         register_champion(run_id, f"territoria-{spec.measure}",
                           out_dir=out_dir if tracking_uri is None else None, tracking_uri=tracking_uri)
         run_ids[spec.name] = run_id
+        models[spec.name] = trained
     predictions = pd.concat(forecasts, ignore_index=True) if forecasts else pd.DataFrame()
     write_parquet(predictions, out_dir / "predictions.parquet")
     timings["train"] = time.perf_counter() - t0
-    return TrainResult(index=index, predictions=predictions, backtest=result, run_ids=run_ids, timings=timings)
+    return TrainResult(index=index, predictions=predictions, backtest=result, run_ids=run_ids,
+                       models=models, timings=timings)
+
+
+def _shap_values(fb: FeatureBuild, trained, features) -> pd.DataFrame:
+    """TreeSHAP contributions (LightGBM ``pred_contrib``) of the training zones, and the base value."""
+    X = _design_rows(fb, trained, features)
+    booster = trained.booster()
+    contrib = booster.predict(X.to_numpy(float), pred_contrib=True)
+    out = pd.DataFrame(contrib[:, :-1], index=X.index, columns=list(X.columns))
+    out["base_value"] = contrib[:, -1]
+    return out
 
 
 def _design_rows(fb: FeatureBuild, trained, features) -> pd.DataFrame:

@@ -1,0 +1,62 @@
+"""The training stage end to end on the real feature build: index, forecasts, MLflow champion."""
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from territoria.models.targets import load_model_config
+from territoria.models.tracking import load_champion
+from territoria.pipelines.train import run_train, training_specs
+
+
+def test_training_targets_respect_as_of():
+    config = load_model_config()
+    as_2018 = {s.measure: (s.origin, s.end) for s in training_specs(config, 2018)}
+    # as of 2018: income trained on 2016 -> 2018, population on 2013 -> 2018, nothing later
+    assert as_2018["median_income"] == (2016, 2018)
+    assert as_2018["population"] == (2013, 2018)
+    assert all(end <= 2018 for _, end in as_2018.values())
+    as_2021 = {s.measure: (s.origin, s.end) for s in training_specs(config, 2021)}
+    assert as_2021["unemployment_rate"] == (2018, 2021)
+
+
+@pytest.fixture(scope="module")
+def trained(feature_build, tmp_path_factory):
+    out = tmp_path_factory.mktemp("train")
+    return out, run_train(feature_build, out, backtest=False, measures=["population"])
+
+
+def test_forecasts_for_every_commune_with_nested_intervals(trained, feature_build):
+    out, res = trained
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert list(pred.columns) == [
+        "zone_code", "target", "origin", "horizon_end", "prediction",
+        "low_80", "high_80", "low_90", "high_90",
+    ]
+    assert set(pred.zone_code) == set(feature_build.features.zone_code)
+    assert (pred.origin == 2021).all() and (pred.horizon_end == 2024).all()
+    ok = pred.dropna(subset=["prediction"])
+    assert len(ok) > 0.95 * len(pred)
+    assert (ok.low_90 <= ok.low_80 + 1e-9).all() and (ok.low_80 <= ok.prediction + 1e-9).all()
+    assert (ok.prediction <= ok.high_80 + 1e-9).all() and (ok.high_80 <= ok.high_90 + 1e-9).all()
+
+
+def test_index_written_with_domains_and_weights(trained):
+    out, res = trained
+    index = pd.read_parquet(out / "index.parquet")
+    assert {"zone_code", "deprivation_index", "index_rank", "index_decile", "domain_economic"} <= set(index.columns)
+    assert index.set_index("zone_code").loc["59172", "index_decile"] == 10  # Denain
+    weights = pd.read_csv(out / "index_weights.csv")
+    assert len(weights) > 0
+
+
+def test_champion_registered_and_loadable(trained, feature_build):
+    from territoria.models.backtest import FeatureCache
+    from territoria.pipelines.train import _design_rows
+
+    out, res = trained
+    assert list(res.run_ids) == ["population_2018_2021"]
+    model = res.models["population_2018_2021"]
+    X = _design_rows(feature_build, model, FeatureCache.of(feature_build))
+    champion = load_champion("territoria-population", out_dir=out)
+    np.testing.assert_allclose(champion.predict(X), model.booster().predict(X.to_numpy(float)), rtol=1e-9)
