@@ -1,0 +1,517 @@
+"""One backtest run: the trajectory model and every baseline, on the same folds.
+
+:func:`run_backtest` takes a :class:`~territoria.pipelines.build_features.FeatureBuild` and
+target names from ``conf/models.yml`` and returns a :class:`BacktestResult`:
+
+* ``metrics`` – tidy table ``target, model, scheme, metric, value`` (scheme
+  ``cv_departement`` / ``cv_region`` for spatially blocked CV, ``temporal`` for the temporal
+  backtests), with the LightGBM model (``lightgbm``), the ``ridge`` baseline on the same
+  features, ``persistence_zero`` (no change), ``last_trend`` and ``spatial_lag``; the
+  classifier (``lightgbm_classifier``: Brier score, base-rate Brier, ECE, ROC AUC); the
+  interval coverage of the model (``coverage_80``, ``width_80``...);
+* ``predictions`` – out-of-fold predictions of every model and the intervals, per zone;
+* ``coverage`` – interval coverage overall and by group; ``reliability`` – the classifier's
+  reliability table;
+* :meth:`BacktestResult.table` – a readable text table with the ratio of the model's
+  Spearman rho to the best baseline's; :meth:`BacktestResult.to_dict` – ``metrics.json``.
+
+:func:`train_and_predict` fits a target on all its zones and predicts another origin
+(``territoria train``/``run --as-of``), with conformal intervals calibrated on the
+department-blocked out-of-fold residuals: the long ``predictions.parquet`` format.
+
+How a target is scored (department-blocked CV by default):
+
+1. the target table (:func:`~territoria.models.targets.target_table`) of zones with at least
+   ``train_min_population`` inhabitants, the scored zones being those with at least
+   ``min_population``;
+2. the design matrix at the origin (``features_at(origin)`` + panel history, see
+   :func:`~territoria.models.trajectory.design_matrix`): no value dated after the origin;
+3. departments dealt to folds (:class:`~territoria.models.validation.SpatialGroupKFold` on the
+   scored zones); every model is fitted on the other folds' zones and predicts the held-out
+   fold's scored zones; the baselines are computed on the same zones.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from territoria.models import metrics as mx
+from territoria.models.baselines import RidgeBaseline, baseline_predictions
+from territoria.models.intervals import (
+    SplitConformal,
+    coverage_table,
+    cross_conformal_intervals,
+    fit_spread_model,
+    level_suffix,
+    zone_groups,
+)
+from territoria.models.targets import (
+    ModelConfig,
+    TargetSpec,
+    load_model_config,
+    measure_at,
+    population_at,
+    target_spec,
+    target_table,
+)
+from territoria.models.trajectory import (
+    DeteriorationClassifier,
+    HurdleRegressor,
+    TrajectoryRegressor,
+    design_matrix,
+)
+from territoria.models.validation import SpatialGroupKFold
+from territoria.registry import load_registry
+
+MODEL = "lightgbm"
+BASELINES = ("ridge", "persistence_zero", "last_trend", "spatial_lag")
+NAIVE = ("persistence_zero", "last_trend", "spatial_lag")
+
+
+# --------------------------------------------------------------------------- data of a target
+@dataclass
+class TargetData:
+    """Everything a target is fitted and scored on."""
+
+    spec: TargetSpec
+    table: pd.DataFrame  # target_table of the training-eligible zones
+    X: pd.DataFrame
+    meta: pd.DataFrame
+    groups: np.ndarray
+    scored: np.ndarray  # bool: zones scored (population >= min_population)
+
+
+class FeatureCache:
+    """``features_at(t)`` of a FeatureBuild, computed once per origin.
+
+    :meth:`of` returns the cache attached to a build, so that every stage (backtest, train,
+    predict) of one process shares it.
+    """
+
+    def __init__(self, feature_build) -> None:
+        self.fb = feature_build
+        self._cache: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}
+
+    @classmethod
+    def of(cls, feature_build) -> FeatureCache:
+        cache = getattr(feature_build, "_territoria_feature_cache", None)
+        if cache is None:
+            cache = cls(feature_build)
+            try:
+                feature_build._territoria_feature_cache = cache
+            except AttributeError:  # a build that takes no attribute: an unshared cache
+                pass
+        return cache
+
+    def __call__(self, t: int) -> tuple[pd.DataFrame, pd.DataFrame]:
+        if t not in self._cache:
+            if t == getattr(self.fb, "reference_period", None):
+                self._cache[t] = (self.fb.features, self.fb.meta)
+            else:
+                self._cache[t] = self.fb.features_at(t)
+        return self._cache[t]
+
+
+def prepare_target(
+    fb, spec: TargetSpec, config: ModelConfig, features: FeatureCache, registry=None,
+    group_col: str = "departement",
+) -> TargetData:
+    """Target table, design matrix at the origin, groups and scored mask of one target."""
+    registry = registry or load_registry()
+    train_min = min(config.train_min_population, spec.min_population or 0)
+    table = target_table(fb.panel, spec, config, registry, min_population=train_min)
+    F, meta = features(spec.origin)
+    X, M = design_matrix(F, meta, fb.panel, fb.graph, fb.identity, registry, spec.measure,
+                         spec.origin, rows=table.index)
+    groups = fb.identity[group_col].reindex(table.index).astype(str).to_numpy()
+    scored = (table["population"] >= (spec.min_population or 0)).to_numpy()
+    return TargetData(spec, table, X, M, groups, scored)
+
+
+def make_regressor(spec: TargetSpec, params: dict | None = None):
+    """The trajectory model of a target (a hurdle model when the spec models repeated surveys)."""
+    reg = TrajectoryRegressor(**(params or {}))
+    if spec.repeated_survey == "model":
+        clf = DeteriorationClassifier(**{k: v for k, v in (params or {}).items() if k != "objective"})
+        return HurdleRegressor(regressor=reg, classifier=clf)
+    return reg
+
+
+def _fit_regressor(model, X, y, w, groups, zero=None):
+    if isinstance(model, HurdleRegressor):
+        return model.fit(X, y, sample_weight=w, groups=groups, structural_zero=zero)
+    return model.fit(X, y, sample_weight=w, groups=groups)
+
+
+def assign_folds(groups: np.ndarray, scored: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
+    """Fold of every zone: its group's fold, dealt on the scored zones (-1: always trained on)."""
+    fold_of = SpatialGroupKFold(n_splits, seed).fold_of_groups(groups[scored])
+    return np.array([fold_of.get(g, -1) for g in groups])
+
+
+# --------------------------------------------------------------------------- results
+@dataclass
+class BacktestResult:
+    metrics: pd.DataFrame
+    predictions: pd.DataFrame
+    coverage: pd.DataFrame
+    reliability: pd.DataFrame
+    config: dict = field(default_factory=dict)
+
+    def summary(self, scheme: str | None = None) -> pd.DataFrame:
+        """Wide table: one row per (target, scheme, model), regression metrics as columns."""
+        m = self.metrics
+        if scheme is not None:
+            m = m[m["scheme"] == scheme]
+        keep = ["spearman", "r2", "mae", "precision_at_10", "recall_at_10", "future_top10_precision", "n"]
+        m = m[m["metric"].isin(keep) & m["model"].isin((MODEL, *BASELINES))]
+        wide = m.pivot_table(index=["target", "scheme", "model"], columns="metric", values="value", aggfunc="first")
+        order = {k: i for i, k in enumerate((MODEL, *BASELINES))}
+        wide = wide.reset_index()
+        wide["_o"] = wide["model"].map(order)
+        wide = wide.sort_values(["target", "scheme", "_o"]).drop(columns="_o")
+        return wide[["target", "scheme", "model", *[k for k in keep if k in wide.columns]]]
+
+    def ratios(self) -> pd.DataFrame:
+        """Model Spearman rho over the best baseline's, per target and scheme."""
+        rows = []
+        sp = self.metrics[self.metrics["metric"] == "spearman"]
+        for (target, scheme), g in sp.groupby(["target", "scheme"]):
+            v = g.set_index("model")["value"]
+            model = v.get(MODEL, np.nan)
+            naive = v.reindex(list(NAIVE)).dropna()
+            best_naive = naive.idxmax() if len(naive) else None
+            allb = v.reindex(list(BASELINES)).dropna()
+            best_all = allb.idxmax() if len(allb) else None
+            rows.append({
+                "target": target, "scheme": scheme, "spearman": model,
+                "best_naive_baseline": best_naive,
+                "ratio_to_best_naive": model / naive.max() if len(naive) and naive.max() > 0 else np.nan,
+                "best_baseline": best_all,
+                "ratio_to_best_baseline": model / allb.max() if len(allb) and allb.max() > 0 else np.nan,
+            })
+        return pd.DataFrame(rows)
+
+    def table(self) -> str:
+        """Readable model-vs-baseline table (text)."""
+        lines = []
+        wide = self.summary()
+        with pd.option_context("display.width", 200, "display.max_columns", 20, "display.max_rows", 500):
+            lines.append(wide.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+            lines.append("")
+            lines.append(self.ratios().to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+            extra = self.metrics[self.metrics["model"].isin(["lightgbm_classifier"]) |
+                                 self.metrics["metric"].str.startswith(("coverage", "width"))]
+            if len(extra):
+                lines.append("")
+                w = extra.pivot_table(index=["target", "scheme", "model"], columns="metric", values="value")
+                lines.append(w.reset_index().to_string(index=False, float_format=lambda x: f"{x:.3f}"))
+        return "\n".join(lines)
+
+    def to_dict(self) -> dict:
+        """``metrics.json``: nested target → scheme → model → metric, plus ratios and coverage."""
+        out: dict = {"metrics": {}, "ratios": [], "coverage": [], "config": self.config}
+        for r in self.metrics.itertuples(index=False):
+            val = None if pd.isna(r.value) else float(r.value)
+            out["metrics"].setdefault(r.target, {}).setdefault(r.scheme, {}).setdefault(r.model, {})[r.metric] = val
+        out["ratios"] = json.loads(self.ratios().to_json(orient="records"))
+        out["coverage"] = json.loads(self.coverage.to_json(orient="records"))
+        return out
+
+    def write(self, out_dir: Path | str) -> dict[str, Path]:
+        """Write ``metrics.json``, ``backtest_metrics.csv``, ``backtest_table.txt`` and
+        ``backtest_predictions.parquet`` atomically under ``out_dir``."""
+        from territoria.io import write_atomic, write_csv, write_json, write_parquet
+
+        out_dir = Path(out_dir)
+        paths = {
+            "metrics_json": write_json(self.to_dict(), out_dir / "metrics.json"),
+            "metrics_csv": write_csv(self.metrics, out_dir / "backtest_metrics.csv"),
+            "table": write_atomic(out_dir / "backtest_table.txt",
+                                  lambda p: p.write_text(self.table() + "\n", encoding="utf-8")),
+            "predictions": write_parquet(self.predictions, out_dir / "backtest_predictions.parquet"),
+        }
+        return paths
+
+
+def _tidy(target: str, scheme: str, model: str, values: dict) -> list[dict]:
+    return [{"target": target, "model": model, "scheme": scheme, "metric": k, "value": float(v)}
+            for k, v in values.items()]
+
+
+def _score_models(target: str, scheme: str, y, preds: dict, level, sign: int) -> list[dict]:
+    rows = []
+    for name, p in preds.items():
+        m = mx.regression_metrics(y, p, sign)
+        p_arr = np.asarray(p, float)
+        if np.isfinite(p_arr).any():
+            ok = np.isfinite(p_arr)
+            m["future_top10_precision"] = mx.future_level_precision(
+                np.asarray(level)[ok], np.asarray(y)[ok], p_arr[ok], sign)["model"]
+        rows += _tidy(target, scheme, name, m)
+    return rows
+
+
+# --------------------------------------------------------------------------- cross-validation
+def cross_validate_target(
+    fb, data: TargetData, config: ModelConfig, scheme: str, params: dict | None = None,
+    intervals: bool = True, classifier: bool = True,
+):
+    """Spatially blocked CV of one target: rows of metrics, predictions, coverage, reliability."""
+    spec, t = data.spec, data.table
+    y = t["y"].to_numpy()
+    w = t["weight"].to_numpy()
+    sign = int(t["sign"].iloc[0])
+    zero = t["repeated_survey"].to_numpy()
+    fold = assign_folds(data.groups, data.scored, config.cv.n_splits, config.seed)
+    params = {**config.model, **(params or {})}
+    n = len(y)
+    pred = {k: np.full(n, np.nan) for k in (MODEL, "ridge")}
+    prob = np.full(n, np.nan)
+    for k in range(config.cv.n_splits):
+        tr = np.flatnonzero(fold != k)
+        te = np.flatnonzero((fold == k) & data.scored)
+        if not len(te):
+            continue
+        Xtr, Xte = data.X.iloc[tr], data.X.iloc[te]
+        model = make_regressor(spec, params)
+        _fit_regressor(model, Xtr, y[tr], w[tr], data.groups[tr], zero[tr])
+        pred[MODEL][te] = model.predict(Xte)
+        pred["ridge"][te] = RidgeBaseline().fit(Xtr, y[tr], sample_weight=w[tr]).predict(Xte)
+        if classifier:
+            ref = tr[data.scored[tr]]
+            thr = np.quantile(sign * y[ref], 1.0 - config.deteriorating_quantile)
+            label = (sign * y[tr] >= thr).astype(int)
+            clf = DeteriorationClassifier(**{k2: v for k2, v in params.items() if k2 != "objective"})
+            clf.fit(Xtr, label, sample_weight=w[tr], groups=data.groups[tr])
+            prob[te] = clf.predict_proba(Xte)[:, 1]
+    s = data.scored
+    idx = t.index[s]
+    base = baseline_predictions(fb.panel, spec, fb.graph, idx)
+    preds = {MODEL: pred[MODEL][s], "ridge": pred["ridge"][s], **{c: base[c].to_numpy() for c in base}}
+    rows = _score_models(spec.name, scheme, y[s], preds, t["level_origin"].to_numpy()[s], sign)
+    out_pred = pd.DataFrame({"zone_code": idx, "target": spec.name, "scheme": scheme, "fold": fold[s],
+                             "y": y[s], "level_origin": t["level_origin"].to_numpy()[s], **preds})
+    reliability = pd.DataFrame()
+    if classifier:
+        # the deteriorating label of the scored zones, worst decile among them
+        thr_all = np.quantile(sign * y[s], 1.0 - config.deteriorating_quantile)
+        truth = (sign * y[s] >= thr_all).astype(float)
+        rows += _tidy(spec.name, scheme, "lightgbm_classifier", mx.classification_metrics(truth, prob[s]))
+        reliability = mx.reliability_table(truth, prob[s]).assign(target=spec.name, scheme=scheme)
+        out_pred["prob_deteriorating"] = prob[s]
+        out_pred["deteriorating"] = truth.astype(bool)
+    coverage = pd.DataFrame()
+    if intervals:
+        levels = tuple(config.intervals.levels)
+        spread = None
+        if config.intervals.normalised:
+            absres = np.abs(y[s] - pred[MODEL][s])
+            spread, _, _ = fit_spread_model(data.X.iloc[np.flatnonzero(s)], absres, data.groups[s], fold[s],
+                                            params=_spread_params(params))
+        iv = cross_conformal_intervals(y[s], pred[MODEL][s], fold[s], levels, spread)
+        for c in iv.columns:
+            out_pred[c] = iv[c].to_numpy()
+        groups = _coverage_groups(fb, idx, spec, config)
+        coverage = coverage_table(y[s], iv, groups).assign(target=spec.name, scheme=scheme)
+        overall = coverage[coverage["grouping"] == "all"]
+        for r in overall.itertuples(index=False):
+            sfx = level_suffix(r.level)
+            rows += _tidy(spec.name, scheme, MODEL, {f"coverage_{sfx}": r.coverage, f"width_{sfx}": r.mean_width})
+    return rows, out_pred, coverage, reliability
+
+
+def _spread_params(params: dict) -> dict:
+    return {k: params[k] for k in ("n_jobs", "random_state") if k in params}
+
+
+def _coverage_groups(fb, idx, spec: TargetSpec, config: ModelConfig) -> pd.DataFrame:
+    pop = population_at(fb.panel, spec.origin).reindex(idx)
+    dens_periods = sorted(p for p in fb.panel.loc[fb.panel["measure"] == "population_density", "period"].unique()
+                          if p <= spec.origin)
+    density = measure_at(fb.panel, "population_density", dens_periods[-1]).reindex(idx) if dens_periods else None
+    zone = fb.identity["zone"].reindex(idx)
+    return zone_groups(pop, density, zone, config.intervals.urban_density).reset_index(drop=True)
+
+
+# --------------------------------------------------------------------------- temporal backtest
+def temporal_backtest_target(
+    fb, fit: TargetData, score: TargetData, config: ModelConfig, params: dict | None = None
+):
+    """Fit on the earlier transition (all its zones), score the later one (its scored zones).
+
+    The two design matrices share the columns both origins have (history features are named
+    by lag, so ``lag1`` is the latest change at either origin). Predictions are rescaled to
+    the scored horizon (``h_score / h_fit``).
+    """
+    params = {**config.model, **(params or {})}
+    cols = [c for c in fit.X.columns if c in score.X.columns]
+    scale = score.spec.horizon / fit.spec.horizon
+    t0, t1 = fit.table, score.table
+    s = score.scored
+    Xs = score.X.loc[:, cols].iloc[np.flatnonzero(s)]
+    model = make_regressor(fit.spec, params)
+    _fit_regressor(model, fit.X[cols], t0["y"].to_numpy(), t0["weight"].to_numpy(), fit.groups,
+                   t0["repeated_survey"].to_numpy())
+    ridge = RidgeBaseline().fit(fit.X[cols], t0["y"].to_numpy(), sample_weight=t0["weight"].to_numpy())
+    idx = t1.index[s]
+    base = baseline_predictions(fb.panel, score.spec, fb.graph, idx)
+    preds = {MODEL: model.predict(Xs) * scale, "ridge": ridge.predict(Xs) * scale,
+             **{c: base[c].to_numpy() for c in base}}
+    name = f"{score.spec.name}<-{fit.spec.name}"
+    y = t1["y"].to_numpy()[s]
+    rows = _score_models(name, "temporal", y, preds, t1["level_origin"].to_numpy()[s], int(t1["sign"].iloc[0]))
+    rows += _tidy(name, "temporal", MODEL, {"n_features": float(len(cols))})
+    out = pd.DataFrame({"zone_code": idx, "target": name, "scheme": "temporal", "fold": -1, "y": y,
+                        "level_origin": t1["level_origin"].to_numpy()[s], **preds})
+    return rows, out
+
+
+# --------------------------------------------------------------------------- one run
+def run_backtest(
+    feature_build,
+    targets=None,
+    config: ModelConfig | None = None,
+    scheme: str | None = None,
+    temporal: bool = True,
+    intervals: bool = True,
+    classifier: bool = True,
+    params: dict | None = None,
+    features: FeatureCache | None = None,
+    log=None,
+) -> BacktestResult:
+    """Backtest ``targets`` (names or specs; default: the configuration's key targets).
+
+    ``scheme`` is the CV grouping (``departement`` by default from the configuration, or
+    ``region``). ``temporal`` also runs the configured temporal backtests whose scored target
+    is among ``targets`` (all of them when ``targets`` is None). ``params`` override the
+    LightGBM defaults of ``conf/models.yml``.
+    """
+    config = config or load_model_config()
+    registry = load_registry()
+    group_col = scheme or config.cv.groups
+    scheme_name = f"cv_{group_col}"
+    specs = [target_spec(t, config) for t in targets] if targets is not None else config.key_targets()
+    features = features or FeatureCache.of(feature_build)
+    log = log or (lambda msg: None)
+    rows, preds, cov, rel = [], [], [], []
+    prepared: dict[str, TargetData] = {}
+
+    def prep(spec):
+        if spec.name not in prepared:
+            log(f"design matrix of {spec.name} (origin {spec.origin})")
+            prepared[spec.name] = prepare_target(feature_build, spec, config, features, registry, group_col)
+        return prepared[spec.name]
+
+    for spec in specs:
+        data = prep(spec)
+        log(f"cross-validating {spec.name}: {int(data.scored.sum())} zones scored, {data.X.shape[1]} features")
+        r, p, c, rl = cross_validate_target(feature_build, data, config, scheme_name, params, intervals, classifier)
+        rows += r
+        preds.append(p)
+        cov.append(c)
+        rel.append(rl)
+    if temporal:
+        names = {s.name for s in specs}
+        for pair in config.temporal_backtests:
+            if targets is not None and pair.score not in names:
+                continue
+            fit_spec, score_spec = config.targets[pair.fit], config.targets[pair.score]
+            log(f"temporal backtest: fit {fit_spec.name}, score {score_spec.name}")
+            r, p = temporal_backtest_target(feature_build, prep(fit_spec), prep(score_spec), config, params)
+            rows += r
+            preds.append(p)
+    metrics = pd.DataFrame(rows, columns=["target", "model", "scheme", "metric", "value"])
+    return BacktestResult(
+        metrics=metrics,
+        predictions=pd.concat(preds, ignore_index=True) if preds else pd.DataFrame(),
+        coverage=pd.concat(cov, ignore_index=True) if cov else pd.DataFrame(),
+        reliability=pd.concat(rel, ignore_index=True) if rel else pd.DataFrame(),
+        config={"scheme": scheme_name, "targets": [s.name for s in specs],
+                "model": {**config.model, **(params or {})}, "seed": config.seed,
+                "min_population": config.min_population,
+                "train_min_population": config.train_min_population, "weighting": config.weighting},
+    )
+
+
+# --------------------------------------------------------------------------- train and predict
+@dataclass
+class TrainedTarget:
+    """A target's model fitted on all its zones, with what prediction needs."""
+
+    spec: TargetSpec
+    model: object
+    columns: list[str]
+    conformal: SplitConformal
+    spread_model: object | None
+    spread_floor: float
+    meta: pd.DataFrame
+    oof: pd.DataFrame  # out-of-fold predictions used for calibration
+
+    def booster(self):
+        m = self.model.regressor_ if isinstance(self.model, HurdleRegressor) else self.model
+        return m.booster_
+
+
+def train_target(fb, spec, config: ModelConfig | None = None, params: dict | None = None,
+                 features: FeatureCache | None = None) -> TrainedTarget:
+    """Fit a target on all its zones; calibrate intervals on department-blocked OOF residuals."""
+    config = config or load_model_config()
+    spec = target_spec(spec, config)
+    features = features or FeatureCache.of(fb)
+    data = prepare_target(fb, spec, config, features, load_registry(), config.cv.groups)
+    params = {**config.model, **(params or {})}
+    t = data.table
+    y, w, zero = t["y"].to_numpy(), t["weight"].to_numpy(), t["repeated_survey"].to_numpy()
+    fold = assign_folds(data.groups, data.scored, config.cv.n_splits, config.seed)
+    oof = np.full(len(y), np.nan)
+    for k in range(config.cv.n_splits):
+        tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+        if len(te):
+            m = make_regressor(spec, params)
+            _fit_regressor(m, data.X.iloc[tr], y[tr], w[tr], data.groups[tr], zero[tr])
+            oof[te] = m.predict(data.X.iloc[te])
+    cal = np.flatnonzero(np.isfinite(oof))
+    spread_model, floor, spread = None, 0.0, None
+    if config.intervals.normalised:
+        spread, spread_model, floor = fit_spread_model(
+            data.X.iloc[cal], np.abs(y[cal] - oof[cal]), data.groups[cal], fold[cal],
+            params=_spread_params(params))
+    conformal = SplitConformal(config.intervals.levels).fit(y[cal], oof[cal], spread)
+    model = make_regressor(spec, params)
+    _fit_regressor(model, data.X, y, w, data.groups, zero)
+    oof_df = pd.DataFrame({"zone_code": t.index, "y": y, "oof": oof, "fold": fold})
+    return TrainedTarget(spec, model, list(data.X.columns), conformal, spread_model, floor, data.meta, oof_df)
+
+
+def predict_target(fb, trained: TrainedTarget, origin: int, horizon_end: int,
+                   features: FeatureCache | None = None) -> pd.DataFrame:
+    """Predictions for every commune at ``origin`` over ``horizon_end - origin`` years.
+
+    The design matrix is built at ``origin`` (data dated <= origin only) with the trained
+    columns; the change is rescaled from the fitted horizon to the requested one, intervals
+    too. Long format: ``zone_code, target, origin, horizon_end, prediction, low_80, high_80,
+    low_90, high_90``.
+    """
+    features = features or FeatureCache.of(fb)
+    spec = trained.spec
+    F, meta = features(origin)
+    X, _ = design_matrix(F, meta, fb.panel, fb.graph, fb.identity, load_registry(), spec.measure,
+                         origin, select=False)
+    X = X.reindex(columns=trained.columns)
+    scale = (horizon_end - origin) / spec.horizon
+    pred = trained.model.predict(X)
+    spread = None
+    if trained.spread_model is not None:
+        spread = np.maximum(trained.spread_model.predict(X), trained.spread_floor)
+    iv = trained.conformal.predict_interval(pred, spread)
+    out = pd.DataFrame({"zone_code": X.index, "target": spec.measure, "origin": origin,
+                        "horizon_end": horizon_end, "prediction": pred * scale})
+    for c in iv.columns:
+        out[c] = iv[c].to_numpy() * scale
+    return out.reset_index(drop=True)

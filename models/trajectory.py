@@ -1,0 +1,556 @@
+"""Trajectory models: LightGBM behind the scikit-learn estimator contract.
+
+:class:`TrajectoryRegressor` predicts the change of a measure over a horizon;
+:class:`DeteriorationClassifier` the probability that a zone's change is in the worst decile.
+Both follow the scikit-learn contract (``__init__`` stores parameters only, ``fit`` returns
+``self``, fitted attributes end with ``_``; checked with ``parametrize_with_checks``) and:
+
+* are small and fast by default (31 leaves, learning rate 0.05, at most 400 rounds);
+* stop early on a **spatially blocked** validation split: whole groups (departments) carved
+  out of the training rows when ``fit(..., groups=...)`` receives them, a random split
+  otherwise; ``best_iteration_`` records the rounds kept;
+* are reproducible: ``deterministic=True``, ``force_row_wise=True`` and every LightGBM seed
+  set from ``random_state`` (same seed, same data → same predictions);
+* accept ``sample_weight``; the pipelines pass sqrt(population) (small communes are noisy,
+  see :func:`territoria.models.targets.sample_weights`);
+* take optional monotone constraints (``{feature: +1|-1}``), e.g. from the registry's
+  directions with :func:`monotone_constraints_from_registry` (opt-in).
+
+The booster is exposed as ``booster_`` (for MLflow and SHAP).
+
+:func:`design_matrix` builds the features of a target at its origin: the general feature
+matrix (``features_at(origin)``) plus target-specific history from the panel (see its doc).
+"""
+
+from __future__ import annotations
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.preprocessing import LabelEncoder
+from sklearn.utils.multiclass import check_classification_targets
+from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
+
+from territoria.features.spatial import neighbour_mean
+from territoria.models.validation import group_validation_split
+
+#: rows below which early stopping is skipped (too few to carve a validation set)
+MIN_ROWS_EARLY_STOPPING = 100
+
+
+class _LGBMBase(BaseEstimator):
+    #: cross_val_predict_groups passes ``groups`` to fit
+    _accepts_groups = True
+
+    def __init__(
+        self,
+        n_estimators: int = 400,
+        learning_rate: float = 0.05,
+        num_leaves: int = 31,
+        max_depth: int = -1,
+        min_child_samples: int = 20,
+        subsample: float = 0.8,
+        colsample_bytree: float = 0.8,
+        reg_lambda: float = 1.0,
+        reg_alpha: float = 0.0,
+        min_split_gain: float = 0.0,
+        objective: str | None = None,
+        early_stopping_rounds: int | None = 30,
+        validation_fraction: float = 0.15,
+        monotone_constraints=None,
+        n_jobs: int = 2,
+        random_state: int = 42,
+    ) -> None:
+        self.n_estimators = n_estimators
+        self.learning_rate = learning_rate
+        self.num_leaves = num_leaves
+        self.max_depth = max_depth
+        self.min_child_samples = min_child_samples
+        self.subsample = subsample
+        self.colsample_bytree = colsample_bytree
+        self.reg_lambda = reg_lambda
+        self.reg_alpha = reg_alpha
+        self.min_split_gain = min_split_gain
+        self.objective = objective
+        self.early_stopping_rounds = early_stopping_rounds
+        self.validation_fraction = validation_fraction
+        self.monotone_constraints = monotone_constraints
+        self.n_jobs = n_jobs
+        self.random_state = random_state
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    # ----------------------------------------------------------------- internals
+    def _params(self, objective: str, extra: dict | None = None) -> dict:
+        seed = int(self.random_state)
+        params = {
+            "objective": self.objective or objective,
+            "learning_rate": self.learning_rate,
+            "num_leaves": self.num_leaves,
+            "max_depth": self.max_depth,
+            "min_child_samples": self.min_child_samples,
+            "bagging_fraction": self.subsample,
+            "bagging_freq": 1 if self.subsample < 1.0 else 0,
+            "feature_fraction": self.colsample_bytree,
+            "lambda_l2": self.reg_lambda,
+            "lambda_l1": self.reg_alpha,
+            "min_gain_to_split": self.min_split_gain,
+            "num_threads": self.n_jobs,
+            "seed": seed,
+            "bagging_seed": seed + 1,
+            "feature_fraction_seed": seed + 2,
+            "data_random_seed": seed + 3,
+            "deterministic": True,
+            "force_row_wise": True,
+            "verbose": -1,
+        }
+        mono = self._monotone_list()
+        if mono is not None and any(mono):
+            params["monotone_constraints"] = mono
+            params["monotone_constraints_method"] = "advanced"
+        params.update(extra or {})
+        return params
+
+    def _monotone_list(self) -> list[int] | None:
+        mc = self.monotone_constraints
+        if mc is None:
+            return None
+        if isinstance(mc, dict):
+            names = getattr(self, "feature_names_in_", None)
+            if names is None:
+                raise ValueError("monotone_constraints as a dict needs a DataFrame with column names")
+            unknown = set(mc) - set(names)
+            if unknown:
+                raise ValueError(f"monotone constraints on unknown features: {sorted(unknown)}")
+            return [int(mc.get(n, 0)) for n in names]
+        mono = [int(v) for v in mc]
+        if len(mono) != self.n_features_in_:
+            raise ValueError("monotone_constraints must have one entry per feature")
+        return mono
+
+    def _train(self, X, y, sample_weight, groups, objective: str, extra: dict | None = None):
+        params = self._params(objective, extra)
+        n = X.shape[0]
+        if n < 2:
+            raise ValueError(f"n_samples = {n}: LightGBM needs at least 2 samples to fit")
+        w = _check_sample_weight(sample_weight, X) if sample_weight is not None else None
+        es = self.early_stopping_rounds
+        if es and n >= MIN_ROWS_EARLY_STOPPING:
+            g = np.asarray(groups) if groups is not None else np.arange(n)
+            if groups is None:  # rows as their own groups: a random split
+                g = np.arange(n)
+            tr, va = group_validation_split(g, self.validation_fraction, seed=int(self.random_state))
+            # the booster keeps the real feature names (MLflow signature, SHAP tables)
+            dtr = lgb.Dataset(X[tr], y[tr], weight=None if w is None else w[tr], free_raw_data=True,
+                              feature_name=self._feature_names(X))
+            dva = lgb.Dataset(X[va], y[va], weight=None if w is None else w[va], reference=dtr)
+            booster = lgb.train(
+                params, dtr, num_boost_round=self.n_estimators, valid_sets=[dva],
+                callbacks=[lgb.early_stopping(es, verbose=False)],
+            )
+            self.best_iteration_ = int(booster.best_iteration or self.n_estimators)
+        else:
+            booster = lgb.train(params, lgb.Dataset(X, y, weight=w, feature_name=self._feature_names(X)),
+                                num_boost_round=self.n_estimators)
+            self.best_iteration_ = int(self.n_estimators)
+        self.booster_ = booster
+        return self
+
+    def _feature_names(self, X) -> list[str] | str:
+        names = getattr(self, "feature_names_in_", None)
+        return [str(n) for n in names] if names is not None and len(names) == X.shape[1] else "auto"
+
+    def _raw_predict(self, X):
+        check_is_fitted(self, "booster_")
+        X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
+        return self.booster_.predict(X, num_iteration=self.best_iteration_)
+
+    @property
+    def feature_importances_(self) -> np.ndarray:
+        check_is_fitted(self, "booster_")
+        return self.booster_.feature_importance(importance_type="gain")
+
+
+class TrajectoryRegressor(RegressorMixin, _LGBMBase):
+    """LightGBM regressor of a trajectory (change over a horizon).
+
+    Parameters
+    ----------
+    n_estimators, learning_rate, num_leaves, max_depth, min_child_samples, subsample,
+    colsample_bytree, reg_lambda, reg_alpha, min_split_gain
+        LightGBM parameters (subsample is ``bagging_fraction``, colsample_bytree
+        ``feature_fraction``).
+    objective : str, optional
+        LightGBM objective (default ``"regression"``, i.e. L2; ``"huber"`` is more robust).
+    early_stopping_rounds : int or None
+        Stop when the validation loss has not improved for this many rounds (None: never).
+    validation_fraction : float
+        Share of rows (whole groups when ``groups`` are given to ``fit``) kept for it.
+    monotone_constraints : dict or list, optional
+        ``{feature: +1 | -1}`` (with a DataFrame) or one entry per column.
+    n_jobs : int
+        LightGBM threads.
+    random_state : int
+        Seed of every random choice (bagging, feature sampling, validation split).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(300, 3)); y = 2 * X[:, 0] + rng.normal(scale=0.1, size=300)
+    >>> m = TrajectoryRegressor(n_estimators=100).fit(X, y)
+    >>> round(float(np.corrcoef(m.predict(X), y)[0, 1]), 2) > 0.95
+    True
+    """
+
+    def fit(self, X, y, sample_weight=None, groups=None):
+        X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64, y_numeric=True)
+        return self._train(X, y.astype(float), sample_weight, groups, "regression")
+
+    def predict(self, X) -> np.ndarray:
+        return self._raw_predict(X)
+
+
+class DeteriorationClassifier(ClassifierMixin, _LGBMBase):
+    """LightGBM classifier of "deteriorating" zones (worst decile of a change).
+
+    Same parameters as :class:`TrajectoryRegressor`. Binary targets use the ``binary``
+    objective, more classes ``multiclass``. ``predict_proba`` returns one column per class
+    of ``classes_``.
+    """
+
+    def fit(self, X, y, sample_weight=None, groups=None):
+        X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64)
+        check_classification_targets(y)
+        self._le = LabelEncoder().fit(y)
+        self.classes_ = self._le.classes_
+        yi = self._le.transform(y)
+        n_classes = len(self.classes_)
+        if n_classes < 2:
+            raise ValueError(f"y has {n_classes} class: DeteriorationClassifier needs at least two")
+        if n_classes == 2:
+            return self._train(X, yi.astype(float), sample_weight, groups, "binary")
+        return self._train(X, yi.astype(float), sample_weight, groups, "multiclass",
+                           {"num_class": n_classes})
+
+    def predict_proba(self, X) -> np.ndarray:
+        raw = self._raw_predict(X)
+        if raw.ndim == 1:
+            return np.column_stack([1.0 - raw, raw])
+        return raw
+
+    def predict(self, X) -> np.ndarray:
+        proba = self.predict_proba(X)
+        return self.classes_[np.argmax(proba, axis=1)]
+
+    def decision_function(self, X) -> np.ndarray:
+        proba = self.predict_proba(X)
+        if proba.shape[1] == 2:
+            p = np.clip(proba[:, 1], 1e-12, 1 - 1e-12)
+            return np.log(p / (1 - p))
+        return np.log(np.clip(proba, 1e-12, 1.0))
+
+
+class HurdleRegressor(RegressorMixin, BaseEstimator):
+    """A change that is sometimes structurally zero: ``(1 - P(zero)) * E[change | not zero]``.
+
+    Census rates of small communes do not move between two results that share one rolling
+    survey (see :func:`territoria.models.targets.repeated_survey_mask`). Which communes
+    repeat a survey is a fixed design of the census, partly visible in the past results (the
+    timing of past surveys leaves a signature on past changes), so a classifier learns it
+    and the regressor learns the genuine change on the other zones. ``fit`` takes the
+    training mask ``structural_zero`` (dated at the end of the transition: a training label,
+    never a feature); without it, this is the plain regressor.
+    """
+
+    _accepts_groups = True
+
+    def __init__(self, regressor=None, classifier=None) -> None:
+        self.regressor = regressor
+        self.classifier = classifier
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = True
+        return tags
+
+    def fit(self, X, y, sample_weight=None, groups=None, structural_zero=None):
+        from sklearn.base import clone
+
+        names = np.asarray(X.columns, dtype=object) if hasattr(X, "columns") else None
+        X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64, y_numeric=True)
+        if names is not None:
+            X = pd.DataFrame(X, columns=names)
+        y = np.asarray(y, dtype=float)
+        w = None if sample_weight is None else _check_sample_weight(sample_weight, X)
+        g = None if groups is None else np.asarray(groups)
+        zero = np.zeros(len(y), bool) if structural_zero is None else np.asarray(structural_zero, bool)
+        reg = clone(self.regressor if self.regressor is not None else TrajectoryRegressor())
+        keep = ~zero
+        rows = X.iloc[keep] if hasattr(X, "iloc") else X[keep]
+        reg.fit(rows, y[keep], sample_weight=None if w is None else w[keep], groups=None if g is None else g[keep])
+        self.regressor_ = reg
+        self.classifier_ = None
+        if zero.any() and not zero.all():
+            clf = clone(self.classifier if self.classifier is not None else DeteriorationClassifier())
+            clf.fit(X, zero.astype(int), sample_weight=w, groups=g)
+            self.classifier_ = clf
+        return self
+
+    def _check(self, X):
+        check_is_fitted(self, "regressor_")
+        Xv = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
+        names = getattr(self, "feature_names_in_", None)
+        return pd.DataFrame(Xv, columns=names) if names is not None else Xv
+
+    def zero_probability(self, X) -> np.ndarray:
+        X = self._check(X)
+        if self.classifier_ is None:
+            return np.zeros(X.shape[0])
+        return self.classifier_.predict_proba(X)[:, 1]
+
+    def predict(self, X) -> np.ndarray:
+        X = self._check(X)
+        p = np.zeros(X.shape[0]) if self.classifier_ is None else self.classifier_.predict_proba(X)[:, 1]
+        return (1.0 - p) * self.regressor_.predict(X)
+
+
+def monotone_constraints_from_registry(
+    feature_names, meta: pd.DataFrame, registry, target_sign: int, relation: int = 1,
+    transforms: tuple[str, ...] = ("level",),
+) -> dict[str, int]:
+    """Monotone constraints oriented by the registry's directions (opt-in).
+
+    For every feature of the given ``transforms`` whose indicator is scored, the constraint
+    says: "a zone worse on this indicator is expected to move ``relation``-wards on the
+    target" (``relation=+1``: worse levels predict deterioration; ``-1``: catch-up). The
+    predicted quantity is the raw change, whose "worse" direction is ``target_sign``.
+    Returns ``{feature: +1 | -1}`` for :class:`TrajectoryRegressor`.
+    """
+    m = meta.set_index("feature")
+    out = {}
+    for f in feature_names:
+        if f not in m.index or m.at[f, "transform"] not in transforms:
+            continue
+        ind = m.at[f, "indicator"]
+        if ind not in registry.indicators or not registry.indicator(ind).scored:
+            continue
+        out[f] = int(registry.indicator(ind).sign * target_sign * relation)
+    return out
+
+
+# --------------------------------------------------------------------------- design matrix
+ID_COLUMNS = ["zone_code", "zone_name", "departement", "region", "epci", "zone", "reference_period"]
+
+
+def _count_like(measure: str, registry) -> bool:
+    """Counts change in % (population, jobs, fiscal households...), the rest in points/euros."""
+    if measure in registry.variables:
+        return registry.variable(measure).kind == "count"
+    if measure in registry.indicators:
+        var = registry.indicator(measure).definition.variable
+        return var is not None and registry.variable(var).kind == "count"
+    return False
+
+
+def _meta_row(feature, measure, registry, transform, periods):
+    if measure in registry.indicators:
+        ind = registry.indicator(measure)
+        domain, lever, label = ind.domain, bool(ind.lever), ind.label_en
+    elif measure in registry.variables:
+        var = registry.variable(measure)
+        domain, lever, label = "context", False, var.label_en
+    else:
+        domain, lever, label = "context", False, measure
+    return {
+        "feature": feature, "indicator": measure, "domain": domain, "is_lever": lever,
+        "transform": transform, "period_from": float(periods[0]), "period_to": float(periods[1]),
+        "label_en": f"{label} ({transform})", "label_fr": f"{label} ({transform})",
+    }
+
+
+def history_features(
+    panel: pd.DataFrame,
+    measure: str,
+    origin: int,
+    graph,
+    identity: pd.DataFrame,
+    registry,
+    cross_measures: bool = True,
+    min_coverage: float = 0.5,
+    max_lags: int = 4,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Target-specific history from the panel, every value dated <= ``origin``.
+
+    Changes are annualised (in % for counts) and named by their *lag* (``lag1`` is the
+    change between the two latest vintages <= origin, ``lag2`` the one before...), not by
+    their years, so that a model fitted at one origin applies at another (temporal backtests,
+    ``run --as-of``); the metadata keep the vintages.
+
+    * the target's own ``measure``: the changes of up to ``max_lags`` consecutive vintage
+      pairs, their neighbours' mean (graph) and department mean (population-weighted), the
+      mean of all its past changes and the origin level with its gap to the department and its
+      neighbours' mean;
+    * with ``cross_measures``, every other commune measure of the panel with two vintages or
+      more covering ``min_coverage`` of the communes (raw counts such as jobs and fiscal
+      households included): its changes (up to ``max_lags``) and their neighbours' mean.
+
+    Returns the features (indexed like ``identity``) and their metadata (same columns as
+    ``features_meta.csv``; ``period_to`` <= origin by construction).
+    """
+    com = panel[(panel["level"] == "commune") & (panel["period"] <= origin)]
+    cube = com.pivot_table(index="zone_code", columns=["measure", "period"], values="value", aggfunc="first")
+    index = identity.index
+    cols: dict[str, pd.Series] = {}
+    meta: list[dict] = []
+    dep = identity["departement"]
+    measures = set(cube.columns.get_level_values(0))
+
+    def periods_of(m, coverage=0.0):
+        if m not in measures:
+            return []
+        return sorted(int(p) for p in cube[m].columns if cube[(m, p)].notna().mean() > coverage)
+
+    pop_periods = periods_of("population")
+    pop = cube[("population", pop_periods[-1])].reindex(index) if pop_periods else None
+
+    def add(name, values, m, transform, periods):
+        cols[name] = values.reindex(index).astype(float)
+        meta.append(_meta_row(name, m, registry, transform, periods))
+
+    def lagged_changes(m, per):
+        rel = _count_like(m, registry)
+        pairs = list(zip(per[:-1], per[1:]))[::-1][:max_lags]
+        return {
+            j + 1: ((a, b), (change_series(cube[(m, b)], cube[(m, a)], rel) / (b - a)).reindex(index))
+            for j, (a, b) in enumerate(pairs)
+        }
+
+    own = periods_of(measure)
+    changes = lagged_changes(measure, own) if len(own) >= 2 else {}
+    if changes:
+        frame = pd.DataFrame({f"lag{j}": c for j, (_, c) in changes.items()})
+        nbr = neighbour_mean(graph, frame)
+        for j, (span, c) in changes.items():
+            add(f"hist__{measure}__lag{j}", c, measure, "change_annual", span)
+            add(f"hist__{measure}__lag{j}__nbr", nbr[f"lag{j}"], measure, "change_annual_nbr_mean", span)
+            add(f"hist__{measure}__lag{j}__dep", _group_mean(c, dep, pop), measure, "change_annual_dep_mean", span)
+        if len(changes) >= 2:
+            span = (own[0], own[-1])
+            allc = frame.mean(axis=1)
+            add(f"hist__{measure}__lag_mean", allc, measure, "change_annual_mean", span)
+            add(f"hist__{measure}__lag_mean__nbr", neighbour_mean(graph, allc.rename("x")), measure,
+                "change_annual_mean_nbr_mean", span)
+    if own:
+        last = own[-1]
+        lvl = cube[(measure, last)].reindex(index)
+        add(f"hist__{measure}__level", lvl, measure, "level", (last, last))
+        add(f"hist__{measure}__level__gap_dep", lvl - _group_mean(lvl, dep, pop), measure, "gap_dep", (last, last))
+        add(f"hist__{measure}__level__nbr", neighbour_mean(graph, lvl.rename("x")), measure, "nbr_mean", (last, last))
+    if cross_measures:
+        new = {}
+        for m in sorted(measures - {measure}):
+            per = periods_of(m, min_coverage)
+            if len(per) < 2:
+                continue
+            for j, (span, c) in lagged_changes(m, per).items():
+                new[f"{m}__lag{j}"] = (m, span, c)
+        if new:
+            nbr = neighbour_mean(graph, pd.DataFrame({k: c for k, (_, _, c) in new.items()}))
+            for k, (m, span, c) in new.items():
+                add(f"hist__{k}", c, m, "change_annual", span)
+                add(f"hist__{k}__nbr", nbr[k], m, "change_annual_nbr_mean", span)
+    X = pd.DataFrame(cols, index=index)
+    return X, pd.DataFrame(meta)
+
+
+def change_series(cur: pd.Series, prev: pd.Series, relative: bool) -> pd.Series:
+    if relative:
+        return (cur - prev) / prev.where(prev > 0) * 100.0
+    return cur - prev
+
+
+def _group_mean(values: pd.Series, groups: pd.Series, weights: pd.Series | None) -> pd.Series:
+    """Weighted mean of each zone's group (department), broadcast to the zones."""
+    v = values.reindex(groups.index)
+    w = pd.Series(1.0, index=groups.index) if weights is None else weights.reindex(groups.index).fillna(0.0)
+    has = v.notna()
+    num = (v.fillna(0.0) * w * has).groupby(groups).transform("sum")
+    den = (w * has).groupby(groups).transform("sum")
+    return num / den.where(den > 0)
+
+
+def select_features(X: pd.DataFrame, max_missing: float = 0.95, corr_threshold: float = 0.995) -> list[str]:
+    """Columns worth keeping: not (almost) empty, not constant, not a near-duplicate.
+
+    Unsupervised (never looks at the target), so it can run on all rows of a design matrix
+    before cross-validation. Of two columns whose Spearman correlation exceeds
+    ``corr_threshold``, the first (in column order) is kept.
+    """
+    keep = [c for c in X.columns if X[c].isna().mean() <= max_missing and X[c].nunique(dropna=True) > 1]
+    sub = X[keep]
+    ranks = sub.rank().fillna(sub.rank().mean())
+    corr = np.abs(np.corrcoef(ranks.to_numpy().T))
+    corr = np.nan_to_num(corr)
+    drop = set()
+    for i in range(len(keep)):
+        if keep[i] in drop:
+            continue
+        for j in range(i + 1, len(keep)):
+            if corr[i, j] > corr_threshold:
+                drop.add(keep[j])
+    return [c for c in keep if c not in drop]
+
+
+def fill_spatial_periods(meta: pd.DataFrame) -> pd.DataFrame:
+    """Vintages of neighbourhood and group-gap features, taken from their indicator's level.
+
+    The feature stage leaves ``period_from``/``period_to`` empty for spatial context built on
+    a level; they read the level's vintage, which this fills in (for the no-leakage check).
+    """
+    M = meta.copy()
+    levels = M[M["transform"] == "level"].drop_duplicates("indicator").set_index("indicator")
+    for col in ("period_from", "period_to"):
+        missing = M[col].isna()
+        M.loc[missing, col] = M.loc[missing, "indicator"].map(levels[col])
+    return M
+
+
+def design_matrix(
+    features: pd.DataFrame,
+    meta: pd.DataFrame,
+    panel: pd.DataFrame,
+    graph,
+    identity: pd.DataFrame,
+    registry,
+    measure: str,
+    origin: int,
+    rows=None,
+    history: bool = True,
+    select: bool = True,
+    **history_options,
+) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """Features of a target at its origin: ``features_at(origin)`` plus its panel history.
+
+    ``features`` and ``meta`` come from ``FeatureBuild.features_at(origin)`` (identity
+    columns are dropped). ``rows`` (zone codes) restricts the matrix, and the unsupervised
+    selection of :func:`select_features` runs on those rows. Returns ``(X, meta)`` with one
+    metadata row per column of ``X``.
+    """
+    F = features.set_index("zone_code") if "zone_code" in features.columns else features
+    X = F.drop(columns=[c for c in ID_COLUMNS if c in F.columns]).astype(float)
+    M = fill_spatial_periods(meta)
+    if history:
+        H, HM = history_features(panel, measure, origin, graph, identity, registry, **history_options)
+        H = H.drop(columns=[c for c in H.columns if c in X.columns])
+        X = pd.concat([X, H.reindex(X.index)], axis=1)
+        M = pd.concat([M, HM[HM["feature"].isin(H.columns)]], ignore_index=True)
+    if rows is not None:
+        X = X.reindex(pd.Index(rows))
+    if select:
+        X = X[select_features(X)]
+    M = M.set_index("feature").reindex(X.columns).rename_axis("feature").reset_index()
+    return X, M

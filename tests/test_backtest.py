@@ -1,0 +1,135 @@
+"""Metrics, and one backtest run on the real data: model and baselines on the same folds."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from territoria.models import metrics as mx
+from territoria.models.backtest import (
+    BASELINES,
+    MODEL,
+    FeatureCache,
+    predict_target,
+    run_backtest,
+    train_target,
+)
+from territoria.models.targets import load_model_config
+
+FAST = {"n_estimators": 60, "learning_rate": 0.1, "n_jobs": 1}
+
+
+# --------------------------------------------------------------------------- metrics
+def test_precision_recall_direction_aware():
+    y = np.arange(100.0)
+    p_up, r_up = mx.precision_recall_at(y, y, sign=1)
+    assert (p_up, r_up) == (1.0, 1.0)
+    p_down, _ = mx.precision_recall_at(y, y, sign=-1)
+    assert p_down == 1.0
+    p_wrong, _ = mx.precision_recall_at(y, -y, sign=1)
+    assert p_wrong == 0.0
+
+
+def test_constant_prediction_has_no_ranking():
+    y = np.arange(50.0)
+    m = mx.regression_metrics(y, np.zeros(50), sign=1)
+    assert np.isnan(m["spearman"])
+    assert m["precision_at_10"] == pytest.approx(0.1)  # the whole tied set is flagged
+    assert m["r2"] < 0
+
+
+def test_missing_predictions_are_dropped_and_reported():
+    y = np.arange(10.0)
+    pred = np.where(y < 5, np.nan, y)
+    m = mx.regression_metrics(y, pred)
+    assert m["n"] == 5 and m["scored_share"] == 0.5 and m["spearman"] == pytest.approx(1.0)
+
+
+def test_future_level_precision_vs_persistence():
+    level = np.arange(100.0)
+    y = np.where(np.arange(100) < 10, 1000.0, 0.0)  # the 10 lowest jump to the top
+    out = mx.future_level_precision(level, y, y, sign=1)
+    assert out["model"] == 1.0 and out["persistence"] == 0.0
+
+
+def test_calibration():
+    rng = np.random.default_rng(0)
+    p = rng.random(5000)
+    y = (rng.random(5000) < p).astype(float)
+    tab = mx.reliability_table(y, p, n_bins=5)
+    assert len(tab) == 5 and tab["n"].sum() == 5000
+    assert np.allclose(tab["observed"], tab["mean_predicted"], atol=0.05)
+    c = mx.classification_metrics(y, p)
+    assert c["brier"] < c["brier_base_rate"] and c["ece"] < 0.03 and c["roc_auc"] > 0.7
+
+
+# --------------------------------------------------------------------------- one real run
+@pytest.fixture(scope="module")
+def small_config():
+    cfg = load_model_config()
+    cfg.cv.n_splits = 3
+    cfg.intervals.normalised = False
+    return cfg
+
+
+@pytest.fixture(scope="module")
+def backtest(feature_build, small_config):
+    return run_backtest(feature_build, ["population_2018_2021"], config=small_config, params=FAST,
+                        temporal=False)
+
+
+def test_backtest_scores_model_and_baselines_on_the_same_zones(backtest):
+    m = backtest.metrics
+    assert set(m.columns) == {"target", "model", "scheme", "metric", "value"}
+    cv = m[m["scheme"] == "cv_departement"]
+    assert {MODEL, *BASELINES, "lightgbm_classifier"} <= set(cv["model"])
+    n = cv[cv["metric"] == "n"].set_index("model")["value"]
+    assert n.nunique() == 1 and n.iloc[0] > 4000  # every model on the same zones
+    sp = cv[cv["metric"] == "spearman"].set_index("model")["value"]
+    assert sp[MODEL] > 0.5 and sp[MODEL] > sp["spatial_lag"]
+    assert np.isnan(sp["persistence_zero"])
+    cov = cv[cv["metric"].isin(["coverage_80", "coverage_90"])].set_index("metric")["value"]
+    assert abs(cov["coverage_80"] - 0.8) < 0.05 and abs(cov["coverage_90"] - 0.9) < 0.05
+    groups = set(backtest.coverage["grouping"])
+    assert {"all", "size_class", "territory", "density_class"} <= groups
+
+
+def test_backtest_outputs(backtest, tmp_path):
+    text = backtest.table()
+    assert "lightgbm" in text and "ridge" in text and "ratio_to_best_baseline" in text
+    d = backtest.to_dict()
+    json.dumps(d)  # metrics.json-ready
+    assert d["metrics"]["population_2018_2021"]["cv_departement"]["lightgbm"]["spearman"] > 0.5
+    paths = backtest.write(tmp_path)
+    assert json.loads(paths["metrics_json"].read_text())["config"]["scheme"] == "cv_departement"
+    pred = pd.read_parquet(paths["predictions"])
+    assert {"zone_code", "fold", "y", MODEL, "ridge", "low_80", "high_90"} <= set(pred.columns)
+    assert pred["fold"].between(0, 2).all()
+
+
+def test_temporal_backtest_and_forecast(feature_build, small_config):
+    res = run_backtest(feature_build, ["population_2018_2021"], config=small_config, params=FAST,
+                       intervals=False, classifier=False)
+    tmp = res.metrics[res.metrics["scheme"] == "temporal"]
+    assert set(tmp["target"]) == {"population_2018_2021<-population_2013_2018"}
+    assert {MODEL, "ridge", "last_trend"} <= set(tmp["model"])
+
+    # as of 2018: fit on 2013 -> 2018, forecast 2018 -> 2021 for every commune
+    trained = train_target(feature_build, "population_2013_2018", config=small_config, params=FAST)
+    pred = predict_target(feature_build, trained, origin=2018, horizon_end=2021)
+    assert list(pred.columns) == ["zone_code", "target", "origin", "horizon_end", "prediction",
+                                  "low_80", "high_80", "low_90", "high_90"]
+    assert len(pred) == len(feature_build.identity)
+    ok = pred["prediction"].notna()
+    assert ok.mean() > 0.99
+    p = pred[ok]
+    assert (p["low_90"] <= p["low_80"]).all() and (p["low_80"] <= p["prediction"]).all()
+    assert (p["prediction"] <= p["high_80"]).all() and (p["high_80"] <= p["high_90"]).all()
+    # same seed, same predictions
+    again = predict_target(feature_build, train_target(feature_build, "population_2013_2018",
+                                                       config=small_config, params=FAST), 2018, 2021)
+    pd.testing.assert_frame_equal(pred, again)
+    assert FeatureCache.of(feature_build) is FeatureCache.of(feature_build)

@@ -1,0 +1,155 @@
+"""Trajectory models: scikit-learn contract, reproducibility, early stopping, monotone
+constraints, the hurdle model, and the target-specific history features (no leakage)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import pytest
+from libpysal.graph import Graph
+from sklearn.utils.estimator_checks import parametrize_with_checks
+
+from territoria.models.baselines import RidgeBaseline
+from territoria.models.trajectory import (
+    DeteriorationClassifier,
+    HurdleRegressor,
+    TrajectoryRegressor,
+    history_features,
+    monotone_constraints_from_registry,
+    select_features,
+)
+from territoria.registry import load_registry
+
+SMALL = {"n_estimators": 20, "min_child_samples": 2, "n_jobs": 1}
+
+# LightGBM's leaves need `min_child_samples` *rows* and bagging draws rows: a weight of 2 is
+# not a duplicated row, and the ridge baseline clips features at quantiles of rows.
+_WEIGHT_EQUIVALENCE = "row-based (min_child_samples, bagging, clipping quantiles): a weight is not a duplicated row"
+
+
+def _expected_failed(estimator):
+    return {"check_sample_weight_equivalence_on_dense_data": _WEIGHT_EQUIVALENCE}
+
+
+@parametrize_with_checks(
+    [
+        TrajectoryRegressor(**SMALL),
+        DeteriorationClassifier(**SMALL),
+        HurdleRegressor(regressor=TrajectoryRegressor(**SMALL)),
+        RidgeBaseline(),
+    ],
+    expected_failed_checks=_expected_failed,
+)
+def test_sklearn_contract(estimator, check):
+    check(estimator)
+
+
+def _data(n=600, seed=0):
+    rng = np.random.default_rng(seed)
+    X = pd.DataFrame(rng.normal(size=(n, 5)), columns=[f"x{i}" for i in range(5)])
+    y = 2 * X["x0"] - X["x1"] ** 2 + rng.normal(scale=0.5, size=n)
+    groups = np.repeat(np.arange(n // 20), 20)
+    return X, y.to_numpy(), groups
+
+
+def test_same_seed_same_predictions():
+    X, y, g = _data()
+    a = TrajectoryRegressor(random_state=3, n_jobs=1).fit(X, y, groups=g).predict(X)
+    b = TrajectoryRegressor(random_state=3, n_jobs=1).fit(X, y, groups=g).predict(X)
+    c = TrajectoryRegressor(random_state=4, n_jobs=1).fit(X, y, groups=g).predict(X)
+    np.testing.assert_array_equal(a, b)
+    assert not np.allclose(a, c)
+
+
+def test_early_stopping_on_blocked_split():
+    X, y, g = _data()
+    m = TrajectoryRegressor(n_estimators=2000, learning_rate=0.2, early_stopping_rounds=10, n_jobs=1)
+    m.fit(X, y, groups=g)
+    assert m.best_iteration_ < 2000
+    assert np.corrcoef(m.predict(X), y)[0, 1] > 0.8
+    full = TrajectoryRegressor(n_estimators=50, early_stopping_rounds=None, n_jobs=1).fit(X, y)
+    assert full.best_iteration_ == 50
+
+
+def test_monotone_constraints_hold():
+    X, y, g = _data()
+    m = TrajectoryRegressor(monotone_constraints={"x1": 1}, n_jobs=1).fit(X, y, groups=g)
+    grid = pd.DataFrame(np.zeros((50, 5)), columns=X.columns)
+    grid["x1"] = np.linspace(-3, 3, 50)
+    assert np.all(np.diff(m.predict(grid)) >= -1e-12)
+    with pytest.raises(ValueError, match="unknown features"):
+        TrajectoryRegressor(monotone_constraints={"nope": 1}, n_jobs=1).fit(X, y)
+
+
+def test_monotone_constraints_from_registry():
+    reg = load_registry()
+    meta = pd.DataFrame({
+        "feature": ["poverty_rate", "median_income", "poverty_rate__chg"],
+        "indicator": ["poverty_rate", "median_income", "poverty_rate"],
+        "transform": ["level", "level", "change"],
+    })
+    mc = monotone_constraints_from_registry(meta["feature"], meta, reg, target_sign=1)
+    # a higher poverty rate is worse, a higher income better; changes are not constrained
+    assert mc == {"poverty_rate": 1, "median_income": -1}
+
+
+def test_classifier_probabilities():
+    X, y, g = _data()
+    lab = (y > np.quantile(y, 0.9)).astype(int)
+    clf = DeteriorationClassifier(n_jobs=1).fit(X, lab, groups=g)
+    p = clf.predict_proba(X)
+    assert p.shape == (len(y), 2) and np.allclose(p.sum(axis=1), 1)
+    assert set(clf.predict(X)) <= {0, 1}
+
+
+def test_hurdle_learns_structural_zeros():
+    rng = np.random.default_rng(1)
+    n = 2000
+    X = pd.DataFrame({"z": rng.normal(size=n), "x": rng.normal(size=n)})
+    zero = X["z"].to_numpy() > 0.5
+    y = np.where(zero, 0.0, 1.0 + X["x"].to_numpy())
+    h = HurdleRegressor(regressor=TrajectoryRegressor(n_jobs=1),
+                        classifier=DeteriorationClassifier(n_jobs=1)).fit(X, y, structural_zero=zero)
+    p = h.predict(X)
+    assert np.abs(p[zero]).mean() < 0.2
+    assert np.corrcoef(p[~zero], y[~zero])[0, 1] > 0.9
+    plain = HurdleRegressor(regressor=TrajectoryRegressor(n_jobs=1)).fit(X, y)
+    assert plain.classifier_ is None
+
+
+def test_select_features_drops_constant_empty_and_duplicates():
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=200)
+    X = pd.DataFrame({"a": a, "a_copy": 3 * a + 1, "const": 1.0, "empty": np.nan, "b": rng.normal(size=200)})
+    assert select_features(X) == ["a", "b"]
+
+
+# --------------------------------------------------------------------------- history features
+def _toy_panel():
+    zones = ["01001", "01002", "01003", "01004"]
+    rows = []
+    for z_i, z in enumerate(zones):
+        for p, v in {2014: 100, 2016: 110, 2018: 120, 2021: 999}.items():
+            rows.append((z, "median_income", p, float(v + z_i)))
+        for p, v in {2013: 1000, 2018: 1100, 2021: 5000}.items():
+            rows.append((z, "population", p, float(v * (z_i + 1))))
+    df = pd.DataFrame(rows, columns=["zone_code", "measure", "period", "value"])
+    df["level"] = "commune"
+    ident = pd.DataFrame({"zone_code": zones, "departement": ["01", "01", "02", "02"]}, index=zones)
+    graph = Graph.from_arrays(zones, zones[1:] + zones[:1], [1.0] * 4)
+    return df, ident, graph
+
+
+def test_history_features_lags_and_no_future_values():
+    panel, ident, graph = _toy_panel()
+    reg = load_registry()
+    X, meta = history_features(panel, "median_income", 2018, graph, ident, reg)
+    assert (meta["period_to"] <= 2018).all()
+    assert X.loc["01001", "hist__median_income__lag1"] == pytest.approx(5.0)  # (120-110)/2
+    assert X.loc["01001", "hist__median_income__lag2"] == pytest.approx(5.0)
+    assert X.loc["01002", "hist__population__lag1"] == pytest.approx(2.0)  # +10 % over 5 years
+    # values dated after the origin never change the features
+    changed = panel.copy()
+    changed.loc[changed["period"] > 2018, "value"] *= -7
+    X2, _ = history_features(changed, "median_income", 2018, graph, ident, reg)
+    pd.testing.assert_frame_equal(X, X2)
