@@ -384,13 +384,14 @@ def run_backtest(
     params: dict | None = None,
     features: FeatureCache | None = None,
     log=None,
+    cv: bool = True,
 ) -> BacktestResult:
     """Backtest ``targets`` (names or specs; default: the configuration's key targets).
 
     ``scheme`` is the CV grouping (``departement`` by default from the configuration, or
     ``region``). ``temporal`` also runs the configured temporal backtests whose scored target
     is among ``targets`` (all of them when ``targets`` is None). ``params`` override the
-    LightGBM defaults of ``conf/models.yml``.
+    LightGBM defaults of ``conf/models.yml``. ``cv=False`` runs the temporal backtests only.
     """
     config = config or load_model_config()
     registry = load_registry()
@@ -408,7 +409,7 @@ def run_backtest(
             prepared[spec.name] = prepare_target(feature_build, spec, config, features, registry, group_col)
         return prepared[spec.name]
 
-    for spec in specs:
+    for spec in specs if cv else []:
         data = prep(spec)
         log(f"cross-validating {spec.name}: {int(data.scored.sum())} zones scored, {data.X.shape[1]} features")
         r, p, c, rl = cross_validate_target(feature_build, data, config, scheme_name, params, intervals, classifier)

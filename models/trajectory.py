@@ -401,8 +401,13 @@ def history_features(
     Returns the features (indexed like ``identity``) and their metadata (same columns as
     ``features_meta.csv``; ``period_to`` <= origin by construction).
     """
-    com = panel[(panel["level"] == "commune") & (panel["period"] <= origin)]
-    cube = com.pivot_table(index="zone_code", columns=["measure", "period"], values="value", aggfunc="first")
+    com = panel.loc[(panel["level"] == "commune") & (panel["period"] <= origin),
+                    ["zone_code", "measure", "period", "value"]]
+    try:
+        cube = com.set_index(["zone_code", "measure", "period"])["value"].unstack(["measure", "period"])
+    except ValueError:  # duplicated rows: keep the first
+        com = com.drop_duplicates(["zone_code", "measure", "period"])
+        cube = com.set_index(["zone_code", "measure", "period"])["value"].unstack(["measure", "period"])
     index = identity.index
     cols: dict[str, pd.Series] = {}
     meta: list[dict] = []
@@ -417,9 +422,15 @@ def history_features(
     pop_periods = periods_of("population")
     pop = cube[("population", pop_periods[-1])].reindex(index) if pop_periods else None
 
+    lagged: dict[str, tuple[str, pd.Series]] = {}  # neighbour means, computed in one product
+
     def add(name, values, m, transform, periods):
-        cols[name] = values.reindex(index).astype(float)
+        cols[name] = values.reindex(index).astype(float) if values is not None else None
         meta.append(_meta_row(name, m, registry, transform, periods))
+
+    def add_nbr(name, values, m, transform, periods):
+        lagged[name] = values.reindex(index).astype(float)
+        add(name, None, m, transform, periods)
 
     def lagged_changes(m, per):
         rel = _count_like(m, registry)
@@ -433,23 +444,21 @@ def history_features(
     changes = lagged_changes(measure, own) if len(own) >= 2 else {}
     if changes:
         frame = pd.DataFrame({f"lag{j}": c for j, (_, c) in changes.items()})
-        nbr = neighbour_mean(graph, frame)
         for j, (span, c) in changes.items():
             add(f"hist__{measure}__lag{j}", c, measure, "change_annual", span)
-            add(f"hist__{measure}__lag{j}__nbr", nbr[f"lag{j}"], measure, "change_annual_nbr_mean", span)
+            add_nbr(f"hist__{measure}__lag{j}__nbr", c, measure, "change_annual_nbr_mean", span)
             add(f"hist__{measure}__lag{j}__dep", _group_mean(c, dep, pop), measure, "change_annual_dep_mean", span)
         if len(changes) >= 2:
             span = (own[0], own[-1])
             allc = frame.mean(axis=1)
             add(f"hist__{measure}__lag_mean", allc, measure, "change_annual_mean", span)
-            add(f"hist__{measure}__lag_mean__nbr", neighbour_mean(graph, allc.rename("x")), measure,
-                "change_annual_mean_nbr_mean", span)
+            add_nbr(f"hist__{measure}__lag_mean__nbr", allc, measure, "change_annual_mean_nbr_mean", span)
     if own:
         last = own[-1]
         lvl = cube[(measure, last)].reindex(index)
         add(f"hist__{measure}__level", lvl, measure, "level", (last, last))
         add(f"hist__{measure}__level__gap_dep", lvl - _group_mean(lvl, dep, pop), measure, "gap_dep", (last, last))
-        add(f"hist__{measure}__level__nbr", neighbour_mean(graph, lvl.rename("x")), measure, "nbr_mean", (last, last))
+        add_nbr(f"hist__{measure}__level__nbr", lvl, measure, "nbr_mean", (last, last))
     if cross_measures:
         new = {}
         for m in sorted(measures - {measure}):
@@ -458,11 +467,13 @@ def history_features(
                 continue
             for j, (span, c) in lagged_changes(m, per).items():
                 new[f"{m}__lag{j}"] = (m, span, c)
-        if new:
-            nbr = neighbour_mean(graph, pd.DataFrame({k: c for k, (_, _, c) in new.items()}))
-            for k, (m, span, c) in new.items():
-                add(f"hist__{k}", c, m, "change_annual", span)
-                add(f"hist__{k}__nbr", nbr[k], m, "change_annual_nbr_mean", span)
+        for k, (m, span, c) in new.items():
+            add(f"hist__{k}", c, m, "change_annual", span)
+            add_nbr(f"hist__{k}__nbr", c, m, "change_annual_nbr_mean", span)
+    if lagged:
+        nbr = neighbour_mean(graph, pd.DataFrame(lagged, index=index))
+        for name in lagged:
+            cols[name] = nbr[name]
     X = pd.DataFrame(cols, index=index)
     return X, pd.DataFrame(meta)
 
