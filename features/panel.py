@@ -15,14 +15,17 @@ import pandas as pd
 import pandera.pandas as pa
 
 from territoria.errors import DataError
-from territoria.features.harmonise import HarmonisationResult, code_mapping, harmonise
+from territoria.features.harmonise import (
+    CodedTable, code_mapping, decode, factorize, harmonise_coded, recode, union,
+)
 from territoria.features.sources import all_sources
 from territoria.features.sources.base import Source
 from territoria.features.sources.cog import Cog
 from territoria.registry import Registry
 
 # Uniqueness of (zone_code, level, period, measure) is checked by build_panel on integer
-# keys: pandera's string-based check costs seconds on millions of rows.
+# keys, and validate_panel applies the rest without running pandera on millions of rows.
+# Columns are built with these exact dtypes: no coercion.
 PANEL_SCHEMA = pa.DataFrameSchema(
     {
         "zone_code": pa.Column(str),
@@ -38,7 +41,6 @@ PANEL_SCHEMA = pa.DataFrameSchema(
         "source": pa.Column(str),
     },
     strict=True,
-    coerce=True,
 )
 
 
@@ -97,96 +99,188 @@ def build_panel(
     Returns
     -------
     panel : DataFrame
-        Validated by :data:`PANEL_SCHEMA`.
+        Validated by :func:`validate_panel`; rows of the sources in the order of ``tables``
+        (rows as harmonised), then the ratio indicators.
     report : PanelReport
     """
     mapping = code_mapping(cog)
     universe = pd.Index(commune_universe(cog)["code"])
     report = PanelReport()
-    frames = []
     counts = [v.name for v in registry.variables.values() if v.kind == "count"]
     weights = pd.concat(
         [t[t["variable"].isin(counts) & (t["level"] != "iris")] for t in tables.values()],
         ignore_index=True,
     )
+    # Every table stays coded (integers into small dictionaries) until the panel is decoded
+    # once at the end: see CodedTable.
+    coded: dict[str, CodedTable] = {}
     for name, tidy in tables.items():
         if tidy.empty:
             continue
-        res: HarmonisationResult = harmonise(
+        table, report.unmapped[name] = harmonise_coded(
             tidy, mapping, registry, target_cog=target_cog, weights=weights
         )
-        report.unmapped[name] = res.unmapped
-        t = res.table
-        zone_id, zones = pd.factorize(t["zone_code"])
-        outside_zone = ~pd.Index(zones).isin(universe)
-        outside = outside_zone[zone_id] & (t["level"] == "commune").to_numpy(bool)
-        report.outside_universe[name] = sorted(t.loc[outside, "zone_code"].unique())
-        frames.append(t[~outside].assign(source=name))
-    long = pd.concat(frames, ignore_index=True)
-    _check_one_source_per_measure(long)
-    long = long.rename(columns={"variable": "measure"})
-    long["is_indicator"] = long["measure"].isin(list(registry.indicators))
-    indicators = _ratio_indicators(long, registry)
-    panel = pd.concat([long, indicators], ignore_index=True)
-    panel["parent_commune"] = _parent_commune(panel, mapping)
+        zone = table.data["zone_code"].to_numpy()
+        zones = table.dictionaries["zone_code"]
+        is_commune = table.data["level"].to_numpy() == table.dictionaries["level"].get_loc("commune")
+        # get_indexer, not isin: pandas' isin on strings converts the value set one by one
+        outside = np.append(universe.get_indexer(zones) < 0, False)[zone] & is_commune
+        report.outside_universe[name] = sorted(zones[np.unique(zone[outside])])
+        coded[name] = CodedTable(table.data[~outside], table.dictionaries)
+
+    long, dictionaries = _stack(coded)
+    indicator_names = pd.Index(list(registry.indicators), dtype="str")
+    dictionaries["measure"], (measure_pos, indicator_pos) = union(dictionaries["measure"], indicator_names)
+    long["measure"] = recode(long["measure"], measure_pos)
+    _check_one_source_per_measure(long, dictionaries)
+    indicators = _ratio_indicators(long, dictionaries["measure"], registry)
+    cols = {c: np.concatenate([long[c], indicators[c]]) for c in long}
+    is_indicator = np.zeros(len(dictionaries["measure"]), bool)
+    is_indicator[indicator_pos] = True
+    parent, dictionaries["parent_commune"] = _parent_commune(cols, dictionaries, mapping)
+    panel = pd.DataFrame(
+        {
+            "zone_code": decode(dictionaries["zone_code"], cols["zone_code"]),
+            "level": decode(dictionaries["level"], cols["level"]),
+            "parent_commune": decode(dictionaries["parent_commune"], parent),
+            "cog_year": cols["cog_year"],
+            "period": cols["period"],
+            "measure": decode(dictionaries["measure"], cols["measure"]),
+            "is_indicator": is_indicator[cols["measure"]],
+            "value": cols["value"],
+            "n_parts": cols["n_parts"],
+            "approx": cols["approx"],
+            "source": decode(dictionaries["source"], cols["source"]),
+        }
+    )
     # row order is deterministic (sources by name, rows as read): no costly global sort
-    return PANEL_SCHEMA.validate(panel[list(PANEL_SCHEMA.columns)]), report
+    return validate_panel(panel), report
 
 
-def _check_one_source_per_measure(long: pd.DataFrame) -> None:
+def validate_panel(panel: pd.DataFrame) -> pd.DataFrame:
+    """Check ``panel`` against :data:`PANEL_SCHEMA` without running pandera on every row.
+
+    The schema's guarantees at a fraction of the cost: pandera checks the columns and dtypes
+    on the empty frame, each column's element-wise checks on its distinct values (same
+    verdict), and, when a non-nullable column has a missing value, the missing rows (so the
+    error is pandera's usual one).
+
+    Raises
+    ------
+    pandera.errors.SchemaError
+    """
+    PANEL_SCHEMA.validate(panel.iloc[:0])
+    for name, column in PANEL_SCHEMA.columns.items():
+        values = panel[name]
+        if not column.nullable:
+            missing = values.isna().to_numpy()
+            if missing.any():
+                column.validate(panel.loc[missing, [name]])
+        if column.checks:
+            column.validate(values.drop_duplicates().to_frame())
+    return panel
+
+
+def _stack(coded: dict[str, CodedTable]) -> tuple[dict[str, np.ndarray], dict[str, pd.Index]]:
+    """Concatenate coded tables on shared dictionaries, with a ``source`` code per row."""
+    dictionaries = {"source": pd.Index(list(coded), dtype="str")}
+    positions = {}
+    for col, new in (("zone_code", "zone_code"), ("level", "level"), ("variable", "measure")):
+        dictionaries[new], positions[col] = union(*(t.dictionaries[col] for t in coded.values()))
+    long = {
+        "zone_code": [], "level": [], "cog_year": [], "period": [], "measure": [],
+        "value": [], "n_parts": [], "approx": [], "source": [],
+    }
+    for i, table in enumerate(coded.values()):
+        d = table.data
+        long["zone_code"].append(recode(d["zone_code"].to_numpy(), positions["zone_code"][i]))
+        long["level"].append(recode(d["level"].to_numpy(), positions["level"][i]))
+        long["measure"].append(recode(d["variable"].to_numpy(), positions["variable"][i]))
+        for col in ("cog_year", "period", "value", "n_parts", "approx"):
+            long[col].append(d[col].to_numpy())
+        long["source"].append(np.full(len(d), i, dtype=np.int64))
+    return {col: np.concatenate(parts) for col, parts in long.items()}, dictionaries
+
+
+def _row_key(long: dict[str, np.ndarray], columns: list[str]) -> np.ndarray:
+    """One ``int64`` per combination of the (non-negative integer) ``columns`` of each row."""
+    key = np.zeros(len(long[columns[0]]), np.int64)
+    for col in columns:
+        v = long[col].astype(np.int64)
+        v = v - v.min() if len(v) else v
+        key = key * (int(v.max(initial=0)) + 1) + v
+    return key
+
+
+def _check_one_source_per_measure(long: dict[str, np.ndarray], dictionaries: dict[str, pd.Index]) -> None:
     """A (zone, level, period, variable) given twice (two sources, or twice by one) is an error."""
-    codes = [pd.factorize(long[c])[0].astype("int64") for c in ("zone_code", "level", "variable")]
-    per, _ = pd.factorize(long["period"])
-    key = ((codes[0] * 8 + codes[1]) * 64 + per) * 4096 + codes[2]
-    dup = pd.Index(key).duplicated(keep=False)
-    if dup.any():
-        row = long[dup].iloc[0]
-        sources = sorted(long.loc[dup & (long["variable"] == row["variable"]), "source"].unique())
+    key = _row_key(long, ["zone_code", "level", "period", "measure"])
+    # a sort finds duplicates several times faster than a hash table of millions of keys
+    ordered = np.sort(key)
+    if (ordered[1:] == ordered[:-1]).any():
+        dup = pd.Series(key).duplicated(keep=False).to_numpy()
+        i = int(np.flatnonzero(dup)[0])
+        measure = long["measure"][i]
+        sources = sorted(dictionaries["source"][np.unique(long["source"][dup & (long["measure"] == measure)])])
         raise DataError(
             "conf/indicators",
-            f"variable '{row['variable']}' for zone {row['zone_code']} and period {row['period']} "
+            f"variable '{dictionaries['measure'][measure]}' for zone "
+            f"{dictionaries['zone_code'][long['zone_code'][i]]} and period {long['period'][i]} "
             f"is given more than once (by {sources}): keep one adapter per variable",
         )
 
 
-def _ratio_indicators(long: pd.DataFrame, registry: Registry) -> pd.DataFrame:
-    """Indicators defined as numerator / denominator × scale of harmonised counts."""
-    ratios = [i for i in registry.indicators.values() if i.definition.numerator is not None]
-    needed = {i.definition.numerator for i in ratios} | {i.definition.denominator for i in ratios}
-    by_measure = {m: g for m, g in long[long["measure"].isin(list(needed))].groupby("measure", sort=False)}
+def _ratio_indicators(
+    long: dict[str, np.ndarray], measures: pd.Index, registry: Registry
+) -> dict[str, np.ndarray]:
+    """Indicators defined as numerator / denominator × scale of harmonised counts.
+
+    Each numerator row with a denominator row of the same zone, level, COG year and period
+    gives one indicator row, in the order of the numerator rows (an inner join).
+    """
     keys = ["zone_code", "level", "cog_year", "period"]
-    frames = []
-    for ind in ratios:
+    row_key = _row_key(long, keys)
+    frames = {c: [] for c in long}
+    for ind in registry.indicators.values():
         d = ind.definition
-        num, den = by_measure.get(d.numerator), by_measure.get(d.denominator)
-        if num is None or den is None:
+        if d.numerator is None:
             continue
-        j = num[[*keys, "value", "n_parts", "source"]].merge(
-            den[[*keys, "value", "n_parts"]], on=keys, suffixes=("", "_den")
-        )
-        out = j[keys].copy()
-        out["value"] = j["value"] / j["value_den"].where(j["value_den"] != 0) * d.scale
-        out["n_parts"] = np.maximum(j["n_parts"], j["n_parts_den"])
-        out["approx"] = False
-        out["source"] = j["source"]
-        out["measure"] = ind.name
-        out["is_indicator"] = True
-        frames.append(out)
-    return pd.concat(frames, ignore_index=True) if frames else long.iloc[:0]
+        num_code, den_code = measures.get_indexer([d.numerator, d.denominator])
+        num = np.flatnonzero(long["measure"] == num_code) if num_code >= 0 else np.empty(0, np.int64)
+        den = np.flatnonzero(long["measure"] == den_code) if den_code >= 0 else np.empty(0, np.int64)
+        if not len(num) or not len(den):
+            continue
+        # (zone, level, period, measure) is unique: at most one denominator row per key
+        match = pd.Index(row_key[den]).get_indexer(row_key[num])
+        num, den = num[match >= 0], den[match[match >= 0]]
+        for c in keys + ["source"]:
+            frames[c].append(long[c][num])
+        den_value = long["value"][den]
+        frames["value"].append(long["value"][num] / np.where(den_value != 0, den_value, np.nan) * d.scale)
+        frames["n_parts"].append(np.maximum(long["n_parts"][num], long["n_parts"][den]))
+        frames["approx"].append(np.zeros(len(num), bool))
+        frames["measure"].append(np.full(len(num), measures.get_loc(ind.name), dtype=np.int64))
+    return {c: np.concatenate(parts) if parts else long[c][:0] for c, parts in frames.items()}
 
 
-def _parent_commune(panel: pd.DataFrame, mapping: pd.DataFrame) -> pd.Series:
-    """Commune (target COG) of each row: itself for communes, the IRIS's commune for IRIS."""
+def _parent_commune(
+    cols: dict[str, np.ndarray], dictionaries: dict[str, pd.Index], mapping: pd.DataFrame
+) -> tuple[np.ndarray, pd.Index]:
+    """Commune (target COG) of each row: itself for communes, the IRIS's commune for IRIS.
+
+    Returns the codes of each row's commune (``-1`` for none) and their dictionary.
+    """
     lookup = mapping.drop_duplicates("old_code").set_index("old_code")["code"]
-    zone_id, zones = pd.factorize(panel["zone_code"])
-    zones = pd.Index(zones, dtype=object)
+    zones = dictionaries["zone_code"]
     # IRIS codes are the commune code and 4 digits; QPV codes have no parent here
     is_iris_zone = np.asarray(zones.str.len() == 9, dtype=bool)
-    parent_of_zone = np.where(is_iris_zone, lookup.reindex(zones.str[:5]).to_numpy(object), zones)
-    parent = pd.Series(parent_of_zone[zone_id], index=panel.index, dtype=object)
-    is_qpv = (panel["level"] == "qpv").to_numpy(bool)
-    parent[is_qpv] = None
-    return parent
+    parent_of_zone = np.where(is_iris_zone, lookup.reindex(zones.str[:5]).to_numpy(object), zones.to_numpy(object))
+    parent_code, parents = factorize(pd.Series(parent_of_zone, dtype="str"))
+    parent = parent_code[cols["zone_code"]]
+    qpv = dictionaries["level"].get_indexer(["qpv"])[0]
+    if qpv >= 0:
+        parent[cols["level"] == qpv] = -1
+    return parent, parents
 
 
 def load_tables(sources: list[Source], progress=None) -> dict[str, pd.DataFrame]:
