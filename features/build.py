@@ -59,12 +59,17 @@ class FeatureSet:
 
     def __init__(self, index: pd.Index) -> None:
         self.index = index
-        self.columns: dict[str, pd.Series] = {}
+        self.columns: dict[str, np.ndarray] = {}
         self.meta: list[dict] = []
 
     def add(self, name: str, values: pd.Series, ind, transform: str, periods=(None, None)) -> None:
         suffix_en, suffix_fr = _TRANSFORM_LABELS.get(transform, ("", ""))
-        self.columns[name] = values.reindex(self.index).astype(float)
+        # align through the hash table of self.index, built once: reindexing each Series on
+        # its own index would hash its 35,000 codes again for every feature
+        pos = self.index.get_indexer(values.index)
+        column = np.full(len(self.index), np.nan)
+        column[pos[pos >= 0]] = values.to_numpy(float)[pos >= 0]
+        self.columns[name] = column
         self.meta.append(
             {
                 "feature": name,
@@ -90,10 +95,22 @@ def commune_cube(panel: pd.DataFrame, t: int) -> pd.DataFrame:
     """Commune measures dated <= t as one wide table: zone × (measure, period).
 
     Built once so that every feature family reads columns instead of filtering the long panel.
+    Zones and columns are sorted. The panel has one value per zone, measure and period
+    (checked by :func:`~territoria.features.panel.build_panel`).
     """
-    com = panel[(panel["level"] == "commune") & (panel["period"] <= t)]
-    cube = com.pivot(index="zone_code", columns=["measure", "period"], values="value")
-    return cube.sort_index(axis=1)
+    com = ((panel["level"] == "commune") & (panel["period"] <= t)).to_numpy(bool)
+    # scatter into a numpy array on integer codes: a pivot on string keys costs seconds
+    zone_id, zones = pd.factorize(panel["zone_code"][com], sort=True)
+    measure_id, measures = pd.factorize(panel["measure"][com], sort=True)
+    period = panel["period"].to_numpy("int64")[com]
+    first, span = (int(period.min()), int(period.max()) - int(period.min()) + 1) if len(period) else (0, 1)
+    col_id, col_key = pd.factorize(measure_id.astype(np.int64) * span + (period - first), sort=True)
+    values = np.full((len(zones), len(col_key)), np.nan)
+    values[zone_id, col_id] = panel["value"].to_numpy(float)[com]
+    columns = pd.MultiIndex.from_arrays(
+        [measures[col_key // span], col_key % span + first], names=["measure", "period"]
+    )
+    return pd.DataFrame(values, index=pd.Index(zones, name="zone_code"), columns=columns)
 
 
 def commune_series(cube: pd.DataFrame, measure: str, period: int) -> pd.Series:
@@ -118,16 +135,17 @@ def add_levels_and_changes(fs: FeatureSet, cube: pd.DataFrame, registry: Registr
         ind = registry.indicator(measure)
         periods = measure_periods(cube, measure)
         last = periods[-1]
-        cur = commune_series(cube, measure, last)
+        # whole cube columns (missing values included) share one index: no realignment
+        cur = cube[(measure, last)]
         fs.add(measure, cur, ind, "level", (last, last))
         levels.append(measure)
         if len(periods) < 2:
             continue
         relative = _is_count(registry, ind)
-        prev = commune_series(cube, measure, periods[-2])
+        prev = cube[(measure, periods[-2])]
         fs.add(f"{measure}__chg", _change(cur, prev, relative), ind, "change", (periods[-2], last))
         if len(periods) >= 3:
-            first = commune_series(cube, measure, periods[0])
+            first = cube[(measure, periods[0])]
             fs.add(f"{measure}__chg_long", _change(cur, first, relative), ind, "change_long", (periods[0], last))
     return levels
 
@@ -157,12 +175,14 @@ def add_spatial_context(
     nbr = neighbour_mean(graph, values)
     gap = gap_to_neighbours(graph, values)
     weights = frame["population"] if "population" in frame else None
+    gap_epci = gap_to_group(values, identity["epci"], weights)
+    gap_dep = gap_to_group(values, identity["departement"], weights)
     for n in scored:
         ind = registry.indicator(n)
         fs.add(f"{n}__nbr_mean", nbr[n], ind, "nbr_mean")
         fs.add(f"{n}__gap_nbr", gap[n], ind, "gap_nbr")
-        fs.add(f"{n}__gap_epci", gap_to_group(values[n], identity["epci"], weights), ind, "gap_epci")
-        fs.add(f"{n}__gap_dep", gap_to_group(values[n], identity["departement"], weights), ind, "gap_dep")
+        fs.add(f"{n}__gap_epci", gap_epci[n], ind, "gap_epci")
+        fs.add(f"{n}__gap_dep", gap_dep[n], ind, "gap_dep")
 
 
 def add_access(

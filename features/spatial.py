@@ -320,9 +320,13 @@ def _frame(values) -> tuple[pd.DataFrame, bool]:
 
 
 def _aligned(frame: pd.DataFrame, ids: pd.Index) -> np.ndarray:
-    if len(frame) and not frame.index.isin(ids).any():
+    # get_indexer, not isin: pandas' isin on strings converts the codes one by one
+    pos = frame.index.get_indexer(ids)
+    if len(frame) and not (pos >= 0).any():
         raise DataError("values", "index shares no zone code with the graph (codes as strings?)")
-    return frame.reindex(ids).to_numpy(dtype=float)
+    x = np.full((len(ids), frame.shape[1]), np.nan)
+    x[pos >= 0] = frame.to_numpy(dtype=float)[pos[pos >= 0]]
+    return x
 
 
 def _aligned_groups(groups: pd.Series, index: pd.Index) -> pd.Series:
