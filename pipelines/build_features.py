@@ -34,7 +34,7 @@ from territoria.features.spatial import build_commune_graph
 from territoria.io import write_csv, write_json, write_parquet
 from territoria.paths import bundled_data_dir
 from territoria.registry import Registry, load_registry
-from territoria.pipelines.cache import load_cached
+from territoria.pipelines.cache import load_all
 from territoria.settings import Parameters, load_parameters
 
 
@@ -155,16 +155,21 @@ def run_build_features(
     identity = identity_table(cog, CogEpci(data_dir).read_vintage(params.target_cog))
     timings["cog"] = time.perf_counter() - t0
 
-    t0 = step("reading the statistical sources")
-    tables = {}
+    t0 = step("reading the sources")
+    requests = {}
     for name, src in sources.items():
-        if src.kind != "table":
-            continue
-        vintages = [v for v in src.vintages if v <= t] if as_of is not None else None
-        if vintages == []:
-            continue
-        console.log(f"  {name} ({src.dataset})")
-        tables[name] = load_cached(src, vintages, cache_dir)
+        if src.kind == "table":
+            vintages = [v for v in src.vintages if v <= t] if as_of is not None else None
+            if vintages == []:
+                continue
+            requests[name] = (src, vintages)
+        elif src.kind == "points" or name == "commune_geometries":
+            requests[name] = (src, None)
+    console.log(f"  {', '.join(requests)}")
+    loaded = load_all(requests, cache_dir)
+    tables = {name: df for name, df in loaded.items() if sources[name].kind == "table"}
+    points = {name: df for name, df in loaded.items() if sources[name].kind == "points"}
+    geoms = loaded["commune_geometries"]
     timings["sources"] = time.perf_counter() - t0
 
     t0 = step(f"harmonising to the COG {params.target_cog} and computing indicators")
@@ -173,19 +178,12 @@ def run_build_features(
         panel = panel[panel["period"] <= as_of].reset_index(drop=True)
     timings["panel"] = time.perf_counter() - t0
 
-    t0 = step("geometries and spatial weights")
-    geoms = load_cached(sources["commune_geometries"], None, cache_dir)
-    graph = build_commune_graph(
-        geoms[geoms["zone_code"].isin(identity.index)], k=params.features.knn_fallback
-    )
+    t0 = step("spatial weights")
+    # get_indexer, not isin: pandas' isin on strings converts the codes one by one
+    in_study = identity.index.get_indexer(geoms["zone_code"]) >= 0
+    graph = build_commune_graph(geoms[in_study], k=params.features.knn_fallback)
     townhalls = townhall_points(identity, geoms)
     timings["graph"] = time.perf_counter() - t0
-
-    t0 = step("located facilities")
-    points = {
-        name: load_cached(src, None, cache_dir) for name, src in sources.items() if src.kind == "points"
-    }
-    timings["points"] = time.perf_counter() - t0
 
     t0 = step(f"feature matrix at t = {t}")
     features, meta = build_feature_matrix(

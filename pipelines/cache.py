@@ -10,6 +10,11 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import os
+import warnings
+from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures.process import BrokenProcessPool
+from multiprocessing import get_context
 from pathlib import Path
 
 import geopandas as gpd
@@ -33,12 +38,18 @@ def cache_key(src: Source, vintages: list[int]) -> str:
     return h.hexdigest()[:20]
 
 
+def cache_path(src: Source, vintages: list[int] | None, cache_dir: Path) -> Path:
+    """Cache entry of ``src.load(vintages)`` (it may not exist yet)."""
+    vintages = list(vintages) if vintages is not None else src.vintages
+    return Path(cache_dir) / f"{src.name}-{cache_key(src, vintages)}.parquet"
+
+
 def load_cached(src: Source, vintages: list[int] | None, cache_dir: Path | None) -> pd.DataFrame:
     """``src.load(vintages)``, through the cache when ``cache_dir`` is given."""
     vintages = list(vintages) if vintages is not None else src.vintages
     if cache_dir is None:
         return src.load(vintages)
-    path = Path(cache_dir) / f"{src.name}-{cache_key(src, vintages)}.parquet"
+    path = cache_path(src, vintages, cache_dir)
     if path.exists():
         try:
             return gpd.read_parquet(path) if src.kind != "table" and _is_geo(path) else pd.read_parquet(path)
@@ -49,6 +60,58 @@ def load_cached(src: Source, vintages: list[int] | None, cache_dir: Path | None)
         stale.unlink(missing_ok=True)
     write_parquet(df, path)
     return df
+
+
+def load_all(
+    requests: dict[str, tuple[Source, list[int] | None]],
+    cache_dir: Path | None,
+    workers: int | None = None,
+) -> dict[str, pd.DataFrame]:
+    """:func:`load_cached` of several sources, parsing the uncached ones in parallel.
+
+    Parsing the official formats is CPU-bound and the sources are independent, so sources
+    missing from the cache are parsed in worker processes (one per core by default, the
+    largest files first); cached entries are read here. The result follows the order of
+    ``requests`` whatever the order the workers finish in.
+
+    Parameters
+    ----------
+    requests : dict
+        ``name -> (source, vintages)`` (``None`` for every vintage).
+    cache_dir : Path or None
+        As in :func:`load_cached` (``None``: no cache, every source is parsed).
+    workers : int, optional
+        Worker processes; ``1`` parses in this process.
+    """
+    todo = [
+        name for name, (src, vintages) in requests.items()
+        if cache_dir is None or not cache_path(src, vintages, cache_dir).exists()
+    ]
+    workers = min(workers or os.cpu_count() or 1, len(todo))
+    parsed = {}
+    if workers > 1:
+        todo.sort(key=lambda name: -_input_bytes(*requests[name]))
+        # spawn, not fork: forking a process that runs Arrow threads may deadlock
+        try:
+            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+                futures = {name: pool.submit(load_cached, *requests[name], cache_dir) for name in todo}
+                parsed = {name: f.result() for name, f in futures.items()}
+        except BrokenProcessPool:
+            # e.g. a calling script without ``if __name__ == "__main__":``, which spawned
+            # workers re-run: parse here instead
+            warnings.warn("parallel parsing failed (is the calling script guarded by "
+                          "`if __name__ == '__main__'`?): parsing sources one by one", stacklevel=2)
+            parsed = {}
+    return {
+        name: parsed[name] if name in parsed else load_cached(src, vintages, cache_dir)
+        for name, (src, vintages) in requests.items()
+    }
+
+
+def _input_bytes(src: Source, vintages: list[int] | None) -> int:
+    """Size of a source's files: a proxy of its parsing time, to schedule the largest first."""
+    paths = [src.path(v) for v in (vintages if vintages is not None else src.vintages)]
+    return sum(p.stat().st_size for p in paths if p.exists())
 
 
 def _is_geo(path: Path) -> bool:

@@ -37,3 +37,15 @@ def test_damaged_entry_is_rebuilt(tmp_path, copy_bundled):
     entry = next(cache.glob("neet-*.parquet"))
     entry.write_bytes(b"not parquet")
     pd.testing.assert_frame_equal(load_cached(src, None, cache), good)
+
+
+def test_parallel_parsing_matches_one_by_one_in_request_order(tmp_path):
+    from territoria.features.sources.ips import IpsColleges
+    from territoria.pipelines.cache import load_all
+
+    requests = {"neet": (Neet(), None), "ips_colleges": (IpsColleges(), None)}
+    parallel = load_all(requests, tmp_path / "cache", workers=2)
+    assert list(parallel) == ["neet", "ips_colleges"]
+    assert len(list((tmp_path / "cache").glob("*.parquet"))) == 2  # the workers fill the cache
+    for name, (src, vintages) in requests.items():
+        pd.testing.assert_frame_equal(parallel[name], src.load(vintages))
