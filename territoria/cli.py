@@ -12,6 +12,7 @@ from typing import Annotated, Optional
 
 import typer
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from territoria.errors import DataError
@@ -123,6 +124,44 @@ def backtest(
     console.print(f"metrics in {out / 'metrics.json'}")
 
 
+@app.command()
+def tune(
+    target: Annotated[str, typer.Option("--target", help="Target name of conf/models.yml.")],
+    data: DataOpt = None,
+    out: OutOpt = Path("out"),
+    conf: ConfOpt = None,
+    as_of: AsOfOpt = None,
+    no_cache: NoCacheOpt = False,
+    trials: Annotated[int, typer.Option("--trials", min=1, help="Number of trials (the defaults first).")] = 30,
+    timeout: Annotated[
+        Optional[float], typer.Option("--timeout", help="Start no new trial after SECONDS.")
+    ] = None,
+) -> None:
+    """Search LightGBM parameters of a target with optuna (optional: pip install territoria[tune])."""
+    from territoria.models.targets import target_spec
+    from territoria.models.tuning import require_optuna, tune_target
+
+    # fail before the feature build: missing optuna, unknown target, target after --as-of
+    require_optuna()
+    spec = target_spec(target)
+    if as_of is not None and spec.end > as_of:
+        raise DataError("conf/models.yml", f"target '{target}' ends in {spec.end}, after --as-of {as_of}")
+    fb = _features(data, out, conf, as_of, no_cache)
+    res = tune_target(fb, target, n_trials=trials, timeout=timeout, log=console.log)
+    paths = res.write(out)
+    table = Table(title=f"Tuning {target}: {len(res.trials)} trials, {res.elapsed_s:.0f} s")
+    for col in ("", "defaults", "best"):
+        table.add_column(col)
+    table.add_row("spearman (CV)", f"{res.default_score:.4f}", f"{res.best_score:.4f}")
+    for k, v in res.best_params.items():
+        d = res.default_params.get(k)
+        if d != v:
+            table.add_row(k, f"{d:.4g}" if isinstance(d, float) else str(d),
+                          f"{v:.4g}" if isinstance(v, float) else str(v))
+    console.print(table)
+    console.print(f"trials in {paths['json']}; conf/models.yml `model:` block in {paths['params']}")
+
+
 def _print_train_summary(res, out: Path) -> None:
     top = res.index.sort_values("index_rank").head(10)
     table = Table(title="Most deprived communes (composite index)")
@@ -184,7 +223,8 @@ def main() -> None:
     try:
         app()
     except DataError as exc:
-        err_console.print(f"[bold red]error:[/bold red] {exc}", highlight=False, soft_wrap=True)
+        # escaped: a message may hold brackets (`pip install territoria[tune]`) that are not markup
+        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
         sys.exit(2)
 
 
