@@ -504,7 +504,12 @@ def predict_target(fb, trained: TrainedTarget, origin: int, horizon_end: int,
     F, meta = features(origin)
     X, _ = design_matrix(F, meta, fb.panel, fb.graph, fb.identity, load_registry(), spec.measure,
                          origin, select=False)
-    X = X.reindex(columns=trained.columns)
+    return predict_frame(trained, X.reindex(columns=trained.columns), origin, horizon_end)
+
+
+def predict_frame(trained: TrainedTarget, X: pd.DataFrame, origin: int, horizon_end: int) -> pd.DataFrame:
+    """Long-format forecasts of the zones of a design matrix ``X`` (trained columns)."""
+    spec = trained.spec
     scale = (horizon_end - origin) / spec.horizon
     pred = trained.model.predict(X)
     spread = None

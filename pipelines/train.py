@@ -41,6 +41,7 @@ class TrainResult:
 
     index: pd.DataFrame
     predictions: pd.DataFrame
+    index_model: DeprivationIndex | None = None
     backtest: object | None = None
     run_ids: dict[str, str] = field(default_factory=dict)
     models: dict[str, object] = field(default_factory=dict)
@@ -68,15 +69,16 @@ def training_specs(config: ModelConfig, as_of: int) -> list[TargetSpec]:
     return chosen
 
 
-def compute_index(fb: FeatureBuild) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """The composite deprivation index of every commune at the reference period."""
+def compute_index(fb: FeatureBuild) -> tuple[pd.DataFrame, pd.DataFrame, DeprivationIndex]:
+    """The composite deprivation index of every commune at the reference period, its weights
+    and the fitted index."""
     features = fb.features.set_index("zone_code")
     index = DeprivationIndex()
     scores = index.fit_transform(features)
     ident = features[["zone_name", "departement", "epci"]]
     table = ident.join(scores, how="left").reset_index()
     table.insert(1, "period", fb.reference_period)
-    return table, index.describe()
+    return table, index.describe(), index
 
 
 def run_backtest_stage(fb: FeatureBuild, out_dir: Path, console: Console, as_of: int | None = None):
@@ -112,7 +114,7 @@ def run_train(
 
     t0 = time.perf_counter()
     console.log("composite deprivation index")
-    index, weights = compute_index(fb)
+    index, weights, index_model = compute_index(fb)
     write_parquet(index, out_dir / "index.parquet")
     write_csv(weights, out_dir / "index_weights.csv")
     timings["index"] = time.perf_counter() - t0
@@ -157,7 +159,7 @@ def run_train(
     predictions = pd.concat(forecasts, ignore_index=True) if forecasts else pd.DataFrame()
     write_parquet(predictions, out_dir / "predictions.parquet")
     timings["train"] = time.perf_counter() - t0
-    return TrainResult(index=index, predictions=predictions, backtest=result, run_ids=run_ids,
+    return TrainResult(index=index, predictions=predictions, index_model=index_model, backtest=result, run_ids=run_ids,
                        models=models, timings=timings)
 
 

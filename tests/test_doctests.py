@@ -14,6 +14,8 @@ MODULES = [
     "territoria.features.spatial",
     "territoria.features.sources.cog",
     "territoria.features.sources.filosofi",
+    "territoria.models.explain",
+    "territoria.models.clusters",
 ]
 
 

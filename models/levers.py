@@ -1,0 +1,178 @@
+"""A zone's priority score in score points per indicator, and its top levers in plain words.
+
+Two sources add up to the score (see :mod:`territoria.models.priority`):
+
+* the composite index: its exact domain terms, each shared among the domain's indicators in
+  proportion to their weighted normalised values (the domain score is their weighted mean;
+  the sharing is exact at domain level, proportional within it);
+* the trajectory models: TreeSHAP contributions times the score points per unit of output.
+
+Only a zone's *own* figures are levers in the text (neighbourhood features describe where the
+zone lies and are reported as location context), and only indicators the registry marks as
+levers (``lever: true``) are named as levers.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+
+from territoria.models.explain import feature_info
+
+INDEX_MODEL = "deprivation_index"
+
+
+def index_points(index_model, X: pd.DataFrame, terms: pd.DataFrame, factor: pd.Series) -> pd.DataFrame:
+    """Score points of each (zone, indicator) through the composite index, long format.
+
+    ``terms`` are the index's domain terms (:func:`~territoria.models.priority.index_terms`)
+    and ``factor`` the score points per index point of each zone.
+    """
+    z = index_model.normalise(X)
+    ind = index_model.indicators_
+    frames = []
+    for d in terms.columns:
+        names = list(ind.index[ind["domain"] == d])
+        if not names:
+            continue
+        w = ind.loc[names, "weight"].to_numpy(float)
+        wz = np.nan_to_num(z[names].to_numpy(float)) * w
+        total = wz.sum(axis=1, keepdims=True)
+        absolute = np.abs(wz).sum(axis=1, keepdims=True)
+        t = terms[d].to_numpy(float)[:, None]
+        # proportional sharing is unstable when the signs cancel out: share by size instead
+        stable = np.abs(total) > 0.05 * absolute
+        with np.errstate(invalid="ignore", divide="ignore"):
+            share = np.where(stable, wz / total, np.abs(wz) / absolute)
+        share = np.nan_to_num(share, nan=1.0 / len(names))
+        pts = share * t * factor.reindex(terms.index).to_numpy(float)[:, None]
+        frames.append(pd.DataFrame({
+            "zone_code": np.repeat(terms.index.to_numpy(), len(names)),
+            "indicator": np.tile(np.asarray(names, dtype=object), len(terms)),
+            "domain": d,
+            "points": pts.ravel(),
+        }))
+    out = pd.concat(frames, ignore_index=True)
+    out["source"] = INDEX_MODEL
+    out["is_location"] = False
+    return out
+
+
+def model_points(measure: str, contributions: pd.DataFrame, meta: pd.DataFrame, factor: pd.Series) -> pd.DataFrame:
+    """Score points of each (zone, indicator, own/location) through one trajectory model."""
+    info = feature_info(meta, contributions.columns)
+    pts = contributions.mul(factor.reindex(contributions.index), axis=0)
+    key = info["indicator"].astype(str) + "\x1f" + np.where(info["is_location"], "1", "0")
+    grouped = pts.T.groupby(key.to_numpy()).sum().T
+    long = grouped.stack().rename("points").reset_index()
+    long.columns = ["zone_code", "key", "points"]
+    parts = long["key"].str.split("\x1f", n=1, expand=True)
+    long["indicator"] = parts[0]
+    long["is_location"] = parts[1] == "1"
+    dom = info.drop_duplicates("indicator").set_index("indicator")["domain"]
+    long["domain"] = long["indicator"].map(dom).fillna("context")
+    long["source"] = measure
+    return long.drop(columns="key")
+
+
+def indicator_points(frames: list[pd.DataFrame], registry) -> pd.DataFrame:
+    """All score points by zone and indicator (own vs location), with the lever flag."""
+    allp = pd.concat(frames, ignore_index=True)
+    out = allp.groupby(["zone_code", "indicator", "is_location", "domain"], as_index=False, observed=True)["points"].sum()
+    lever = {n: bool(i.lever) for n, i in registry.indicators.items()}
+    out["is_lever"] = out["indicator"].map(lever).fillna(False).astype(bool) & ~out["is_location"]
+    return out
+
+
+def department_decile(values: pd.Series, departement: pd.Series, from_top: bool = True) -> pd.Series:
+    """Decile within the department counted from the highest values (``from_top``) or the
+    lowest: 1 = the 10 % highest (lowest) of the department (NaN stays NaN)."""
+    r = values.groupby(departement).rank(ascending=not from_top, method="min", pct=True)
+    return np.ceil(r * 10).clip(1, 10)
+
+
+_ORDINAL_FR = {1: "1er"}
+
+
+def _fmt_number(x: float, unit: str, lang: str) -> str:
+    if unit.startswith("%") or unit == "%":
+        s = f"{x:.1f}"
+        s = s.replace(".", ",") if lang == "fr" else s
+        return f"{s}\u00a0%" if lang == "fr" else f"{s}%"
+    if abs(x) >= 1000:
+        s = f"{x:,.0f}"
+        return s.replace(",", "\u202f") + (" €" if "EUR" in unit else "") if lang == "fr" else s + (" EUR" if "EUR" in unit else "")
+    s = f"{x:.1f}" if abs(x) < 100 else f"{x:.0f}"
+    s = s.replace(".", ",") if lang == "fr" else s
+    return f"{s} km" if unit == "km" else s
+
+
+def _fmt_points(x: float, lang: str) -> str:
+    s = f"{abs(x):.2f}"
+    return s.replace(".", ",") if lang == "fr" else s
+
+
+def lever_sentence(label: str, value: float, unit: str, period, decile, points: float, lang: str,
+                   from_top: bool = True) -> str:
+    """« Taux de chômage (35,2 % en 2018, 3e décile le plus élevé du département) augmente
+    le score de 0,12 » and its English counterpart; the decile counts from the worse end
+    (the highest values, or the lowest when a higher value is better: ``from_top=False``)."""
+    bits = []
+    if np.isfinite(value):
+        v = _fmt_number(value, unit, lang)
+        if period is not None and np.isfinite(period):
+            v += f" en {int(period)}" if lang == "fr" else f" in {int(period)}"
+        bits.append(v)
+    if decile is not None and np.isfinite(decile):
+        d = int(decile)
+        if lang == "fr":
+            end = "élevé" if from_top else "bas"
+            bits.append(f"{_ORDINAL_FR.get(d, f'{d}e')} décile le plus {end} du département")
+        else:
+            suffix = {1: "st", 2: "nd", 3: "rd"}.get(d, "th")
+            end = "highest" if from_top else "lowest"
+            bits.append(f"{d}{suffix} {end} decile of its department")
+    detail = f" ({', '.join(bits)})" if bits else ""
+    if lang == "fr":
+        verb = "augmente" if points >= 0 else "diminue"
+        return f"{label}{detail} {verb} le score de {_fmt_points(points, lang)}"
+    verb = "raises" if points >= 0 else "lowers"
+    return f"{label}{detail} {verb} the score by {_fmt_points(points, lang)}"
+
+
+def top_levers(
+    points: pd.DataFrame,
+    features: pd.DataFrame,
+    meta: pd.DataFrame,
+    identity: pd.DataFrame,
+    registry,
+    lang: str = "fr",
+    k: int = 3,
+) -> pd.Series:
+    """Plain-language top ``k`` levers raising each zone's score (index: zone code).
+
+    ``points`` comes from :func:`indicator_points`; ``features`` is the feature matrix at the
+    reference period (index: zone code) for the figures quoted.
+    """
+    lev = points[points["is_lever"] & (points["points"] > 0)]
+    lev = lev.sort_values(["zone_code", "points", "indicator"], ascending=[True, False, True], kind="stable")
+    lev = lev.groupby("zone_code", sort=False).head(k)
+    period = meta[meta["transform"] == "level"].drop_duplicates("indicator").set_index("indicator")["period_to"]
+    dep = identity["departement"].reindex(features.index)
+    parts: dict[str, list[str]] = {}
+    deciles: dict[str, pd.Series] = {}
+    for name, rows in lev.groupby("indicator", sort=False):
+        ind = registry.indicator(name) if name in registry.indicators else None
+        label = (ind.label_fr if lang == "fr" else ind.label_en) if ind else name
+        unit = ind.unit if ind else ""
+        from_top = ind is None or ind.sign > 0
+        if name in features and name not in deciles:
+            deciles[name] = department_decile(features[name], dep, from_top)
+        vals = features[name].reindex(rows["zone_code"]).to_numpy(float) if name in features else np.full(len(rows), np.nan)
+        dec = deciles[name].reindex(rows["zone_code"]).to_numpy(float) if name in deciles else np.full(len(rows), np.nan)
+        for z, v, d, p in zip(rows["zone_code"], vals, dec, rows["points"]):
+            parts.setdefault(z, []).append((p, lever_sentence(label, v, unit, period.get(name), d, p, lang, from_top)))
+    text = {z: " ; ".join(s for _, s in sorted(items, key=lambda t: -t[0])) if lang == "fr"
+            else "; ".join(s for _, s in sorted(items, key=lambda t: -t[0])) for z, items in parts.items()}
+    return pd.Series(text, dtype=object).reindex(features.index).fillna("")
+

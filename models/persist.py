@@ -1,0 +1,124 @@
+"""Save and load a trained target without pickle: LightGBM text models plus JSON.
+
+A run writes ``<out>/models/<measure>/`` so that later commands (``territoria scenario``,
+``territoria explain``) re-score zones exactly as the run did, without retraining:
+
+``regressor.txt`` (and ``classifier.txt`` for a hurdle model, ``spread.txt`` for normalised
+intervals)
+    LightGBM boosters in LightGBM's own text format;
+``model.json``
+    the target specification, design columns, best iterations, conformal quantiles, spread
+    floor and the SHA-256 of each booster file (checked on load: a modified file is refused).
+
+Only these formats are read: no Python object is ever unpickled from a run directory.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+from sklearn.preprocessing import LabelEncoder
+
+from territoria.errors import DataError
+from territoria.io import write_atomic, write_json
+from territoria.models.intervals import SplitConformal
+from territoria.models.targets import TargetSpec
+from territoria.models.trajectory import DeteriorationClassifier, HurdleRegressor, TrajectoryRegressor
+
+FORMAT = 1
+
+
+def _sha(path: Path) -> str:
+    return hashlib.sha256(path.read_bytes()).hexdigest()
+
+
+def _save_lgbm(estimator, path: Path) -> dict:
+    text = estimator.booster_.model_to_string()
+    write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
+    return {"file": path.name, "sha256": _sha(path), "best_iteration": int(estimator.best_iteration_),
+            "n_features": int(estimator.n_features_in_),
+            "feature_names": [str(c) for c in getattr(estimator, "feature_names_in_", [])]}
+
+
+def save_trained(trained, folder: Path | str) -> Path:
+    """Write a :class:`~territoria.models.backtest.TrainedTarget` to ``folder``."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    model = trained.model
+    doc: dict = {"format": FORMAT, "spec": trained.spec.model_dump(), "columns": list(trained.columns)}
+    if isinstance(model, HurdleRegressor):
+        doc["regressor"] = _save_lgbm(model.regressor_, folder / "regressor.txt")
+        if model.classifier_ is not None:
+            doc["classifier"] = _save_lgbm(model.classifier_, folder / "classifier.txt")
+            doc["classifier"]["classes"] = [int(c) for c in model.classifier_.classes_]
+        doc["kind"] = "hurdle"
+    else:
+        doc["regressor"] = _save_lgbm(model, folder / "regressor.txt")
+        doc["kind"] = "regressor"
+    if trained.spread_model is not None:
+        doc["spread"] = _save_lgbm(trained.spread_model, folder / "spread.txt")
+    conf = trained.conformal
+    doc["conformal"] = {"levels": list(conf.levels), "normalised": bool(conf.normalised_),
+                        "quantiles": {str(k): float(v) for k, v in conf.quantiles_.items()},
+                        "n_calibration": int(conf.n_calibration_)}
+    doc["spread_floor"] = float(trained.spread_floor)
+    write_json(doc, folder / "model.json")
+    return folder
+
+
+def _load_lgbm(cls, folder: Path, entry: dict):
+    path = folder / entry["file"]
+    if not path.exists():
+        raise DataError(path, "model file missing")
+    if _sha(path) != entry["sha256"]:
+        raise DataError(path, "model file does not match the SHA-256 recorded in model.json; refusing to load it")
+    est = cls()
+    est.booster_ = lgb.Booster(model_str=path.read_text(encoding="utf-8"))
+    est.best_iteration_ = int(entry["best_iteration"])
+    est.n_features_in_ = int(entry["n_features"])
+    if entry.get("feature_names"):
+        est.feature_names_in_ = np.asarray(entry["feature_names"], dtype=object)
+    return est
+
+
+def load_trained(folder: Path | str):
+    """Read a target saved by :func:`save_trained` (a ``TrainedTarget`` without its OOF table)."""
+    from territoria.models.backtest import TrainedTarget
+
+    folder = Path(folder)
+    path = folder / "model.json"
+    if not path.exists():
+        raise DataError(path, "no saved model here: run `territoria run` (or `train`) with this --out first")
+    try:
+        doc = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"invalid JSON ({exc.msg})") from None
+    if doc.get("format") != FORMAT:
+        raise DataError(path, f"unsupported model format {doc.get('format')!r}")
+    reg = _load_lgbm(TrajectoryRegressor, folder, doc["regressor"])
+    if doc["kind"] == "hurdle":
+        model = HurdleRegressor()
+        model.regressor_ = reg
+        model.n_features_in_ = reg.n_features_in_
+        if hasattr(reg, "feature_names_in_"):
+            model.feature_names_in_ = reg.feature_names_in_
+        model.classifier_ = None
+        if "classifier" in doc:
+            clf = _load_lgbm(DeteriorationClassifier, folder, doc["classifier"])
+            clf.classes_ = np.asarray(doc["classifier"]["classes"])
+            clf._le = LabelEncoder().fit(clf.classes_)
+            model.classifier_ = clf
+    else:
+        model = reg
+    spread = _load_lgbm(TrajectoryRegressor, folder, doc["spread"]) if "spread" in doc else None
+    c = doc["conformal"]
+    conformal = SplitConformal(c["levels"])
+    conformal.normalised_ = c["normalised"]
+    conformal.quantiles_ = {float(k): float(v) for k, v in c["quantiles"].items()}
+    conformal.n_calibration_ = c["n_calibration"]
+    return TrainedTarget(TargetSpec.model_validate(doc["spec"]), model, list(doc["columns"]), conformal,
+                         spread, float(doc["spread_floor"]), meta=None, oof=None)

@@ -1,0 +1,405 @@
+"""Pipeline ``prioritise``: priority score, flags, clusters, explanations and scenarios.
+
+Wiring only; the node functions live in :mod:`territoria.models` (priority, explain, levers,
+diagnostics, programmes, clusters, scenarios). Outputs under ``out_dir`` (atomic writes):
+
+``priorities.csv``, ``priorities.gpkg``
+    one row per commune: identity, population, composite index and domain scores, predicted
+    trajectory with its 80 % interval, priority score, interval, ranks (national, department,
+    EPCI), flags with status and history, diagnostics, cluster, top levers (fr and en),
+    programmes covering the zone.
+``explanations.parquet``
+    long format ``zone_code, model, feature, domain, is_lever, feature_value, contribution,
+    base_value, model_output``: TreeSHAP of every trajectory model for every zone (top 20
+    features per zone and model plus one ``(other features)`` row, so rows add up to the
+    output), and the composite index's exact domain terms (``model = deprivation_index``).
+``score_points.parquet``
+    the priority score in points per zone and indicator (index and models), own vs location.
+``coverage_gaps.csv``, ``clusters.csv``, ``priority_policy.json``
+    programme coverage gaps, border-crossing clusters, and the policy and norms used.
+``models/<measure>/``
+    the trained models (LightGBM text + JSON, no pickle) that ``territoria scenario`` reuses.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from rich.console import Console
+
+from territoria.errors import DataError
+from territoria.io import write_atomic, write_csv, write_json, write_parquet
+from territoria.models import clusters as clu
+from territoria.models import diagnostics as diag
+from territoria.models import programmes as prog
+from territoria.models.backtest import predict_frame
+from territoria.models.counterfactual import greedy_exit, lever_space, shift_rows
+from territoria.models.explain import check_additivity, tidy_contributions, tree_contributions
+from territoria.models.index import DeprivationIndex
+from territoria.models.levers import INDEX_MODEL, index_points, indicator_points, model_points, top_levers
+from territoria.models.persist import load_trained, save_trained
+from territoria.models.priority import (
+    PriorityConfig, flag_priorities, index_terms, load_priority_config, priority_table, score_factors,
+)
+from territoria.models.scenarios import CAVEAT_EN, CAVEAT_FR, Scenario, apply_to_panel, compare, selected_zones
+from territoria.models.targets import indicator_sign
+from territoria.models.trajectory import design_matrix
+from territoria.pipelines.build_features import FeatureBuild, build_feature_matrix
+from territoria.registry import load_registry
+
+N_TOP_FEATURES = 20
+
+
+@dataclass
+class Scored:
+    """One scoring of every zone: index, forecasts, priority table and design matrices."""
+
+    features: pd.DataFrame  # index: zone code
+    meta: pd.DataFrame
+    index: pd.DataFrame
+    predictions: pd.DataFrame
+    table: pd.DataFrame
+    designs: dict[str, tuple[pd.DataFrame, pd.DataFrame]]
+    diagnostics: pd.DataFrame
+
+
+@dataclass
+class PriorityEngine:
+    """Scores zones from a feature matrix with a fitted index and trained trajectory models.
+
+    The same engine scores the run's baseline and every scenario, so that their scores,
+    ranks and flags are comparable (same index reference, same z-score norms, same policy).
+    """
+
+    fb: FeatureBuild
+    index_model: DeprivationIndex
+    trained: dict[str, object]  # measure -> TrainedTarget
+    config: PriorityConfig = field(default_factory=load_priority_config)
+    previous: pd.DataFrame | None = None
+    norms: dict | None = None
+
+    def __post_init__(self) -> None:
+        self.registry = load_registry()
+        self.period = int(self.fb.reference_period)
+        self.signs = {m: indicator_sign(m, self.registry) for m in self.config.trajectory.measures}
+
+    def score(self, features: pd.DataFrame, meta: pd.DataFrame, panel: pd.DataFrame) -> Scored:
+        """Index, forecasts, priority table and diagnostics of every zone of ``features``."""
+        F = features.set_index("zone_code")
+        index = self.index_model.transform(F)
+        forecasts, designs = [], {}
+        for measure, trained in self.trained.items():
+            X, M = design_matrix(features, meta, panel, self.fb.graph, self.fb.identity, self.registry,
+                                 measure, self.period, select=False)
+            X = X.reindex(columns=trained.columns)
+            M = M.set_index("feature").reindex(trained.columns).rename_axis("feature").reset_index()
+            designs[measure] = (X, M)
+            forecasts.append(predict_frame(trained, X, self.period, self.period + trained.spec.horizon))
+        predictions = pd.concat(forecasts, ignore_index=True)
+        table, norms = priority_table(index, predictions, self.fb.identity, F["population"],
+                                      self.config, self.signs, self.norms)
+        if self.norms is None:
+            self.norms = norms
+        dflags = diag.diagnostic_flags(features, meta, index.filter(regex=r"^domain_[a-z]+$"))
+        flags = flag_priorities(table, dflags["flag_cumulated"], self.config.flags, self.period,
+                                self.previous)
+        table = table.join(flags).join(dflags)
+        return Scored(F, meta, index, predictions, table, designs, dflags)
+
+    def baseline(self) -> Scored:
+        return self.score(self.fb.features, self.fb.meta, self.fb.panel)
+
+    def scenario(self, sc: Scenario) -> tuple[Scored, pd.Index]:
+        """Re-score every zone with the scenario applied to the panel (features rebuilt)."""
+        zones = selected_zones(sc.zones, self.fb.identity)
+        panel = apply_to_panel(self.fb.panel, sc, zones, self.registry, self.period)
+        features, meta = build_feature_matrix(panel, self.fb.identity, self.fb.graph, self.fb.townhalls,
+                                              self.fb.points, self.registry, self.fb.params, self.period)
+        return self.score(features, meta, panel), zones
+
+
+    def counterfactual(self, scored: Scored, zone: str, max_steps: int = 40) -> dict:
+        """Smallest lever change found that takes ``zone`` out of the list (see
+        :mod:`territoria.models.counterfactual`)."""
+        t = scored.table
+        if zone not in t.index:
+            raise DataError("zone", f"no zone '{zone}' in this run")
+        n = int(t["priority_score"].notna().sum())
+        pol = self.config.flags
+        share = pol.exit_share if t.loc[zone, "flag_status"] == "retained" else pol.top_share
+        ranked = t["priority_score"].dropna().sort_values(ascending=False)
+        threshold = float(ranked.iloc[min(n, int(np.ceil(share * n))) - 1])
+        levers = lever_space(scored.features, scored.meta, self.registry)
+        f0 = scored.features.loc[[zone]]
+        current = {lv.indicator: float(f0[lv.indicator].iloc[0]) for lv in levers}
+        pop = scored.features["population"]
+
+        def score(candidates: list[dict[str, float]]) -> np.ndarray:
+            ids = pd.Index([f"{zone}#{k}" for k in range(len(candidates))], name="zone_code")
+            F = pd.concat([f0] * len(candidates))
+            F.index = ids
+            designs = {m: pd.concat([X.loc[[zone]]] * len(candidates)).set_axis(ids) for m, (X, _) in scored.designs.items()}
+            for name in {n for c in candidates for n in c}:
+                delta = np.array([c.get(name, 0.0) for c in candidates])
+                F = shift_rows(F, scored.meta, name, delta)
+                for m, (_, M) in scored.designs.items():
+                    designs[m] = shift_rows(designs[m], M, name, delta)
+            index = self.index_model.transform(F)
+            preds = pd.concat([predict_frame(self.trained[m], X, self.period, self.period + self.trained[m].spec.horizon)
+                               for m, X in designs.items()], ignore_index=True)
+            table, _ = priority_table(index, preds, self.fb.identity, pd.Series(pop[zone], index=ids),
+                                      self.config, self.signs, self.norms)
+            return table["priority_score"].to_numpy()
+
+        moves, final, leaves = greedy_exit(score, levers, current, threshold, max_steps=max_steps)
+        units = {n: self.registry.indicator(n).unit for n in moves["indicator"]}
+        moves["unit"] = moves["indicator"].map(units)
+        return {"zone": zone, "score": float(t.loc[zone, "priority_score"]), "threshold": threshold,
+                "final_score": final, "leaves_list": bool(leaves), "moves": moves,
+                "flagged_by_cumulated_burdens": bool(t.loc[zone, "flag_cumulated"]) if "flag_cumulated" in t else False}
+
+
+# --------------------------------------------------------------------------- explanations
+def explain(engine: PriorityEngine, scored: Scored) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """TreeSHAP of every model for every zone (checked additive), and score points per indicator.
+
+    Returns ``(explanations, points)``: the tidy ``explanations.parquet`` rows and the score
+    in points per zone and indicator.
+    """
+    t = scored.table
+    pf = t["population_factor"]
+    comp = t.filter(regex=r"^(z_|certainty_)")
+    factors = score_factors(comp, pf, engine.config, engine.norms, engine.signs)
+    tidy, points = [], []
+    for measure, (X, M) in scored.designs.items():
+        phi, base, out = tree_contributions(engine.trained[measure].model, X)
+        pred = scored.predictions.loc[scored.predictions["target"] == measure].set_index("zone_code")["prediction"]
+        check_additivity(phi, base, pred.reindex(X.index).to_numpy())
+        tidy.append(tidy_contributions(measure, phi, X, base, out, M, top=N_TOP_FEATURES))
+        if measure in factors:
+            points.append(model_points(measure, phi, M, factors[measure]))
+    terms, neutral = index_terms(engine.index_model, scored.features)
+    idx = scored.index["deprivation_index"]
+    dom = terms.stack().rename("contribution").reset_index()
+    dom.columns = ["zone_code", "feature", "contribution"]
+    dom["feature"] = "domain_" + dom["feature"]
+    dom["model"] = INDEX_MODEL
+    dom["domain"] = dom["feature"].str.removeprefix("domain_")
+    dom["is_lever"] = False
+    dom["feature_value"] = np.asarray(scored.index.filter(regex=r"^domain_[a-z]+$").stack(future_stack=True)
+                                      .reindex(pd.MultiIndex.from_arrays([dom["zone_code"], dom["feature"]])))
+    dom["base_value"] = neutral
+    dom["model_output"] = idx.reindex(dom["zone_code"]).to_numpy()
+    tidy.append(dom[dom["model_output"].notna()])
+    points.append(index_points(engine.index_model, scored.features, terms, factors["index"]))
+    explanations = pd.concat(tidy, ignore_index=True)[
+        ["zone_code", "model", "feature", "domain", "is_lever", "feature_value", "contribution",
+         "base_value", "model_output"]]
+    return explanations, indicator_points(points, engine.registry)
+
+
+# --------------------------------------------------------------------------- the stage
+@dataclass
+class PriorityResult:
+    priorities: pd.DataFrame
+    explanations: pd.DataFrame
+    points: pd.DataFrame
+    gaps: pd.DataFrame
+    clusters: pd.DataFrame
+    engine: PriorityEngine
+    timings: dict[str, float]
+
+
+OUTPUT_COLUMNS = [
+    "zone_code", "zone_name", "level", "department", "epci", "epci_name", "region", "population",
+    "deprivation_index", "index_rank", "index_decile",
+]
+
+
+def run_prioritise(
+    fb: FeatureBuild,
+    index_model: DeprivationIndex,
+    trained: dict[str, object],
+    out_dir: Path | str,
+    *,
+    data_dir: Path | None = None,
+    lang: str = "fr",
+    console: Console | None = None,
+) -> PriorityResult:
+    """Score, flag, cluster and explain every commune; write the outputs under ``out_dir``."""
+    console = console or Console(quiet=True)
+    out_dir = Path(out_dir)
+    timings: dict[str, float] = {}
+    previous = read_previous(out_dir / "priorities.csv")
+    engine = PriorityEngine(fb, index_model, trained, previous=previous)
+
+    t0 = time.perf_counter()
+    console.log("priority score, ranks and flags")
+    scored = engine.baseline()
+    timings["score"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    console.log(f"TreeSHAP explanations of {len(trained)} models for {len(scored.table):,} zones")
+    explanations, points = explain(engine, scored)
+    levers = {lg: top_levers(points, scored.features, scored.meta, fb.identity, engine.registry, lang=lg)
+              for lg in ("fr", "en")}
+    timings["explain"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    console.log("border-crossing clusters (Gi*, local Moran, FDR) and contiguous perimeters")
+    table = scored.table
+    stats = clu.local_statistics(table["priority_score"], fb.graph, seed=fb.params.seed if fb.params else 42)
+    perim = clu.priority_perimeters(table["priority_flag"], fb.graph, fb.identity)
+    summary = clu.cluster_summary(perim, fb.identity, population=table["population"])
+    timings["clusters"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    console.log("official programmes and coverage gaps")
+    ptable = prog.programme_table(data_dir=data_dir, target_cog=fb.params.target_cog if fb.params else 2026)
+    covered = prog.programmes_by_zone(ptable, table.index)
+    timings["programmes"] = time.perf_counter() - t0
+
+    pri = assemble(fb, scored, stats, perim, covered, levers, lang)
+    gaps = prog.coverage_gaps(pri)
+    location = points.assign(a=points["points"].abs()).groupby(["zone_code", "is_location"])["a"].sum().unstack(fill_value=0.0)
+    if True in location.columns:
+        share = location[True] / location.sum(axis=1).where(lambda s: s > 0)
+        pri["location_share"] = share.reindex(pri["zone_code"]).to_numpy()
+
+    t0 = time.perf_counter()
+    console.log(f"writing priorities, explanations and models to {out_dir}")
+    write_csv(csv_safe(pri), out_dir / "priorities.csv")
+    write_priorities_gpkg(pri, out_dir / "priorities.gpkg", data_dir)
+    write_parquet(explanations, out_dir / "explanations.parquet")
+    write_parquet(points, out_dir / "score_points.parquet")
+    write_csv(csv_safe(gaps), out_dir / "coverage_gaps.csv")
+    write_csv(csv_safe(summary), out_dir / "clusters.csv")
+    write_json({"policy": engine.config.model_dump(), "norms": engine.norms, "period": engine.period,
+                "signs": engine.signs, "formula": "see conf/priority.yml"}, out_dir / "priority_policy.json")
+    for measure, tr in trained.items():
+        save_trained(tr, out_dir / "models" / measure)
+    timings["write"] = time.perf_counter() - t0
+    return PriorityResult(pri, explanations, points, gaps, summary, engine, timings)
+
+
+def assemble(fb, scored: Scored, stats, perim, covered, levers: dict, lang: str) -> pd.DataFrame:
+    """The ``priorities`` table in the output contract's column order."""
+    t = scored.table
+    ident = fb.identity.reindex(t.index)
+    out = pd.DataFrame({
+        "zone_code": t.index,
+        "zone_name": t["zone_name"].to_numpy(),
+        "level": "commune",
+        "department": t["departement"].to_numpy(),
+        "epci": t["epci"].to_numpy(),
+        "epci_name": ident["epci_name"].to_numpy() if "epci_name" in ident else "",
+        "region": ident["region"].to_numpy(),
+        "population": t["population"].to_numpy(),
+        "reference_period": int(fb.reference_period),
+    })
+    rest = t.drop(columns=["zone_name", "departement", "epci", "population"])
+    out = out.join(rest.reset_index(drop=True))
+    out = out.join(stats.drop(columns=["value"], errors="ignore").reindex(t.index).reset_index(drop=True))
+    out["cluster_id"] = perim["cluster_id"].reindex(t.index).to_numpy()
+    out["top_levers"] = levers[lang].reindex(t.index).to_numpy()
+    out["top_levers_fr"] = levers["fr"].reindex(t.index).to_numpy()
+    out["top_levers_en"] = levers["en"].reindex(t.index).to_numpy()
+    out = out.join(covered.reindex(t.index).reset_index(drop=True))
+    out = out.sort_values(["priority_rank", "zone_code"], na_position="last", kind="stable")
+    return out.reset_index(drop=True)
+
+
+def read_previous(path: Path) -> pd.DataFrame | None:
+    """The previous run's flag history (for hysteresis), or None."""
+    if not path.exists():
+        return None
+    try:
+        prev = pd.read_csv(path, usecols=["zone_code", "flag_history"], dtype={"zone_code": str, "flag_history": str})
+    except (ValueError, pd.errors.ParserError, pd.errors.EmptyDataError) as exc:
+        raise DataError(path, f"previous priorities unreadable ({exc}); move it away to start a new history") from None
+    return prev
+
+
+_FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
+
+
+def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
+    """Text cells a spreadsheet would run as formulas are prefixed with a quote."""
+    out = df.copy()
+    for c in out.columns:
+        if out[c].dtype == object or pd.api.types.is_string_dtype(out[c]):
+            s = out[c].astype("string")
+            risky = s.str.startswith(_FORMULA_START).fillna(False)
+            if risky.any():
+                out[c] = s.where(~risky, "'" + s)
+    return out
+
+
+def write_priorities_gpkg(pri: pd.DataFrame, path: Path, data_dir: Path | None) -> None:
+    """The priorities with commune polygons (WGS84) as a GeoPackage layer ``priorities``."""
+    import geopandas as gpd
+
+    from territoria.features.sources.geometries import CommuneGeometries
+
+    geoms = CommuneGeometries(data_dir).load()
+    geoms = geoms.drop_duplicates("zone_code").set_index("zone_code")
+    gdf = gpd.GeoDataFrame(pri.copy(), geometry=geoms.geometry.reindex(pri["zone_code"]).to_numpy(), crs=geoms.crs)
+    gdf = gdf.to_crs("EPSG:4326")
+    for c in gdf.columns:
+        if gdf[c].dtype == bool:
+            gdf[c] = gdf[c].astype("int8")
+    write_atomic(path, lambda tmp: gdf.to_file(tmp, driver="GPKG", layer="priorities"))
+
+
+# --------------------------------------------------------------------------- reuse a run
+def load_engine(fb: FeatureBuild, out_dir: Path | str) -> PriorityEngine:
+    """The engine of a finished run: its saved models, the index refitted on the same features."""
+    out_dir = Path(out_dir)
+    folder = out_dir / "models"
+    if not folder.exists():
+        raise DataError(folder, "no trained models: run `territoria run --out DIR` first")
+    trained = {p.name: load_trained(p) for p in sorted(folder.iterdir()) if (p / "model.json").exists()}
+    policy = out_dir / "priority_policy.json"
+    norms = json.loads(policy.read_text(encoding="utf-8"))["norms"] if policy.exists() else None
+    index_model = DeprivationIndex().fit(fb.features.set_index("zone_code"))
+    return PriorityEngine(fb, index_model, trained, previous=read_previous(out_dir / "priorities.csv"),
+                          norms=norms)
+
+
+def run_period(out_dir: Path | str) -> int:
+    """Reference period of the run in ``out_dir`` (from its ``priority_policy.json``)."""
+    path = Path(out_dir) / "priority_policy.json"
+    if not path.exists():
+        raise DataError(path, "no finished run here: run `territoria run --out DIR` first")
+    return int(json.loads(path.read_text(encoding="utf-8"))["period"])
+
+
+def run_scenario(engine: PriorityEngine, sc: Scenario, out_dir: Path | str,
+                 console: Console | None = None) -> pd.DataFrame:
+    """Baseline vs scenario for every zone concerned; writes ``scenarios/<name>.csv``."""
+    console = console or Console(quiet=True)
+    console.log("baseline scores")
+    base = engine.baseline()
+    console.log(f"scenario {sc.name}: rebuilding features and re-scoring")
+    after, zones = engine.scenario(sc)
+    table = compare(base.table, after.table, zones)
+    for m in engine.trained:
+        b = base.table[f"pred_{m}"] if f"pred_{m}" in base.table else None
+        if b is not None:
+            a = after.table[f"pred_{m}"]
+            table[f"pred_{m}_before"] = b.reindex(table["zone_code"]).to_numpy()
+            table[f"pred_{m}_after"] = a.reindex(table["zone_code"]).to_numpy()
+            table[f"pred_{m}_after_low"] = after.table[f"pred_{m}_low"].reindex(table["zone_code"]).to_numpy()
+            table[f"pred_{m}_after_high"] = after.table[f"pred_{m}_high"].reindex(table["zone_code"]).to_numpy()
+    table["caveat"] = CAVEAT_EN
+    out = Path(out_dir) / "scenarios" / f"{sc.name}.csv"
+    write_csv(csv_safe(table), out)
+    meta = {"scenario": sc.model_dump(), "zones": len(zones), "caveat_en": CAVEAT_EN, "caveat_fr": CAVEAT_FR,
+            "flag_changes": table["flag_change"].value_counts().to_dict()}
+    write_json(meta, out.with_suffix(".json"))
+    return table

@@ -1,0 +1,169 @@
+"""The prioritisation stage on all communes of the bundled data (small, fast models).
+
+One module-scoped run trains the three key measures with few trees, prioritises, explains
+and writes every output; the tests then read the outputs as a user would.
+"""
+
+from __future__ import annotations
+
+import geopandas as gpd
+import numpy as np
+import pandas as pd
+import pytest
+
+from territoria.cli import app
+from territoria.models.backtest import train_target
+from territoria.models.targets import load_model_config
+from territoria.pipelines.prioritise import load_engine, run_prioritise, run_scenario
+from territoria.pipelines.train import compute_index, training_specs
+
+FAST = {"n_estimators": 40, "learning_rate": 0.15, "num_leaves": 15}
+
+CONTRACT = [
+    "zone_code", "zone_name", "level", "department", "epci", "population", "deprivation_index",
+    "predicted_change", "predicted_change_low", "predicted_change_high", "priority_score",
+    "priority_rank", "priority_flag", "cluster_id", "n_vulnerable_domains", "top_levers", "programmes",
+]
+
+
+@pytest.fixture(scope="module")
+def run(feature_build, tmp_path_factory):
+    out = tmp_path_factory.mktemp("prioritise")
+    cfg = load_model_config()
+    cfg.intervals.normalised = False
+    trained = {s.measure: train_target(feature_build, s, cfg, params=FAST)
+               for s in training_specs(cfg, feature_build.reference_period)}
+    _, _, index_model = compute_index(feature_build)
+    res = run_prioritise(feature_build, index_model, trained, out)
+    return out, res
+
+
+def test_priorities_cover_every_commune_with_the_contract_columns(run, feature_build):
+    out, res = run
+    pri = pd.read_csv(out / "priorities.csv", dtype={"zone_code": str, "department": str, "epci": str})
+    assert len(pri) == len(feature_build.identity) and pri["zone_code"].is_unique
+    assert set(pri["zone_code"]) == set(feature_build.identity.index)
+    missing = [c for c in CONTRACT if c not in pri.columns]
+    assert not missing, missing
+    assert [c for c in pri.columns if c.startswith("domain_")], "domain scores missing"
+    scored = pri[pri["priority_score"].notna()]
+    assert len(scored) > 0.99 * len(pri)
+    assert scored["priority_rank"].is_monotonic_increasing  # sorted by rank
+    flagged = pri["priority_flag"].astype(bool)
+    assert 0.09 * len(scored) < flagged.sum() < 0.2 * len(scored)
+    # every flagged zone says why; zones with a top lever text exist in both languages
+    assert (pri.loc[flagged, "flag_reason"].fillna("") != "").all()
+    assert pri["top_levers_fr"].str.contains("le score de", na=False).mean() > 0.5
+    assert pri["top_levers_en"].str.contains("the score by", na=False).mean() > 0.5
+    g = gpd.read_file(out / "priorities.gpkg", layer="priorities")
+    assert len(g) == len(pri) and g.crs.to_epsg() == 4326 and g.geometry.notna().all()
+
+
+def test_shap_contributions_plus_base_equal_the_model_output_for_every_zone(run):
+    out, res = run
+    ex = pd.read_parquet(out / "explanations.parquet")
+    assert set(ex.columns) == {"zone_code", "model", "feature", "domain", "is_lever", "feature_value",
+                               "contribution", "base_value", "model_output"}
+    g = ex.groupby(["zone_code", "model"])
+    total = g["contribution"].sum() + g["base_value"].first()
+    assert np.abs(total - g["model_output"].first()).max() < 1e-6
+    models = set(ex["model"])
+    assert {"unemployment_rate", "median_income", "population", "deprivation_index"} <= models
+    # the explained output is the forecast written for the zone
+    pri = res.priorities.set_index("zone_code")
+    inc = g["model_output"].first().xs("median_income", level="model")
+    assert np.allclose(inc.to_numpy(), pri["pred_median_income"].reindex(inc.index).to_numpy())
+    idx = g["model_output"].first().xs("deprivation_index", level="model")
+    assert np.allclose(idx.to_numpy(), pri["deprivation_index"].reindex(idx.index).to_numpy())
+    # domains and lever flags come from the registry
+    lever_rows = ex[ex["is_lever"] & (ex["model"] != "deprivation_index")]
+    from territoria.registry import DOMAINS
+
+    assert len(lever_rows) and set(lever_rows["domain"]) <= set(DOMAINS)
+
+
+def test_clusters_are_contiguous_and_gaps_match_programmes(run, feature_build):
+    out, res = run
+    pri = res.priorities.set_index("zone_code")
+    graph = feature_build.graph
+    in_cluster = pri["cluster_id"].dropna()
+    assert len(in_cluster) and pri.loc[in_cluster.index, "priority_flag"].all()
+    adj = graph.adjacency.reset_index()
+    adj.columns = ["focal", "neighbor", "weight"]
+    adj = adj[adj["weight"] > 0]
+    same = adj["focal"].map(pri["cluster_id"]).eq(adj["neighbor"].map(pri["cluster_id"]))
+    linked = set(adj.loc[same & adj["focal"].isin(in_cluster.index), "focal"])
+    assert linked == set(in_cluster.index)  # every member touches another member
+    summary = pd.read_csv(out / "clusters.csv")
+    assert summary["crosses_department"].any() or summary["crosses_epci"].any()
+    gaps = pd.read_csv(out / "coverage_gaps.csv", dtype={"zone_code": str})
+    uncovered = gaps[gaps["gap_kind"] == "priority_not_covered"]["zone_code"]
+    assert (pri.loc[uncovered, "programmes"].fillna("") == "").all()
+    assert pri.loc[uncovered, "priority_flag"].all()
+
+
+def test_explain_prints_denain_in_french_and_english(run, capsys):
+    out, _ = run
+    from typer.testing import CliRunner
+
+    fr = CliRunner().invoke(app, ["explain", "59172", "--out", str(out)])
+    assert fr.exit_code == 0, fr.output
+    assert "Denain" in fr.output and "Rang national" in fr.output and "Principaux leviers" in fr.output
+    en = CliRunner().invoke(app, ["explain", "59172", "--out", str(out), "--lang", "en"])
+    assert en.exit_code == 0 and "National rank" in en.output and "Top levers" in en.output
+    bad = CliRunner().invoke(app, ["explain", "99999", "--out", str(out)])
+    assert bad.exit_code != 0
+
+
+def test_scenario_moves_predictions_the_way_the_model_implies(run, feature_build, tmp_path):
+    out, res = run
+    engine = load_engine(feature_build, out)
+    # the reloaded models (LightGBM text + JSON) reproduce the run's forecasts exactly
+    base = engine.baseline()
+    pri = res.priorities.set_index("zone_code")
+    assert np.allclose(base.table["priority_score"].reindex(pri.index), pri["priority_score"], equal_nan=True)
+    from territoria.models.scenarios import load_scenario
+    from territoria.registry import load_registry
+
+    f = tmp_path / "s.yml"
+    f.write_text("name: unemployment_59\nzones: {departements: ['59']}\n"
+                 "changes:\n  - {indicator: unemployment_rate, add: -3}\n", encoding="utf-8")
+    sc = load_scenario(f, load_registry(), feature_build.identity)
+    table = run_scenario(engine, sc, out)
+    inside = table[table["in_scenario"]]
+    assert len(inside) == int((feature_build.identity["departement"] == "59").sum())
+    assert (out / "scenarios" / "unemployment_59.csv").exists()
+    # the direction the model implies: the unemployment model on the design matrix with only
+    # the level lowered by 3 points, everything else as in the baseline
+    X, M = base.designs["unemployment_rate"]
+    level = M.loc[M["transform"] == "level", "feature"]
+    level = [c for c in level if M.set_index("feature").loc[c, "indicator"] == "unemployment_rate"]
+    Xs = X.loc[inside["zone_code"]].copy()
+    Xs[level] -= 3
+    model = engine.trained["unemployment_rate"].model
+    implied = model.predict(Xs) - model.predict(X.loc[inside["zone_code"]])
+    moved = inside["pred_unemployment_rate_after"] - inside["pred_unemployment_rate_before"]
+    agree = np.sign(moved.to_numpy()) == np.sign(implied)
+    assert agree[np.abs(implied) > 1e-6].mean() > 0.8
+    # a lower unemployment level lowers the composite index of the zones
+    assert (inside["deprivation_index_after"] <= inside["deprivation_index_before"] + 1e-9).mean() > 0.95
+
+
+def test_a_bad_scenario_names_the_problem(feature_build, tmp_path):
+    from territoria.errors import DataError
+    from territoria.models.scenarios import load_scenario
+    from territoria.registry import load_registry
+
+    reg = load_registry()
+    cases = {
+        "unknown zone": ("zones: {codes: ['00000']}\nchanges: [{indicator: vacancy_rate, add: -2}]", "unknown zone"),
+        "context": ("zones: {all: true}\nchanges: [{indicator: median_income, add: 100}]", "not a lever"),
+        "unknown indicator": ("zones: {all: true}\nchanges: [{indicator: nope, set: 1}]", "unknown indicator"),
+        "two ops": ("zones: {all: true}\nchanges: [{indicator: vacancy_rate, add: 1, set: 2}]", "exactly one"),
+        "no zones": ("zones: {}\nchanges: [{indicator: vacancy_rate, add: 1}]", "select zones"),
+    }
+    for name, (text, message) in cases.items():
+        f = tmp_path / f"{name.replace(' ', '_')}.yml"
+        f.write_text(text, encoding="utf-8")
+        with pytest.raises(DataError, match=message):
+            load_scenario(f, reg, feature_build.identity)
