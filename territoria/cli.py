@@ -42,6 +42,8 @@ AsOfOpt = Annotated[
 ]
 
 
+LangOpt = Annotated[str, typer.Option("--lang", help="Language of texts: fr or en.")]
+
 TrackingOpt = Annotated[
     Optional[str],
     typer.Option("--tracking-uri", help="MLflow tracking URI (default: sqlite store in --out)."),
@@ -66,13 +68,19 @@ def run(
     as_of: AsOfOpt = None,
     no_cache: NoCacheOpt = False,
     tracking_uri: TrackingOpt = None,
+    lang: LangOpt = "fr",
 ) -> None:
-    """Main job on the bundled real data: features, index, backtest, models and forecasts."""
+    """Main job on the bundled real data: features, index, backtest, models, forecasts,
+    priorities, clusters and explanations."""
+    from territoria.pipelines.prioritise import run_prioritise
     from territoria.pipelines.train import run_train
 
     fb = _features(data, out, conf, as_of, no_cache)
     res = run_train(fb, out, as_of=as_of, tracking_uri=tracking_uri, console=console)
     _print_train_summary(res, out)
+    models = {tr.spec.measure: tr for tr in res.models.values()}
+    pri = run_prioritise(fb, res.index_model, models, out, data_dir=data, lang=lang, console=console)
+    _print_priority_summary(pri.priorities, out, lang)
 
 
 @app.command()
@@ -177,6 +185,100 @@ def _print_train_summary(res, out: Path) -> None:
         f"{len(res.predictions):,} forecasts (with 80 % and 90 % intervals) in {out / 'predictions.parquet'}; "
         f"MLflow runs: {', '.join(res.run_ids) or 'none'}"
     )
+
+
+def _print_priority_summary(pri, out: Path, lang: str) -> None:
+    top = pri.head(10)
+    fr = lang == "fr"
+    table = Table(title="Zones prioritaires" if fr else "Priority zones")
+    for col in ("rang", "commune", "code", "dép.", "score", "intervalle 80 %", "leviers") if fr else \
+            ("rank", "commune", "code", "dept", "score", "80 % interval", "levers"):
+        table.add_column(col, overflow="fold")
+    for r in top.itertuples():
+        table.add_row(str(int(r.priority_rank)), str(r.zone_name), r.zone_code, str(r.department),
+                      f"{r.priority_score:.1f}", f"{r.priority_score_low:.1f}–{r.priority_score_high:.1f}",
+                      str(r.top_levers)[:160])
+    console.print(table)
+    n = int(pri["priority_flag"].sum())
+    console.print(f"{n:,} priority zones; outputs: {out / 'priorities.csv'}, {out / 'priorities.gpkg'}, "
+                  f"{out / 'explanations.parquet'}")
+
+
+@app.command()
+def explain(
+    code: Annotated[str, typer.Argument(help="Zone code (INSEE commune code, COG of the run).")],
+    out: OutOpt = Path("out"),
+    lang: LangOpt = "fr",
+) -> None:
+    """A zone's priority score, rank, interval and top levers, from a finished run."""
+    from territoria.pipelines.explain_zone import zone_explanation
+
+    console.print(zone_explanation(out, code, lang=lang))
+
+
+@app.command()
+def scenario(
+    file: Annotated[Path, typer.Argument(help="Scenario YAML (see docs/SCENARIOS.md).")],
+    data: DataOpt = None,
+    out: OutOpt = Path("out"),
+    conf: ConfOpt = None,
+) -> None:
+    """Change lever indicators for some zones, re-score and compare with the run's baseline."""
+    from territoria.models.scenarios import CAVEAT_EN, load_scenario
+    from territoria.pipelines.build_features import run_build_features
+    from territoria.pipelines.prioritise import load_engine, run_period, run_scenario
+    from territoria.registry import load_registry
+    from territoria.settings import load_parameters
+
+    period = run_period(out)
+    fb = run_build_features(data_dir=data, out_dir=None, conf=conf, console=console,
+                            as_of=period if period != load_parameters(conf).reference_period else None)
+    sc = load_scenario(file, load_registry(), fb.identity)
+    engine = load_engine(fb, out)
+    table = run_scenario(engine, sc, out, console=console)
+    inside = table[table["in_scenario"]]
+    console.print(
+        f"scenario {sc.name}: {len(inside):,} zones changed; mean score change "
+        f"{inside['score_change'].mean():+.2f}; {int((table['flag_change'] == 'leaves the list').sum())} leave "
+        f"and {int((table['flag_change'] == 'enters the list').sum())} enter the priority list."
+    )
+    console.print(f"[italic]{CAVEAT_EN}[/italic]")
+    console.print(f"comparison in {out / 'scenarios' / (sc.name + '.csv')}")
+
+
+@app.command()
+def counterfactual(
+    code: Annotated[str, typer.Argument(help="Zone code (INSEE commune code, COG of the run).")],
+    data: DataOpt = None,
+    out: OutOpt = Path("out"),
+    conf: ConfOpt = None,
+) -> None:
+    """The smallest lever change found that takes a zone out of the priority list."""
+    from territoria.models.scenarios import CAVEAT_EN
+    from territoria.pipelines.build_features import run_build_features
+    from territoria.pipelines.prioritise import load_engine, run_period
+    from territoria.settings import load_parameters
+
+    period = run_period(out)
+    fb = run_build_features(data_dir=data, out_dir=None, conf=conf, console=console,
+                            as_of=period if period != load_parameters(conf).reference_period else None)
+    engine = load_engine(fb, out)
+    res = engine.counterfactual(engine.baseline(), code.strip())
+    console.print(f"{code}: priority score {res['score']:.1f}, list threshold {res['threshold']:.1f}")
+    if res["moves"].empty:
+        console.print("already outside the list" if res["score"] < res["threshold"] else "no lever move lowers the score")
+    else:
+        table = Table(title="lever changes (greedy search, steps of 1/10 of the national 5-95 % range)")
+        for col in ("indicator", "current", "target", "change", "unit"):
+            table.add_column(col)
+        for r in res["moves"].itertuples():
+            table.add_row(r.indicator, f"{r.current:.2f}", f"{r.target:.2f}", f"{r.change:+.2f}", r.unit)
+        console.print(table)
+        verdict = "leaves the list" if res["leaves_list"] else "still above the threshold after the bounded search"
+        console.print(f"score after: {res['final_score']:.1f} — {verdict}")
+    if res["flagged_by_cumulated_burdens"]:
+        console.print("note: the zone is also flagged for cumulated burdens, which this search does not lift")
+    console.print(f"[italic]{CAVEAT_EN}[/italic]")
 
 
 @data_app.command("check")
