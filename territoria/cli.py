@@ -281,6 +281,22 @@ def counterfactual(
     console.print(f"[italic]{CAVEAT_EN}[/italic]")
 
 
+@app.command()
+def verify(
+    out: Annotated[Path, typer.Argument(help="Run folder (holding manifest.json).")] = Path("out"),
+    data: DataOpt = None,
+) -> None:
+    """Check that a run's outputs and inputs still match the hashes recorded with them."""
+    from territoria.verify import verify_run
+
+    report = verify_run(out, data_dir=data)
+    head, *problems = report.lines()
+    console.print(head, highlight=False)
+    for line in problems:
+        err_console.print(escape(line), highlight=False, soft_wrap=True)
+    raise typer.Exit(report.exit_code)
+
+
 @data_app.command("check")
 def data_check(data: DataOpt = None) -> None:
     """Validate a data folder and report, file by file, what was found."""

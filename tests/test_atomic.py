@@ -1,0 +1,81 @@
+"""Atomic outputs: an interrupted writer leaves the previous file intact (territoria/io.py)."""
+
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+
+import pandas as pd
+import pytest
+
+from territoria.io import atomic_path, write_csv, write_parquet
+
+N_ROWS = 400_000
+
+# Writes version 0, 1, 2... of a large table onto one path, forever; each version is a
+# column `v` filled with its number, so a reader can tell a complete version from a mix.
+WRITER = textwrap.dedent(f"""
+    import sys
+    import numpy as np
+    import pandas as pd
+    from territoria.io import write_parquet
+
+    target = sys.argv[1]
+    x = np.arange({N_ROWS})
+    for i in range(10_000):
+        df = pd.DataFrame({{"x": x, "v": np.full({N_ROWS}, i), "noise": np.random.rand({N_ROWS})}})
+        write_parquet(df, target)
+        print(i, flush=True)
+""")
+
+
+def _temporaries(folder, name):
+    return [p for p in folder.iterdir() if p.name.startswith(f".{name}.") and p.name.endswith(".tmp")]
+
+
+def test_exception_inside_the_block_keeps_the_previous_file(tmp_path):
+    target = tmp_path / "table.csv"
+    write_csv(pd.DataFrame({"a": [1, 2]}), target)
+    before = target.read_bytes()
+    with pytest.raises(RuntimeError, match="disk on fire"):
+        with atomic_path(target) as tmp:
+            tmp.write_text("a\n3\n", encoding="utf-8")  # half of a new version
+            raise RuntimeError("disk on fire")
+    assert target.read_bytes() == before
+    assert _temporaries(tmp_path, "table.csv") == []  # the partial file is removed
+
+
+def test_exception_before_the_first_version_leaves_no_file(tmp_path):
+    target = tmp_path / "sub" / "new.parquet"
+    with pytest.raises(ValueError):
+        with atomic_path(target):
+            raise ValueError("no data")
+    assert not target.exists() and _temporaries(target.parent, "new.parquet") == []
+
+
+@pytest.mark.parametrize("trial", [0, 1])
+def test_sigkill_during_write_parquet_keeps_a_complete_version(tmp_path, trial):
+    target = tmp_path / "big.parquet"
+    proc = subprocess.Popen([sys.executable, "-c", WRITER, str(target)], stdout=subprocess.PIPE,
+                            text=True)
+    try:
+        # wait for `trial + 1` complete versions, then for the next one to be half written
+        for _ in range(trial + 1):
+            assert proc.stdout.readline().strip(), "the writer died before writing a version"
+        deadline = time.monotonic() + 120
+        while not _temporaries(tmp_path, target.name):
+            assert time.monotonic() < deadline, "no write in progress seen"
+            assert proc.poll() is None
+            time.sleep(0.001)
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=30)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    df = pd.read_parquet(target)
+    assert len(df) == N_ROWS and df["x"].is_monotonic_increasing
+    assert df["v"].nunique() == 1 and df["v"].iloc[0] >= trial  # one whole, earlier version
