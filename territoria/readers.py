@@ -32,6 +32,9 @@ SECRET_MARKERS = frozenset(
 _THOUSANDS = (" ", "\u00a0", "\u202f", "\u2009", "\t")
 _NUMBER = r"^[-+]?(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?$"
 _COMMUNE_CODE = re.compile(r"^(?:\d{5}|2[AB]\d{3})$")
+# UTF-8 encodings of Latin-1 letters and typographic marks (é is C3 A9): in a Windows-1252
+# file they would read "Ã©", which French official files never contain
+_UTF8_ACCENT = re.compile(rb"\xc3[\x80-\xbf]|\xc2[\xa0-\xbf]|\xe2\x80[\x80-\xbf]")
 
 
 def read_bytes(path: Path) -> bytes:
@@ -52,7 +55,13 @@ def decode_text(data: bytes, path: Path, encoding: str = "utf-8-sig") -> str:
     """Decode text, falling back to Windows-1252 (older INSEE files are Latin-1/Windows-1252)."""
     try:
         return data.decode(encoding)
-    except UnicodeDecodeError:
+    except UnicodeDecodeError as exc:
+        if _UTF8_ACCENT.search(data):
+            # UTF-8 accents next to bytes that are not UTF-8: decoding it all as Windows-1252
+            # would garble every accented name silently
+            line = data[: exc.start].count(b"\n") + 1
+            raise DataError(path, "mixed encodings: this line is not UTF-8 while other lines are "
+                            "(the file must use one encoding)", line=line) from None
         return data.decode("cp1252", errors="strict") if _is_cp1252(data) else _undecodable(path)
 
 
@@ -159,14 +168,18 @@ def read_csv(
     path = Path(path)
     if text is None:
         text = read_text(path, encoding)
-    lines = text.splitlines()
-    body = [ln for ln in lines[skiprows:] if ln.strip()]
+    # (line number, text) of the non-blank lines after the title lines, as pandas reads them
+    body = [(i + 1, ln) for i, ln in enumerate(text.splitlines()) if i >= skiprows and ln.strip()]
     if not body:
         raise DataError(path, "empty file: no header and no rows")
     if header is not None and len(body) <= header + 1:
         raise DataError(path, "header only: the file has no data rows")
     if header is not None:
-        _check_separator(path, body[header], sep, required)
+        _check_separator(path, body[header][1], sep, required)
+        n_fields = len(next(csv.reader([body[header][1]], delimiter=sep)))
+        _check_field_counts(path, body[header + 1:], sep, n_fields)
+    elif names is not None:
+        _check_field_counts(path, body, sep, len(names))
     try:
         df = pd.read_csv(
             io.StringIO(text),
@@ -186,6 +199,23 @@ def read_csv(
     df.columns = [str(c).strip() for c in df.columns]
     check_columns(df, required, path)
     return df
+
+
+def _check_field_counts(path: Path, numbered: list[tuple[int, str]], sep: str, n_fields: int) -> None:
+    """Every data line has the header's number of fields.
+
+    pandas pads a short line with empty cells (read as secret, i.e. missing: a file cut
+    mid-line would load silently) and takes an extra first field as the index (shifting every
+    column); both are reported with their line instead.
+    """
+    counts = pc.count_substring(pa.array([ln for _, ln in numbered], pa.string()), sep)
+    for pos in np.flatnonzero(counts.to_numpy(zero_copy_only=False) + 1 != n_fields):
+        # the fast count includes separators inside quotes: count those lines exactly
+        n = len(next(csv.reader([numbered[pos][1]], delimiter=sep)))
+        if n != n_fields:
+            problem = ("truncated file or cut line" if n < n_fields else "stray separator or shifted row")
+            raise DataError(path, f"{n} fields where the header has {n_fields} ({problem})",
+                            line=numbered[pos][0])
 
 
 def _line_of(message: str) -> int | None:

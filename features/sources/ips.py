@@ -25,6 +25,7 @@ _UAI = "UAI"
 _COMMUNE = "Code INSEE de la commune"
 _IPS = "IPS"
 _IPS_RANGE = (30.0, 200.0)
+_UAI_CODE = r"\d{7}[A-Z]"
 
 
 def read_ips(source: Source, vintage: int, mean_var: str, count_var: str) -> pd.DataFrame:
@@ -40,10 +41,13 @@ def read_ips(source: Source, vintage: int, mean_var: str, count_var: str) -> pd.
                         column=_YEAR)
     period = int(years[0][:4])
     uai = raw[_UAI].str.strip().str.upper()
-    blank = uai.eq("")
-    if blank.any():
-        pos = int(np.flatnonzero(blank.to_numpy())[0])
-        raise DataError(path, "empty school identifier", column=_UAI, line=pos + 2)
+    # UAI: seven digits and a check letter (0010024W); anything else is a shifted or garbled cell
+    bad = ~uai.str.fullmatch(_UAI_CODE)
+    if bad.any():
+        pos = int(np.flatnonzero(bad.to_numpy())[0])
+        problem = "empty school identifier" if uai.iloc[pos] == "" else \
+            f"invalid school identifier {raw[_UAI].iloc[pos]!r} (expected 7 digits and a letter)"
+        raise DataError(path, problem, column=_UAI, line=pos + 2)
     check_unique(uai, path=path, column=_UAI)
     raw[_COMMUNE] = commune_codes(raw[_COMMUNE], path=path, column=_COMMUNE)
     raw[_IPS] = parse_number(raw[_IPS], path=path, column=_IPS, decimal_comma=True,
