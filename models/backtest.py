@@ -224,8 +224,10 @@ class BacktestResult:
         return out
 
     def write(self, out_dir: Path | str) -> dict[str, Path]:
-        """Write ``metrics.json``, ``backtest_metrics.csv``, ``backtest_table.txt`` and
-        ``backtest_predictions.parquet`` atomically under ``out_dir``."""
+        """Write ``metrics.json``, ``backtest_metrics.csv``, ``backtest_table.txt``,
+        ``backtest_predictions.parquet`` and ``interval_coverage_by_group.csv`` (empirical
+        coverage of the 80 and 90 % intervals by density class, territory and size class, for
+        auditors) atomically under ``out_dir``."""
         from territoria.io import write_atomic, write_csv, write_json, write_parquet
 
         out_dir = Path(out_dir)
@@ -235,6 +237,7 @@ class BacktestResult:
             "table": write_atomic(out_dir / "backtest_table.txt",
                                   lambda p: p.write_text(self.table() + "\n", encoding="utf-8")),
             "predictions": write_parquet(self.predictions, out_dir / "backtest_predictions.parquet"),
+            "coverage": write_csv(self.coverage, out_dir / "interval_coverage_by_group.csv"),
         }
         return paths
 

@@ -13,15 +13,18 @@ rows still add up to the model output.
 Each feature's domain and lever flag come from the feature metadata, itself read from the
 indicator registry: explanations are grouped by domain and split into levers (a policy can
 move them) and context (it cannot). Neighbourhood features (neighbours' mean, gaps to
-neighbours, EPCI or department) are a zone's *location*: :func:`location_share` reads how
-much of a zone's explanation is its surroundings rather than its own figures.
+neighbours, EPCI or department) are a zone's *location*: the priorities' ``location_share``
+reads how much of a zone's explanation is its surroundings rather than its own figures.
 """
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pandas as pd
 
+from territoria.io import write_atomic
 from territoria.models.trajectory import HurdleRegressor
 
 #: transforms describing the zone's surroundings rather than the zone itself
@@ -161,26 +164,6 @@ def tidy_contributions(
     return out.sort_values(["zone_code", "model"], kind="stable").reset_index(drop=True)
 
 
-def by_domain(contributions: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
-    """Contributions summed per domain and per lever/context split (zones × groups).
-
-    Columns: one per domain, then ``levers`` and ``context`` (they sum to the same total).
-    """
-    info = feature_info(meta, contributions.columns)
-    dom = contributions.T.groupby(info["domain"].to_numpy()).sum().T
-    split = contributions.T.groupby(np.where(info["is_lever"].to_numpy(), "levers", "context")).sum().T
-    return pd.concat([dom, split.reindex(columns=["levers", "context"], fill_value=0.0)], axis=1)
-
-
-def location_share(contributions: pd.DataFrame, meta: pd.DataFrame) -> pd.Series:
-    """Share of a zone's total |contribution| that comes from its surroundings (0-1)."""
-    info = feature_info(meta, contributions.columns)
-    absval = contributions.abs()
-    total = absval.sum(axis=1)
-    loc = absval.loc[:, info["is_location"].to_numpy()].sum(axis=1)
-    return (loc / total.where(total > 0)).rename("location_share")
-
-
 def global_importance(contributions: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
     """Mean |contribution| per feature with its domain and lever flag, largest first."""
     info = feature_info(meta, contributions.columns)
@@ -188,3 +171,68 @@ def global_importance(contributions: pd.DataFrame, meta: pd.DataFrame) -> pd.Dat
     out = info.join(imp)
     out["share"] = out["mean_abs_contribution"] / out["mean_abs_contribution"].sum()
     return out.sort_values("mean_abs_contribution", ascending=False).reset_index()
+
+
+def importance_by_domain(contributions: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
+    """Mean |contribution| summed per domain, with the lever share of each domain."""
+    imp = global_importance(contributions, meta)
+    out = imp.groupby("domain").agg(mean_abs_contribution=("mean_abs_contribution", "sum"),
+                                    share=("share", "sum"))
+    lever = imp[imp["is_lever"]].groupby("domain")["share"].sum()
+    out["lever_share"] = lever.reindex(out.index).fillna(0.0) / out["share"].where(out["share"] > 0)
+    return out.sort_values("share", ascending=False).reset_index()
+
+
+def interaction_hints(contributions: pd.DataFrame, X: pd.DataFrame, top: int = 5, n_sample: int = 1000,
+                      seed: int = 0) -> pd.DataFrame:
+    """For the ``top`` most important features, the feature that best explains the spread of
+    their SHAP values at equal feature value (``shap.utils.approximate_interactions``)."""
+    import shap
+
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(X), size=min(n_sample, len(X)), replace=False)
+    cols = [c for c in contributions.columns if c in X.columns]
+    phi = contributions[cols].to_numpy(float)[rows]
+    vals = X[cols].to_numpy(float)[rows]
+    order = np.argsort(-np.abs(phi).mean(axis=0))[:top]
+    out = []
+    for i in order:
+        inter = shap.utils.approximate_interactions(int(i), phi, vals)
+        partner = next((int(j) for j in inter if j != i), None)
+        if partner is not None:
+            out.append({"feature": cols[i], "interacts_most_with": cols[partner]})
+    return pd.DataFrame(out, columns=["feature", "interacts_most_with"])
+
+
+def plot_global(model: str, contributions: pd.DataFrame, X: pd.DataFrame, folder, hints: pd.DataFrame | None = None,
+                n_sample: int = 2000, seed: int = 0) -> list:
+    """Beeswarm summary and dependence plots of the 3 most important features (PNG files),
+    coloured by the feature ``hints`` (:func:`interaction_hints`) names as their partner."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import shap
+
+    folder = Path(folder)
+    rng = np.random.default_rng(seed)
+    rows = rng.choice(len(X), size=min(n_sample, len(X)), replace=False)
+    cols = [c for c in contributions.columns if c in X.columns]
+    phi = contributions[cols].to_numpy(float)[rows]
+    vals = X[cols].iloc[rows]
+    partner = dict(zip(hints["feature"], hints["interacts_most_with"])) if hints is not None else {}
+    written = []
+
+    def save(name):
+        path = folder / name
+        write_atomic(path, lambda tmp: plt.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
+        plt.close("all")
+        written.append(path)
+
+    shap.summary_plot(phi, vals, max_display=15, show=False)
+    plt.title(f"{model}: SHAP values of the 15 most important features")
+    save(f"shap_summary_{model}.png")
+    for i in np.argsort(-np.abs(phi).mean(axis=0))[:3]:
+        shap.dependence_plot(int(i), phi, vals, interaction_index=partner.get(cols[i]), show=False)
+        save(f"shap_dependence_{model}_{cols[i]}.png")
+    return written

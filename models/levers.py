@@ -59,20 +59,28 @@ def index_points(index_model, X: pd.DataFrame, terms: pd.DataFrame, factor: pd.S
 
 
 def model_points(measure: str, contributions: pd.DataFrame, meta: pd.DataFrame, factor: pd.Series) -> pd.DataFrame:
-    """Score points of each (zone, indicator, own/location) through one trajectory model."""
+    """Score points of each (zone, indicator, own/location) through one trajectory model.
+
+    Groups that contribute exactly nothing (features the model never splits on) are left out.
+    """
     info = feature_info(meta, contributions.columns)
-    pts = contributions.mul(factor.reindex(contributions.index), axis=0)
-    key = info["indicator"].astype(str) + "\x1f" + np.where(info["is_location"], "1", "0")
-    grouped = pts.T.groupby(key.to_numpy()).sum().T
-    long = grouped.stack().rename("points").reset_index()
-    long.columns = ["zone_code", "key", "points"]
-    parts = long["key"].str.split("\x1f", n=1, expand=True)
-    long["indicator"] = parts[0]
-    long["is_location"] = parts[1] == "1"
+    key = pd.MultiIndex.from_arrays([info["indicator"].astype(str).to_numpy(), info["is_location"].to_numpy()])
+    codes, groups = pd.factorize(key)
+    onehot = np.zeros((len(codes), len(groups)))
+    onehot[np.arange(len(codes)), codes] = 1.0
+    pts = (np.nan_to_num(contributions.to_numpy(float)) @ onehot) * factor.reindex(contributions.index).to_numpy(float)[:, None]
+    zi, gi = np.nonzero(pts)
+    ind = np.asarray(groups.get_level_values(0), dtype=object)
+    loc = np.asarray(groups.get_level_values(1), dtype=bool)
     dom = info.drop_duplicates("indicator").set_index("indicator")["domain"]
-    long["domain"] = long["indicator"].map(dom).fillna("context")
-    long["source"] = measure
-    return long.drop(columns="key")
+    return pd.DataFrame({
+        "zone_code": contributions.index.to_numpy()[zi],
+        "indicator": ind[gi],
+        "is_location": loc[gi],
+        "domain": pd.Series(ind[gi]).map(dom).fillna("context").to_numpy(),
+        "points": pts[zi, gi],
+        "source": measure,
+    })
 
 
 def indicator_points(frames: list[pd.DataFrame], registry) -> pd.DataFrame:

@@ -39,7 +39,10 @@ from territoria.models import diagnostics as diag
 from territoria.models import programmes as prog
 from territoria.models.backtest import predict_frame
 from territoria.models.counterfactual import greedy_exit, lever_space, shift_rows
-from territoria.models.explain import check_additivity, tidy_contributions, tree_contributions
+from territoria.models.explain import (
+    check_additivity, global_importance, importance_by_domain, interaction_hints, plot_global,
+    tidy_contributions, tree_contributions,
+)
 from territoria.models.index import DeprivationIndex
 from territoria.models.levers import INDEX_MODEL, index_points, indicator_points, model_points, top_levers
 from territoria.models.persist import load_trained, save_trained
@@ -165,19 +168,21 @@ class PriorityEngine:
 
 
 # --------------------------------------------------------------------------- explanations
-def explain(engine: PriorityEngine, scored: Scored) -> tuple[pd.DataFrame, pd.DataFrame]:
+def explain(engine: PriorityEngine, scored: Scored) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """TreeSHAP of every model for every zone (checked additive), and score points per indicator.
 
-    Returns ``(explanations, points)``: the tidy ``explanations.parquet`` rows and the score
-    in points per zone and indicator.
+    Returns ``(explanations, points, contributions)``: the tidy ``explanations.parquet`` rows,
+    the score in points per zone and indicator, and each model's full contribution matrix
+    (measure → zones × features) for the global views.
     """
     t = scored.table
     pf = t["population_factor"]
     comp = t.filter(regex=r"^(z_|certainty_)")
     factors = score_factors(comp, pf, engine.config, engine.norms, engine.signs)
-    tidy, points = [], []
+    tidy, points, phis = [], [], {}
     for measure, (X, M) in scored.designs.items():
         phi, base, out = tree_contributions(engine.trained[measure].model, X)
+        phis[measure] = phi
         pred = scored.predictions.loc[scored.predictions["target"] == measure].set_index("zone_code")["prediction"]
         check_additivity(phi, base, pred.reindex(X.index).to_numpy())
         tidy.append(tidy_contributions(measure, phi, X, base, out, M, top=N_TOP_FEATURES))
@@ -200,7 +205,23 @@ def explain(engine: PriorityEngine, scored: Scored) -> tuple[pd.DataFrame, pd.Da
     explanations = pd.concat(tidy, ignore_index=True)[
         ["zone_code", "model", "feature", "domain", "is_lever", "feature_value", "contribution",
          "base_value", "model_output"]]
-    return explanations, indicator_points(points, engine.registry)
+    return explanations, indicator_points(points, engine.registry), phis
+
+
+def global_views(scored: Scored, phis: dict, folder: Path) -> list[Path]:
+    """Importance by feature and by domain, interaction hints and SHAP plots of each model."""
+    written, by_domain, hints = [], [], []
+    for measure, phi in phis.items():
+        X, M = scored.designs[measure]
+        imp = global_importance(phi, M)
+        written.append(write_csv(imp, folder / f"importance_{measure}.csv"))
+        by_domain.append(importance_by_domain(phi, M).assign(model=measure))
+        hint = interaction_hints(phi, X)
+        hints.append(hint.assign(model=measure))
+        written += plot_global(measure, phi, X, folder, hint)
+    written.append(write_csv(pd.concat(by_domain, ignore_index=True), folder / "importance_by_domain.csv"))
+    written.append(write_csv(pd.concat(hints, ignore_index=True), folder / "interaction_hints.csv"))
+    return written
 
 
 # --------------------------------------------------------------------------- the stage
@@ -245,7 +266,7 @@ def run_prioritise(
 
     t0 = time.perf_counter()
     console.log(f"TreeSHAP explanations of {len(trained)} models for {len(scored.table):,} zones")
-    explanations, points = explain(engine, scored)
+    explanations, points, phis = explain(engine, scored)
     levers = {lg: top_levers(points, scored.features, scored.meta, fb.identity, engine.registry, lang=lg)
               for lg in ("fr", "en")}
     timings["explain"] = time.perf_counter() - t0
@@ -273,7 +294,7 @@ def run_prioritise(
 
     t0 = time.perf_counter()
     console.log(f"writing priorities, explanations and models to {out_dir}")
-    write_csv(csv_safe(pri), out_dir / "priorities.csv")
+    write_csv(csv_safe(pri), out_dir / "priorities.csv", float_format="%.6g")
     write_priorities_gpkg(pri, out_dir / "priorities.gpkg", data_dir)
     write_parquet(explanations, out_dir / "explanations.parquet")
     write_parquet(points, out_dir / "score_points.parquet")
@@ -284,6 +305,10 @@ def run_prioritise(
     for measure, tr in trained.items():
         save_trained(tr, out_dir / "models" / measure)
     timings["write"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    console.log("global explanations: importance by domain, dependence plots, interaction hints")
+    global_views(scored, phis, out_dir / "explain")
+    timings["global_views"] = time.perf_counter() - t0
     return PriorityResult(pri, explanations, points, gaps, summary, engine, timings)
 
 
@@ -307,10 +332,14 @@ def assemble(fb, scored: Scored, stats, perim, covered, levers: dict, lang: str)
     out = out.join(stats.drop(columns=["value"], errors="ignore").reindex(t.index).reset_index(drop=True))
     out["cluster_id"] = perim["cluster_id"].reindex(t.index).to_numpy()
     out["top_levers"] = levers[lang].reindex(t.index).to_numpy()
-    out["top_levers_fr"] = levers["fr"].reindex(t.index).to_numpy()
-    out["top_levers_en"] = levers["en"].reindex(t.index).to_numpy()
+    other = "en" if lang == "fr" else "fr"
+    out[f"top_levers_{other}"] = levers[other].reindex(t.index).to_numpy()
     out = out.join(covered.reindex(t.index).reset_index(drop=True))
     out = out.sort_values(["priority_rank", "zone_code"], na_position="last", kind="stable")
+    for c in out.columns:
+        if "rank" in c or c in ("index_decile", "n_neighbours"):
+            out[c] = out[c].round().astype("Int64")
+    out.attrs["lang"] = lang
     return out.reset_index(drop=True)
 
 
@@ -324,6 +353,15 @@ def read_previous(path: Path) -> pd.DataFrame | None:
         raise DataError(path, f"previous priorities unreadable ({exc}); move it away to start a new history") from None
     return prev
 
+
+GPKG_COLUMNS = frozenset({
+    "zone_code", "zone_name", "level", "department", "epci", "epci_name", "region", "population",
+    "reference_period", "deprivation_index", "index_rank", "index_decile", "predicted_change",
+    "predicted_change_low", "predicted_change_high", "priority_score", "priority_score_low",
+    "priority_score_high", "priority_rank", "priority_rank_department", "priority_rank_epci",
+    "priority_flag", "n_vulnerable_domains", "hotspot", "moran_cluster", "cluster_id", "top_levers",
+    "programmes", "location_share",
+})
 
 _FORMULA_START = ("=", "+", "-", "@", "\t", "\r")
 
@@ -341,11 +379,14 @@ def csv_safe(df: pd.DataFrame) -> pd.DataFrame:
 
 
 def write_priorities_gpkg(pri: pd.DataFrame, path: Path, data_dir: Path | None) -> None:
-    """The priorities with commune polygons (WGS84) as a GeoPackage layer ``priorities``."""
+    """The priorities with commune polygons (WGS84) as a GeoPackage layer ``priorities``
+    (the main columns: the CSV has them all)."""
     import geopandas as gpd
 
     from territoria.features.sources.geometries import CommuneGeometries
 
+    keep = [c for c in pri.columns if c in GPKG_COLUMNS or c.startswith(("domain_", "pred_", "flag_"))]
+    pri = pri[[c for c in keep if not c.endswith("_exp")]]
     geoms = CommuneGeometries(data_dir).load()
     geoms = geoms.drop_duplicates("zone_code").set_index("zone_code")
     gdf = gpd.GeoDataFrame(pri.copy(), geometry=geoms.geometry.reindex(pri["zone_code"]).to_numpy(), crs=geoms.crs)

@@ -40,8 +40,9 @@ def write_parquet(df: pd.DataFrame, path: Path | str) -> Path:
     return write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
 
 
-def write_csv(df: pd.DataFrame, path: Path | str) -> Path:
-    return write_atomic(path, lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n"))
+def write_csv(df: pd.DataFrame, path: Path | str, **options) -> Path:
+    """Write a CSV (UTF-8, ``\\n`` line ends) atomically; ``options`` go to ``to_csv``."""
+    return write_atomic(path, lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n", **options))
 
 
 def write_json(obj, path: Path | str) -> Path:

@@ -109,6 +109,8 @@ def test_backtest_outputs(backtest, tmp_path):
     pred = pd.read_parquet(paths["predictions"])
     assert {"zone_code", "fold", "y", MODEL, "ridge", "low_80", "high_90"} <= set(pred.columns)
     assert pred["fold"].between(0, 2).all()
+    cov = pd.read_csv(paths["coverage"])
+    assert {"grouping", "group"} <= set(cov.columns) and {"territory", "size_class"} <= set(cov["grouping"])
 
 
 def test_temporal_backtest_and_forecast(feature_build, small_config):

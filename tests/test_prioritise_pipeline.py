@@ -14,6 +14,7 @@ import pytest
 from territoria.cli import app
 from territoria.models.backtest import train_target
 from territoria.models.targets import load_model_config
+from territoria.pipelines.explain_zone import read_priorities
 from territoria.pipelines.prioritise import load_engine, run_prioritise, run_scenario
 from territoria.pipelines.train import compute_index, training_specs
 
@@ -40,7 +41,7 @@ def run(feature_build, tmp_path_factory):
 
 def test_priorities_cover_every_commune_with_the_contract_columns(run, feature_build):
     out, res = run
-    pri = pd.read_csv(out / "priorities.csv", dtype={"zone_code": str, "department": str, "epci": str})
+    pri = read_priorities(out)
     assert len(pri) == len(feature_build.identity) and pri["zone_code"].is_unique
     assert set(pri["zone_code"]) == set(feature_build.identity.index)
     missing = [c for c in CONTRACT if c not in pri.columns]
@@ -53,10 +54,12 @@ def test_priorities_cover_every_commune_with_the_contract_columns(run, feature_b
     assert 0.09 * len(scored) < flagged.sum() < 0.2 * len(scored)
     # every flagged zone says why; zones with a top lever text exist in both languages
     assert (pri.loc[flagged, "flag_reason"].fillna("") != "").all()
-    assert pri["top_levers_fr"].str.contains("le score de", na=False).mean() > 0.5
+    assert pri["top_levers"].str.contains("le score de", na=False).mean() > 0.5  # French by default
     assert pri["top_levers_en"].str.contains("the score by", na=False).mean() > 0.5
     g = gpd.read_file(out / "priorities.gpkg", layer="priorities")
-    assert len(g) == len(pri) and g.crs.to_epsg() == 4326 and g.geometry.notna().all()
+    assert len(g) == len(pri) and g.crs.to_epsg() == 4326
+    # the bundled polygons lack 8 communes (see data/SOURCES.md): every other one is drawn
+    assert g.geometry.notna().sum() >= len(pri) - 8
 
 
 def test_shap_contributions_plus_base_equal_the_model_output_for_every_zone(run):
