@@ -15,7 +15,6 @@ import io
 import re
 import zipfile
 import json
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -26,7 +25,6 @@ import pytest
 from territoria.errors import DataError
 from territoria.features.sources.arcep import ArcepFtth, ArcepMobileSites
 from territoria.features.sources.caf import CafIris
-from territoria.features.sources.census_derived import CensusDerivedCommunes
 from territoria.features.sources.comparateur import Comparateur, ComparateurCommunes2024
 from territoria.features.sources.filosofi import FilosofiCommune, FilosofiIris
 from territoria.features.sources.france_services import FranceServices
@@ -437,3 +435,94 @@ def _check_harmonisation(case: Case, df: pd.DataFrame, name: str) -> None:
         assert "01165" in set(res.table.zone_code) and res.unmapped.empty
     else:  # reported, never dropped silently
         assert set(res.unmapped.zone_code) == {"01999"}
+
+
+# -- points: geometries of tiny synthetic files in the official formats -------------------------
+
+FS = "anct/anct_france_services_2020-10.geojson"
+
+
+def _france_services(geometries: list) -> str:
+    feats = [{"type": "Feature", "geometry": g,
+              "properties": {"MATRICULE": i + 1, "lib_france_services": f"desk {i}", "insee_com": "59172"}}
+             for i, g in enumerate(geometries)]
+    return json.dumps({"type": "FeatureCollection", "features": feats,
+                       "crs": {"type": "name", "properties": {"name": "urn:ogc:def:crs:OGC:1.3:CRS84"}}})
+
+
+DENAIN = {"type": "Point", "coordinates": [3.3958, 50.3286]}
+
+
+@pytest.mark.parametrize(("geometry", "pattern"), [
+    (None, "feature 2: geometry is not a point with numeric coordinates"),
+    ({"type": "Point", "coordinates": []}, "feature 2: geometry is not a point"),
+    ({"type": "Polygon", "coordinates": [[[3, 50], [3.1, 50], [3, 50.1], [3, 50]]]}, "feature 2: geometry is not a point"),
+    ({"type": "Point", "coordinates": [0.0, 0.0]}, r"feature 2: \(0, 0\) is outside France.*wrong CRS"),
+    ({"type": "Point", "coordinates": [float("nan"), 50.0]}, r"feature 2: \(50, nan\) is outside France"),
+    ({"type": "Point", "coordinates": [-73.98, 40.75]}, r"feature 2: \(40.75, -73.98\) is outside France"),
+], ids=["null", "empty", "polygon", "null-island", "nan", "new-york"])
+def test_france_services_bad_geometries(variant, geometry, pattern):
+    root = variant(FS, _france_services([DENAIN, geometry]))
+    with pytest.raises(DataError, match=pattern) as info:
+        FranceServices(root).load()
+    assert "anct_france_services_2020-10.geojson" in str(info.value)
+
+
+def test_france_services_valid_tiny_file(variant):
+    pts = FranceServices(variant(FS, _france_services([DENAIN]))).load()
+    assert str(pts.crs) == "EPSG:4326" and (pts.geometry.x.iloc[0], pts.geometry.y.iloc[0]) == (3.3958, 50.3286)
+
+
+@pytest.mark.parametrize(("line", "pattern"), [
+    ("1234567,X,nan,3.39,{},{}", r"line 1: column 'latitude': non-numeric value 'nan'"),
+    ("1234567,X,,3.39,{},{}", r"line 1: column 'latitude': empty value"),
+    ("1234567,X,-21.1,55.5,{},{}", None),  # La Réunion is in France
+    ("1234567,X,40.42,-3.7,{},{}", r"line 1: column 'latitude': \(40.42, -3.7\) is outside France"),
+])
+def test_irep_coordinates(variant, line, pattern):
+    root = variant("environment/irep_industrial_sites_2021.csv", line + "\n")
+    if pattern is None:
+        assert Irep(root).load().geometry.y.iloc[0] == -21.1
+        return
+    with pytest.raises(DataError, match=pattern):
+        Irep(root).load()
+
+
+@pytest.mark.parametrize(("row", "pattern"), [
+    ("20801;652469;6862035;1;1;1", None),  # Paris, Lambert-93
+    ("20801;652469;;1;1;1", r"line 2: column 'Y': non-numeric value ''"),
+    ("20801;nan;6862035;1;1;1", r"line 2: column 'X': non-numeric value 'nan'"),
+    ("20801;1e9;6862035;1;1;1", r"line 2: column 'X': .*outside the Lambert-93 extent"),
+])
+def test_mobile_sites_coordinates(variant, row, pattern):
+    root = variant("arcep/2018_01_Sites_mobiles_2G_3G_4G_France_metropolitaine_L93.csv",
+                   "Operateur;X;Y;2G;3G;4G\n" + row + "\n")
+    if pattern is None:
+        pt = ArcepMobileSites(root).load().geometry.iloc[0]
+        assert pt.x == pytest.approx(2.35, abs=0.01) and pt.y == pytest.approx(48.86, abs=0.01)
+        return
+    with pytest.raises(DataError, match=pattern):
+        ArcepMobileSites(root).load()
+
+
+# -- the command line ------------------------------------------------------------------------
+
+
+def test_data_check_on_a_folder_with_one_broken_file(copy_bundled, raw_text, monkeypatch):
+    """``territoria data check --data DIR``: the broken file is reported, exit code 2."""
+    from typer.testing import CliRunner
+
+    import territoria.features.sources as sources
+    from territoria.cli import app
+
+    # two adapters keep the check small; the full bundle is checked by tests/test_cli.py
+    monkeypatch.setattr(sources, "all_sources", lambda: {"ips_colleges": IpsColleges, "neet": Neet})
+    root = copy_bundled("social/fr-en-ips_colleges_2022.csv")
+    text = raw_text("social/neet_communes_2008_2013_2018.csv")
+    (root / "social" / "neet_communes_2008_2013_2018.csv").write_text(text[: len(text) // 2], encoding="utf-8")
+    res = CliRunner().invoke(app, ["data", "check", "--data", str(root)], env={"COLUMNS": "400"})
+    assert res.exit_code == 2
+    assert res.stderr.strip().splitlines() == ["1 file(s) with problems"]
+    neet = next(ln for ln in res.stdout.splitlines() if "neet" in ln)
+    assert "fields where the header has 4 (truncated file or cut line)" in neet
+    assert "ok" in next(ln for ln in res.stdout.splitlines() if "ips_colleges" in ln)
