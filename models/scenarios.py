@@ -94,7 +94,7 @@ def load_scenario(path: Path | str, registry, identity: pd.DataFrame) -> Scenari
         raise DataError(path, "scenario file not found")
     try:
         doc = yaml.safe_load(path.read_text(encoding="utf-8"))
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, ValueError) as exc:  # PyYAML raises ValueError on bad dates or tags
         raise DataError(path, f"invalid YAML ({str(exc).splitlines()[0]})") from None
     except UnicodeDecodeError:
         raise DataError(path, "not UTF-8 text") from None

@@ -234,9 +234,7 @@ def test_load_scenario_gives_a_scenario_or_a_data_error(text):
     _check_scenario(text)
 
 
-@pytest.mark.xfail(strict=True, raises=ValueError,
-                   reason="models/scenarios.py catches yaml.YAMLError only: PyYAML raises a bare "
-                          "ValueError for impossible dates and bad !!int/!!float tags")
+# PyYAML raises a bare ValueError for impossible dates and bad !!int/!!float tags
 @pytest.mark.parametrize("text", ["name: x\nwhen: 2021-02-30\n", "name: !!int abc\n"])
 def test_load_scenario_yaml_value_errors(text):
     _check_scenario(text)
