@@ -236,5 +236,8 @@ def test_load_scenario_gives_a_scenario_or_a_data_error(text):
 
 # PyYAML raises a bare ValueError for impossible dates and bad !!int/!!float tags
 @pytest.mark.parametrize("text", ["name: x\nwhen: 2021-02-30\n", "name: !!int abc\n"])
-def test_load_scenario_yaml_value_errors(text):
-    _check_scenario(text)
+def test_load_scenario_yaml_value_errors(text, tmp_path):
+    path = tmp_path / "scenario.yml"
+    path.write_text(text, encoding="utf-8")
+    with pytest.raises(DataError, match="invalid YAML"):
+        load_scenario(path, REGISTRY, IDENTITY)
