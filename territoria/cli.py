@@ -217,6 +217,20 @@ def explain(
 
 
 @app.command()
+def report(
+    out: OutOpt = Path("out"),
+    lang: LangOpt = "fr",
+) -> None:
+    """Map, zone cards, planner's report, audit files and figures of a finished run."""
+    from territoria.pipelines.report import run_report
+
+    paths = run_report(out, lang=lang, console=console)
+    n_cards = len(list(Path(paths["zones"]).glob("*.html"))) if "zones" in paths else 0
+    console.print(f"map {paths['map']}, report {paths['report']}, {n_cards:,} zone cards in {paths['zones']}, "
+                  f"audit in {Path(paths['model_card']).parent}, figures in {Path(paths['priority_map_png']).parent}")
+
+
+@app.command()
 def scenario(
     file: Annotated[Path, typer.Argument(help="Scenario YAML (see docs/SCENARIOS.md).")],
     data: DataOpt = None,
