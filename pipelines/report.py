@@ -1042,7 +1042,17 @@ def render_map(pri: pd.DataFrame, geoms: np.ndarray, lang: str = "fr", dep_names
                    control_scale=True)
     root = m.get_root()
     root.header.add_child(Element(f"<title>territoria — {T['map_title']}</title>"))
-    root.html.add_child(Element(
+    class _Raw(Element):
+        """Pre-rendered text (an ``Element`` would compile the 20 MB of data as a Jinja template)."""
+
+        def __init__(self, text: str):
+            super().__init__("")
+            self._text = text
+
+        def render(self, **kwargs) -> str:
+            return self._text
+
+    root.html.add_child(_Raw(
         '<script type="application/json" id="territoria-geo">' + geo_json + "</script>\n"
         '<script type="application/json" id="territoria-data">' + data_json.replace("</", "<\\/") + "</script>"))
 
@@ -1152,7 +1162,7 @@ def figure_priority_map(pri: pd.DataFrame, geoms: np.ndarray, path: Path, lang: 
                            geometry=list(geoms[metro]), crs="EPSG:4326").to_crs("EPSG:2154")
     fig, ax = plt.subplots(figsize=(8, 8))
     gdf.plot(column="priority_score", scheme="Quantiles", k=5, cmap="YlOrRd", linewidth=0, ax=ax, legend=True,
-             missing_kwds={"color": "#dddddd"},
+             missing_kwds={"color": "#dddddd", "label": _text(lang)["legend_missing"]},
              legend_kwds={"loc": "lower left", "fontsize": 8, "title": _text(lang)["score"] + " (quantiles)"})
     ax.set_axis_off()
     ax.set_title(f"{_text(lang)['map_title']} — {_text(lang)['mainland']}")
@@ -1181,7 +1191,8 @@ def figure_domains(pri: pd.DataFrame, path: Path, lang: str = "fr") -> Path:
             data.append(x if len(x) else np.array([np.nan]))
             pos.append(3 * k + j)
             colours.append("#d94801" if j == 0 else "#9ecae1")
-    bp = ax.boxplot(data, positions=pos, widths=0.8, patch_artist=True, showfliers=False)
+    bp = ax.boxplot(data, positions=pos, widths=0.8, patch_artist=True, showfliers=False,
+                    medianprops={"color": "black"})
     for patch, c in zip(bp["boxes"], colours):
         patch.set_facecolor(c)
     ax.set_xticks([3 * k + 0.5 for k in range(len(doms))], [domain_label(d[7:], lang) for d in doms], rotation=20)
