@@ -125,7 +125,6 @@ class PriorityEngine:
                                               self.fb.points, self.registry, self.fb.params, self.period)
         return self.score(features, meta, panel), zones
 
-
     def counterfactual(self, scored: Scored, zone: str, max_steps: int = 40) -> dict:
         """Smallest lever change found that takes ``zone`` out of the list (see
         :mod:`territoria.models.counterfactual`)."""

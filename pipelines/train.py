@@ -81,9 +81,10 @@ def compute_index(fb: FeatureBuild) -> tuple[pd.DataFrame, pd.DataFrame, Depriva
     return table, index.describe(), index
 
 
-def run_backtest_stage(fb: FeatureBuild, out_dir: Path, console: Console, as_of: int | None = None):
+def run_backtest_stage(fb: FeatureBuild, out_dir: Path, console: Console, as_of: int | None = None,
+                       config: ModelConfig | None = None):
     """Backtest the key targets (those ending by ``as_of``) and write the metrics."""
-    config = load_model_config()
+    config = config or load_model_config()
     specs = config.key_targets()
     if as_of is not None:
         specs = [s for s in specs if s.end <= as_of] or training_specs(config, as_of)
@@ -100,17 +101,19 @@ def run_train(
     tracking_uri: str | None = None,
     backtest: bool = True,
     measures: list[str] | None = None,
+    config: ModelConfig | None = None,
     console: Console | None = None,
 ) -> TrainResult:
     """Index, backtest, final models and forecasts from ``as_of`` (default: the reference period).
 
-    ``measures`` restricts training to some key targets' measures (default: all of them).
+    ``measures`` restricts training to some key targets' measures (default: all of them);
+    ``config`` replaces ``conf/models.yml`` (``--models-conf``).
     """
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
     t = as_of if as_of is not None else fb.reference_period
     timings: dict[str, float] = {}
-    config = load_model_config()
+    config = config or load_model_config()
 
     t0 = time.perf_counter()
     console.log("composite deprivation index")
@@ -123,7 +126,7 @@ def run_train(
     if backtest:
         t0 = time.perf_counter()
         console.log("backtest: trajectory models vs baselines on the same folds")
-        result = run_backtest_stage(fb, out_dir, console, as_of=as_of)
+        result = run_backtest_stage(fb, out_dir, console, as_of=as_of, config=config)
         timings["backtest"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

@@ -42,6 +42,9 @@ AsOfOpt = Annotated[
 ]
 
 
+ModelsConfOpt = Annotated[
+    Optional[Path], typer.Option("--models-conf", help="Models file (default conf/models.yml).")
+]
 LangOpt = Annotated[str, typer.Option("--lang", help="Language of texts: fr or en.")]
 
 TrackingOpt = Annotated[
@@ -69,18 +72,19 @@ def run(
     no_cache: NoCacheOpt = False,
     tracking_uri: TrackingOpt = None,
     lang: LangOpt = "fr",
+    models_conf: ModelsConfOpt = None,
 ) -> None:
     """Main job on the bundled real data: features, index, backtest, models, forecasts,
-    priorities, clusters and explanations."""
-    from territoria.pipelines.prioritise import run_prioritise
-    from territoria.pipelines.train import run_train
+    priorities, clusters and explanations; ``run.json`` and ``manifest.json`` at the end."""
+    from territoria.pipelines.main import run_main
 
-    fb = _features(data, out, conf, as_of, no_cache)
-    res = run_train(fb, out, as_of=as_of, tracking_uri=tracking_uri, console=console)
-    _print_train_summary(res, out)
-    models = {tr.spec.measure: tr for tr in res.models.values()}
-    pri = run_prioritise(fb, res.index_model, models, out, data_dir=data, lang=lang, console=console)
-    _print_priority_summary(pri.priorities, out, lang)
+    res = run_main(out, data_dir=data, conf=conf, as_of=as_of, cache=not no_cache,
+                   tracking_uri=tracking_uri, lang=lang, models_conf=models_conf, console=console)
+    _print_train_summary(res.train, out)
+    _print_priority_summary(res.priorities.priorities, out, lang)
+    total = sum(v for k, v in res.timings.items() if "." not in k)
+    console.print(f"done in {total / 60:.1f} min; run record: {res.run_json}; check it later with "
+                  f"`territoria verify {out}`")
 
 
 @app.command()

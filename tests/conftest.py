@@ -78,3 +78,34 @@ def feature_build(tmp_path_factory):
     from territoria.pipelines.build_features import run_build_features
 
     return run_build_features(out_dir=tmp_path_factory.mktemp("features"))
+
+
+@pytest.fixture(scope="session")
+def fast_models_conf(tmp_path_factory):
+    """``conf/models.yml`` with small LightGBM models and 3 folds: the pipeline's mechanics at a
+    fraction of the cost (accuracy is measured by benchmarks/backtest.py, not by tests)."""
+    import yaml
+
+    from territoria.paths import conf_dir
+
+    doc = yaml.safe_load((conf_dir() / "models.yml").read_text(encoding="utf-8"))
+    doc["model"].update(n_estimators=40, learning_rate=0.15, num_leaves=15)
+    doc["cv"]["n_splits"] = 3
+    doc["intervals"]["normalised"] = False
+    path = tmp_path_factory.mktemp("conf") / "models_fast.yml"
+    path.write_text(yaml.safe_dump(doc, sort_keys=False), encoding="utf-8")
+    return path
+
+
+@pytest.fixture(scope="session")
+def main_run(feature_build, fast_models_conf, tmp_path_factory):
+    """The main job end to end on all communes (features reused, small models): every stage
+    and output of ``territoria run``."""
+    import shutil
+
+    from territoria.pipelines.main import run_main
+
+    out = tmp_path_factory.mktemp("run")
+    for name in ("panel.parquet", "features.parquet", "features_meta.csv", "data_report.json"):
+        shutil.copy(feature_build.out_dir / name, out / name)
+    return run_main(out, features=feature_build, models_conf=fast_models_conf)

@@ -1,7 +1,7 @@
 """The prioritisation stage on all communes of the bundled data (small, fast models).
 
-One module-scoped run trains the three key measures with few trees, prioritises, explains
-and writes every output; the tests then read the outputs as a user would.
+The session's end-to-end run (``main_run`` in conftest: every stage of ``territoria run``
+with small LightGBM models) is read here as a user would read its outputs.
 """
 
 from __future__ import annotations
@@ -12,13 +12,8 @@ import pandas as pd
 import pytest
 
 from territoria.cli import app
-from territoria.models.backtest import train_target
-from territoria.models.targets import load_model_config
 from territoria.pipelines.explain_zone import read_priorities
-from territoria.pipelines.prioritise import load_engine, run_prioritise, run_scenario
-from territoria.pipelines.train import compute_index, training_specs
-
-FAST = {"n_estimators": 40, "learning_rate": 0.15, "num_leaves": 15}
+from territoria.pipelines.prioritise import load_engine, run_scenario
 
 CONTRACT = [
     "zone_code", "zone_name", "level", "department", "epci", "population", "deprivation_index",
@@ -28,15 +23,8 @@ CONTRACT = [
 
 
 @pytest.fixture(scope="module")
-def run(feature_build, tmp_path_factory):
-    out = tmp_path_factory.mktemp("prioritise")
-    cfg = load_model_config()
-    cfg.intervals.normalised = False
-    trained = {s.measure: train_target(feature_build, s, cfg, params=FAST)
-               for s in training_specs(cfg, feature_build.reference_period)}
-    _, _, index_model = compute_index(feature_build)
-    res = run_prioritise(feature_build, index_model, trained, out)
-    return out, res
+def run(main_run):
+    return main_run.run_json.parent, main_run.priorities
 
 
 def test_priorities_cover_every_commune_with_the_contract_columns(run, feature_build):
@@ -150,6 +138,28 @@ def test_scenario_moves_predictions_the_way_the_model_implies(run, feature_build
     assert agree[np.abs(implied) > 1e-6].mean() > 0.8
     # a lower unemployment level lowers the composite index of the zones
     assert (inside["deprivation_index_after"] <= inside["deprivation_index_before"] + 1e-9).mean() > 0.95
+
+
+def test_counterfactual_moves_levers_within_bounds_until_the_zone_leaves(run, feature_build):
+    out, res = run
+    engine = load_engine(feature_build, out)
+    base = engine.baseline()
+    pri = res.priorities
+    zone = pri.loc[pri["priority_flag"].astype(bool) & ~pri["flag_cumulated"].astype(bool), "zone_code"].iloc[-1]
+    cf = engine.counterfactual(base, zone)
+    assert cf["score"] >= cf["threshold"]  # a listed zone starts above the threshold
+    moves = cf["moves"]
+    assert len(moves)
+    reg = engine.registry
+    for r in moves.itertuples():
+        ind = reg.indicator(r.indicator)
+        assert ind.lever and not ind.third_party
+        assert np.sign(r.change) == -ind.sign  # always in the improving direction
+        if ind.unit.startswith("%"):
+            assert 0 <= r.target <= 100
+    if cf["leaves_list"]:
+        assert cf["final_score"] < cf["threshold"]
+    assert cf["final_score"] < cf["score"]
 
 
 def test_a_bad_scenario_names_the_problem(feature_build, tmp_path):

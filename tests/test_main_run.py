@@ -1,0 +1,44 @@
+"""The main job end to end (``main_run`` in conftest): run record, manifest, reproducibility."""
+
+from __future__ import annotations
+
+import json
+
+import pandas as pd
+
+from territoria.pipelines.prioritise import load_engine, run_prioritise
+from territoria.verify import verify_run
+
+
+def test_run_record_names_versions_configuration_data_and_timings(main_run):
+    out = main_run.run_json.parent
+    run = json.loads(main_run.run_json.read_text(encoding="utf-8"))
+    assert run["reference_period"] == 2021 and run["zones"] == 34875
+    assert {"features", "train", "prioritise", "report"} <= set(run["timings_s"])
+    assert {"priority.yml", "models.yml", "index.yml", "parameters.yml"} <= set(run["configuration"])
+    assert run["configuration"]["models.yml"]["model"]["n_estimators"] == 40  # the override was used
+    assert len(run["data_files"]) > 20 and all(len(h) == 64 for h in run["data_files"].values())
+    assert set(run["mlflow_runs"]) and all(len(v) == 32 for v in run["mlflow_runs"].values())
+    assert (out / "manifest.json").exists()
+
+
+def test_every_output_is_there_and_matches_its_inputs(main_run):
+    out = main_run.run_json.parent
+    for name in ("metrics.json", "predictions.parquet", "priorities.csv", "priorities.gpkg",
+                 "explanations.parquet", "map.html", "report.html", "audit/model_card.md"):
+        assert (out / name).exists(), name
+    report = verify_run(out)
+    assert report.exit_code == 0, report
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert pred.groupby("target")["zone_code"].nunique().min() == 34875
+    assert (pred["low_90"] <= pred["high_90"]).all()
+    pri = main_run.priorities.priorities
+    cards = {p.stem for p in (out / "zones").glob("*.html")}
+    assert cards == set(pri.loc[pri["priority_flag"].astype(bool), "zone_code"])
+
+
+def test_same_inputs_and_models_give_a_byte_identical_priority_list(main_run, feature_build, tmp_path):
+    out = main_run.run_json.parent
+    engine = load_engine(feature_build, out)
+    run_prioritise(feature_build, engine.index_model, engine.trained, tmp_path)
+    assert (tmp_path / "priorities.csv").read_bytes() == (out / "priorities.csv").read_bytes()
