@@ -6,7 +6,7 @@ A pure reporting stage: it reads the run folder (``priorities.csv``/``.gpkg``, `
 the official data nor loads a model, and writes atomically under the same folder:
 
 ``map.html``
-    interactive choropleth of every commune's priority score (Leaflet through folium) with
+    interactive choropleth of every commune's priority score (Leaflet through folium-offline) with
     switchable domain scores, overlays for the priority flags, the contiguous clusters and the
     programme perimeters (QPV 2024, ZRR, ACV, PVD), a search box and buttons for the overseas
     departments. The polygons are embedded once (simplified, delta-encoded integers) and every
@@ -67,7 +67,7 @@ RUN_FILES = ("panel.parquet", "features.parquet", "features_meta.csv", "data_rep
              "priorities.csv", "priorities.gpkg", "explanations.parquet", "score_points.parquet",
              "coverage_gaps.csv", "clusters.csv", "priority_policy.json", "mlflow.db")
 PACKAGES = ("territoria", "numpy", "pandas", "pyarrow", "geopandas", "shapely", "pyogrio", "scikit-learn",
-            "lightgbm", "shap", "libpysal", "esda", "folium", "branca", "jinja2", "matplotlib", "mapclassify")
+            "lightgbm", "shap", "libpysal", "esda", "folium-offline", "branca", "jinja2", "matplotlib", "mapclassify")
 
 # --------------------------------------------------------------------------- texts
 TEXT = {
@@ -1025,8 +1025,12 @@ def map_payload(pri: pd.DataFrame, geoms: np.ndarray, lang: str, dep_names: dict
 
 
 def render_map(pri: pd.DataFrame, geoms: np.ndarray, lang: str = "fr", dep_names: dict | None = None) -> str:
-    """``map.html`` as a string: folium map, one embedded copy of the polygons, inline script."""
-    import folium
+    """``map.html`` as a string: folium map, one embedded copy of the polygons, inline script.
+
+    The map is built with folium-offline (folium with Leaflet's scripts and styles inlined):
+    it opens on a machine without network; only the background tiles need one.
+    """
+    import offlinefolium
     from branca.element import Element, MacroElement
     from jinja2 import Template
 
@@ -1038,7 +1042,7 @@ def render_map(pri: pd.DataFrame, geoms: np.ndarray, lang: str = "fr", dep_names
     data_json = json.dumps(payload, ensure_ascii=False, separators=(",", ":"), allow_nan=False)
     script_text = _env().get_template("map.js.j2").render()
 
-    m = folium.Map(location=[46.6, 2.4], zoom_start=6, tiles="OpenStreetMap", prefer_canvas=True,
+    m = offlinefolium.Map(location=[46.6, 2.4], zoom_start=6, tiles="OpenStreetMap", prefer_canvas=True,
                    control_scale=True)
     root = m.get_root()
     root.header.add_child(Element(f"<title>territoria — {T['map_title']}</title>"))

@@ -213,11 +213,17 @@ def explain(
     code: Annotated[str, typer.Argument(help="Zone code (INSEE commune code, COG of the run).")],
     out: OutOpt = Path("out"),
     lang: LangOpt = "fr",
+    html: Annotated[bool, typer.Option("--html", help="Write the zone's card <out>/zones/<code>.html.")] = False,
 ) -> None:
-    """A zone's priority score, rank, interval and top levers, from a finished run."""
+    """A zone's priority score, rank, interval and top levers, from a finished run; with
+    ``--html``, its zone card (any zone, flagged or not)."""
     from territoria.pipelines.explain_zone import zone_explanation
 
     console.print(zone_explanation(out, code, lang=lang))
+    if html:
+        from territoria.pipelines.report import write_zone_card
+
+        console.print(f"zone card: {write_zone_card(out, code, lang=lang)}")
 
 
 @app.command()

@@ -42,3 +42,23 @@ def test_same_inputs_and_models_give_a_byte_identical_priority_list(main_run, fe
     engine = load_engine(feature_build, out)
     run_prioritise(feature_build, engine.index_model, engine.trained, tmp_path)
     assert (tmp_path / "priorities.csv").read_bytes() == (out / "priorities.csv").read_bytes()
+
+
+def test_explain_html_writes_the_card_of_any_zone(main_run):
+    from typer.testing import CliRunner
+
+    from territoria.cli import app
+
+    out = main_run.run_json.parent
+    pri = main_run.priorities.priorities
+    code = pri.loc[~pri["priority_flag"].astype(bool), "zone_code"].iloc[0]
+    card = out / "zones" / f"{code}.html"
+    try:
+        res = CliRunner().invoke(app, ["explain", code, "--out", str(out), "--html", "--lang", "en"])
+        assert res.exit_code == 0, res.output
+        html = card.read_text(encoding="utf-8")
+        assert code in html and "Priority zone" in html and "<svg" in html
+    finally:
+        card.unlink(missing_ok=True)  # keep the run's card set equal to its flagged zones
+    bad = CliRunner().invoke(app, ["explain", "00000", "--out", str(out), "--html"])
+    assert bad.exit_code == 2 and "Traceback" not in bad.output

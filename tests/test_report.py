@@ -120,6 +120,9 @@ def test_map_has_every_zone(run_dir, reports):
     assert {"QPV2024", "ZRR", "ACV", "PVD"} <= set(data["programmes"])
     assert {v["key"] for v in data["vars"]} == {"priority_score", *(f"domain_{d}" for d in DOMAINS)}
     assert paths["map"].stat().st_size < 5e6
+    # opens without network: Leaflet inlined, no external script or style sheet
+    assert "L.map(" in text or "L.map (" in text
+    assert not re.search(r'<script[^>]+src="https?:', text) and not re.search(r'<link[^>]+href="https?:', text)
 
 
 def test_geometry_encoding_round_trip():
