@@ -4,13 +4,21 @@
 ``out_dir``; at the end ``run.json`` records the versions, the configuration, the data file
 hashes, the MLflow run ids and the timings per stage, and ``manifest.json`` the hashes of
 every input and output (checked by ``territoria verify``).
+
+Training is skipped when ``out_dir`` holds a run of the same inputs: its ``run.json`` has the
+same fingerprint (data file hashes, configuration, ``as_of``, code version and commit) and its
+models and training outputs are unchanged since (SHA-256 of the manifest and of the saved
+models). The saved champions are then reused; ``retrain=True`` (``--retrain``) forces training.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import platform
 import time
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 from rich.console import Console
@@ -18,7 +26,7 @@ from rich.console import Console
 from territoria.io import write_json
 from territoria.paths import conf_dir
 from territoria.settings import load_yaml
-from territoria.verify import git_commit, package_versions, write_manifest
+from territoria.verify import git_commit, package_versions, sha256_of, write_manifest
 
 #: outputs of a run that the manifest hashes (when present)
 OUTPUTS = (
@@ -30,6 +38,10 @@ OUTPUTS = (
 )
 
 
+#: outputs of the training stage that a reused run must still hold unchanged
+TRAIN_OUTPUTS = ("index.parquet", "index_weights.csv", "predictions.parquet")
+
+
 @dataclass
 class MainResult:
     features: object
@@ -37,6 +49,7 @@ class MainResult:
     priorities: object
     timings: dict[str, float] = field(default_factory=dict)
     run_json: Path | None = None
+    reused_from: str | None = None
 
 
 def configuration(parameters: Path | None = None) -> dict:
@@ -47,6 +60,60 @@ def configuration(parameters: Path | None = None) -> dict:
     if parameters is not None:
         files["parameters.yml"] = Path(parameters)
     return {n: load_yaml(p) for n, p in files.items() if p.exists()}
+
+
+def run_fingerprint(file_hashes: dict, configuration_doc: dict, as_of: int | None) -> str:
+    """SHA-256 of what determines the trained models: input hashes, configuration, ``as_of``
+    and the code (versions of territoria and LightGBM, git commit)."""
+    versions = package_versions()
+    doc = {"data_files": file_hashes, "configuration": configuration_doc, "as_of": as_of,
+           "code": {k: versions.get(k) for k in ("territoria", "lightgbm", "scikit-learn")},
+           "git_commit": git_commit()}
+    return hashlib.sha256(json.dumps(doc, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def reusable_run(out_dir: Path, fingerprint: str) -> dict | None:
+    """``run.json`` of the previous run in ``out_dir`` when its training can be reused, else ``None``.
+
+    Reusable: same fingerprint, saved models present, and the training outputs still have the
+    hashes the manifest recorded (a file edited or deleted since means training again).
+    """
+    try:
+        previous = json.loads((out_dir / "run.json").read_text(encoding="utf-8"))
+        manifest = json.loads((out_dir / "manifest.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    if previous.get("fingerprint") != fingerprint or not previous.get("mlflow_runs"):
+        return None
+    models = out_dir / "models"
+    if not models.is_dir() or not any((p / "model.json").exists() for p in models.iterdir()):
+        return None
+    recorded = manifest.get("outputs", {})
+    for name in TRAIN_OUTPUTS:
+        path = out_dir / name
+        if name not in recorded or not path.is_file() or sha256_of(path) != recorded[name]:
+            return None
+    return previous
+
+
+def _reuse_training(fb, out_dir: Path, previous: dict, console: Console):
+    """A :class:`~territoria.pipelines.train.TrainResult` from the saved champions of ``out_dir``."""
+    import pandas as pd
+
+    from territoria.models.persist import load_trained
+    from territoria.pipelines.train import TrainResult, compute_index
+
+    t0 = time.perf_counter()
+    index, _, index_model = compute_index(fb)
+    models = {p.name: load_trained(p) for p in sorted((out_dir / "models").iterdir())
+              if (p / "model.json").exists()}
+    console.log(f"training skipped: data and configuration unchanged since the run of "
+                f"{previous.get('created', 'this folder')}; {len(models)} saved models reused "
+                f"(--retrain to train again)")
+    return TrainResult(index=index, predictions=pd.read_parquet(out_dir / "predictions.parquet"),
+                       index_model=index_model, run_ids=dict(previous["mlflow_runs"]),
+                       models={m.spec.name: m for m in models.values()},
+                       timings={"reuse": time.perf_counter() - t0})
 
 
 def run_main(
@@ -61,12 +128,14 @@ def run_main(
     backtest: bool = True,
     models_conf: Path | None = None,
     features=None,
+    retrain: bool = False,
     console: Console | None = None,
 ) -> MainResult:
     """Run every stage on a data folder (the bundled real data by default).
 
     ``models_conf`` replaces ``conf/models.yml``; ``features`` reuses a feature build of the
-    same data (its outputs must already be in ``out_dir`` or are written there).
+    same data (its outputs must already be in ``out_dir`` or are written there); ``retrain``
+    trains even when ``out_dir`` holds reusable models of the same inputs.
     """
     from territoria.models.targets import load_model_config
     from territoria.pipelines.build_features import run_build_features
@@ -90,8 +159,14 @@ def run_main(
 
     t0 = stage("index, backtest and trajectory models")
     config = load_model_config(models_conf)
-    res = run_train(fb, out_dir, as_of=as_of, tracking_uri=tracking_uri, backtest=backtest, config=config,
-                    console=console)
+    config_doc = {**configuration(conf), "models.yml": config.model_dump(mode="json")}
+    fingerprint = run_fingerprint(fb.file_hashes, config_doc, as_of)
+    previous = None if retrain else reusable_run(out_dir, fingerprint)
+    if previous is not None:
+        res = _reuse_training(fb, out_dir, previous, console)
+    else:
+        res = run_train(fb, out_dir, as_of=as_of, tracking_uri=tracking_uri, backtest=backtest, config=config,
+                        console=console)
     timings.update({f"train.{k}": v for k, v in res.timings.items()})
     timings["train"] = time.perf_counter() - t0
 
@@ -108,13 +183,17 @@ def run_main(
     timings["report"] = time.perf_counter() - t0
 
     run = {
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "fingerprint": fingerprint,
+        "training": "reused" if previous is not None else "trained",
+        "reused_from": previous.get("created") if previous is not None else None,
         "territoria": package_versions(),
         "python": platform.python_version(),
         "git_commit": git_commit(),
         "as_of": as_of,
         "reference_period": fb.reference_period,
         "lang": lang,
-        "configuration": {**configuration(conf), "models.yml": config.model_dump(mode="json")},
+        "configuration": config_doc,
         "models_conf": str(models_conf) if models_conf else "conf/models.yml",
         "data_dir": str(data_dir) if data_dir else "bundled",
         "data_files": fb.file_hashes,
@@ -127,4 +206,5 @@ def run_main(
     run_json = write_json(run, out_dir / "run.json")
     outputs = [out_dir / n for n in OUTPUTS if (out_dir / n).exists()] + [run_json]
     write_manifest(out_dir, fb.file_hashes, outputs, data_dir=data_dir)
-    return MainResult(fb, res, pri, timings, run_json)
+    return MainResult(fb, res, pri, timings, run_json,
+                      reused_from=previous.get("created") if previous is not None else None)

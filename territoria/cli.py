@@ -73,13 +73,17 @@ def run(
     tracking_uri: TrackingOpt = None,
     lang: LangOpt = "fr",
     models_conf: ModelsConfOpt = None,
+    retrain: Annotated[bool, typer.Option(
+        "--retrain", help="Train even when --out holds models of the same data and configuration.")] = False,
 ) -> None:
     """Main job on the bundled real data: features, index, backtest, models, forecasts,
-    priorities, clusters and explanations; ``run.json`` and ``manifest.json`` at the end."""
+    priorities, clusters and explanations; ``run.json`` and ``manifest.json`` at the end.
+    Models of a previous run in --out are reused when data, configuration and code are unchanged."""
     from territoria.pipelines.main import run_main
 
     res = run_main(out, data_dir=data, conf=conf, as_of=as_of, cache=not no_cache,
-                   tracking_uri=tracking_uri, lang=lang, models_conf=models_conf, console=console)
+                   tracking_uri=tracking_uri, lang=lang, models_conf=models_conf, retrain=retrain,
+                   console=console)
     _print_train_summary(res.train, out)
     _print_priority_summary(res.priorities.priorities, out, lang)
     total = sum(v for k, v in res.timings.items() if "." not in k)
@@ -185,6 +189,15 @@ def _print_train_summary(res, out: Path) -> None:
     console.print(table)
     if res.backtest is not None:
         console.print(res.backtest.table())
+    elif (out / "metrics.json").exists():  # reused models: the backtest of the run that trained them
+        import json
+
+        import pandas as pd
+
+        ratios = pd.DataFrame(json.loads((out / "metrics.json").read_text(encoding="utf-8")).get("ratios", []))
+        if len(ratios):
+            console.print("backtest of the reused models (metrics.json):")
+            console.print(ratios.to_string(index=False, float_format=lambda x: f"{x:.3f}"))
     console.print(
         f"{len(res.predictions):,} forecasts (with 80 % and 90 % intervals) in {out / 'predictions.parquet'}; "
         f"MLflow runs: {', '.join(res.run_ids) or 'none'}"
@@ -358,6 +371,57 @@ def data_bundle(
     written = build_bundle(raw, dest)
     size = sum(p.stat().st_size for p in written) / 1e6
     console.print(f"{len(written)} files, {size:.1f} MB in {dest}")
+
+
+@app.command()
+def dashboard(
+    out: OutOpt = Path("out"),
+    host: Annotated[str, typer.Option(
+        "--host", help="Address to serve on. Default 127.0.0.1: only this machine can open the app.")] = "127.0.0.1",
+    port: Annotated[int, typer.Option("--port", min=1, max=65535, help="TCP port.")] = 8501,
+    lang: LangOpt = "fr",
+) -> None:
+    """Local web app of a finished run: national map, ranked table, zone detail, live scenarios."""
+    from territoria.pipelines.dashboard import check_host, check_run_dir, streamlit_args
+
+    run_dir = check_run_dir(out)
+    args = streamlit_args(run_dir, host=host.strip(), port=port, lang=lang)
+    if not check_host(host):
+        err_console.print(f"[bold yellow]warning:[/bold yellow] serving on {escape(host)}: anyone who can reach "
+                          f"this address sees the run's outputs", highlight=False)
+    console.print(f"dashboard of {run_dir} on http://{host.strip()}:{port} (Ctrl+C to stop)", highlight=False)
+    # streamlit's own command line, in this process: stopping `territoria dashboard` stops the server
+    from streamlit.web.cli import main as streamlit_main
+
+    streamlit_main(args=args, prog_name="streamlit")
+
+
+@app.command()
+def grid(
+    out: OutOpt = Path("out"),
+    cells: Annotated[int, typer.Option(
+        "--cells", min=1000, help="Cells of the SYNTHETIC grid to draw (not real data; ignored with --input).")] = 2_300_000,
+    input_path: Annotated[Optional[Path], typer.Option(
+        "--input", help="Grid table: a parquet file or a folder of parquet parts (see docs/GRID.md).")] = None,
+    engine: Annotated[str, typer.Option("--engine", help="local (one process) or dask.")] = "local",
+    scheduler: Annotated[Optional[str], typer.Option(
+        "--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (default: a LocalCluster).")] = None,
+    workers: Annotated[int, typer.Option("--workers", help="Workers of the default LocalCluster.")] = 2,
+    threads: Annotated[int, typer.Option("--threads", help="LightGBM threads of the local engine.")] = 2,
+    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (default: conf/grid.yml).")] = None,
+    conf: Annotated[Optional[Path], typer.Option("--conf", help="Grid configuration (default conf/grid.yml).")] = None,
+    write_features: Annotated[bool, typer.Option(
+        "--write-features", help="Also write the feature matrix per partition (grid_features/).")] = False,
+) -> None:
+    """200 m grid: features, LightGBM and SHAP for every cell, locally or on a Dask cluster."""
+    from territoria.pipelines.grid import run_grid, summary_lines
+
+    res = run_grid(out, input_path=input_path, n_cells=cells, engine=engine, scheduler=scheduler,
+                   n_workers=workers, threads=threads, seed=seed, conf=conf, write_features=write_features,
+                   console=console)
+    for line in summary_lines(res):
+        console.print(line, highlight=False)
+    console.print(f"outputs: {res.paths['cells']}, {res.paths['shap']}/, {res.paths['run']}", highlight=False)
 
 
 def main() -> None:

@@ -62,3 +62,40 @@ def test_explain_html_writes_the_card_of_any_zone(main_run):
         card.unlink(missing_ok=True)  # keep the run's card set equal to its flagged zones
     bad = CliRunner().invoke(app, ["explain", "00000", "--out", str(out), "--html"])
     assert bad.exit_code == 2 and "Traceback" not in bad.output
+
+
+def test_rerun_with_same_inputs_reuses_the_champions_and_gives_the_same_list(main_run, feature_build,
+                                                                             fast_models_conf, tmp_path):
+    import shutil
+
+    from territoria.pipelines.main import run_main
+
+    src = main_run.run_json.parent
+    out = tmp_path / "run"
+    shutil.copytree(src, out, ignore=shutil.ignore_patterns("zones", "explain", "figures"))
+    again = run_main(out, features=feature_build, models_conf=fast_models_conf)
+    assert again.reused_from is not None and set(again.train.timings) == {"reuse"}
+    run = json.loads(again.run_json.read_text(encoding="utf-8"))
+    assert run["training"] == "reused" and run["mlflow_runs"] == json.loads(main_run.run_json.read_text())["mlflow_runs"]
+    # idempotent: the same list, byte for byte, and a run that verifies
+    assert (out / "priorities.csv").read_bytes() == (src / "priorities.csv").read_bytes()
+    assert verify_run(out).exit_code == 0
+
+
+def test_changed_training_output_or_configuration_means_training_again(main_run, tmp_path):
+    import shutil
+
+    from territoria.pipelines.main import TRAIN_OUTPUTS, reusable_run
+
+    src = main_run.run_json.parent
+    fingerprint = json.loads(main_run.run_json.read_text(encoding="utf-8"))["fingerprint"]
+    out = tmp_path / "run"
+    out.mkdir()
+    for name in ("run.json", "manifest.json", *TRAIN_OUTPUTS):
+        shutil.copy(src / name, out / name)
+    shutil.copytree(src / "models", out / "models")
+    assert reusable_run(out, fingerprint) is not None
+    assert reusable_run(out, "0" * 64) is None  # other data, configuration or code
+    with open(out / "predictions.parquet", "ab") as fh:  # an output edited since the run
+        fh.write(b"\0")
+    assert reusable_run(out, fingerprint) is None
