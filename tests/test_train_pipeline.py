@@ -60,3 +60,42 @@ def test_champion_registered_and_loadable(trained, feature_build):
     X = _design_rows(feature_build, model, FeatureCache.of(feature_build))
     champion = load_champion("territoria-population", out_dir=out)
     np.testing.assert_allclose(champion.predict(X), model.booster().predict(X.to_numpy(float)), rtol=1e-9)
+
+
+# --------------------------------------------------------------------------- as of 2018
+@pytest.fixture(scope="module")
+def trained_as_of_2018(feature_build, fast_models_conf, tmp_path_factory):
+    """A build as of 2018 (panel up to 2018, features at 2018) and the training stage on it.
+
+    Derived from the session's full build: the data ``run_build_features(as_of=2018)`` is meant
+    to hold, for the cost of one feature matrix instead of a second feature stage.
+    """
+    import dataclasses
+
+    fb = dataclasses.replace(feature_build, panel=feature_build.panel[feature_build.panel["period"] <= 2018],
+                             reference_period=2018, out_dir=None)
+    features, meta = fb.features_at(2018)
+    fb = dataclasses.replace(fb, features=features, meta=meta)
+    out = tmp_path_factory.mktemp("train_2018")
+    return fb, out, run_train(fb, out, as_of=2018, backtest=False, measures=["population"],
+                              config=load_model_config(fast_models_conf))
+
+
+def test_as_of_trains_on_targets_ending_by_then_and_forecasts_from_it(trained_as_of_2018):
+    from territoria.models.targets import change_target
+
+    fb, out, res = trained_as_of_2018
+    assert fb.panel["period"].max() == 2018
+    # the latest population transition that ended by 2018, nothing later
+    assert list(res.run_ids) == ["population_2013_2018"]
+    spec = res.models["population_2013_2018"].spec
+    assert (spec.origin, spec.end) == (2013, 2018)
+    oof = res.models["population_2013_2018"].oof.set_index("zone_code")
+    observed = change_target(fb.panel, "population", 2013, 2018, relative=True)
+    np.testing.assert_allclose(oof["y"], observed.reindex(oof.index), rtol=1e-12)
+    # forecasts from 2018 over the trained horizon (five years), for every commune
+    pred = pd.read_parquet(out / "predictions.parquet")
+    assert set(pred.target) == {"population"}
+    assert (pred.origin == 2018).all() and (pred.horizon_end == 2018 + spec.horizon).all()
+    assert set(pred.zone_code) == set(fb.features.zone_code)
+    assert pred["prediction"].notna().mean() > 0.95
