@@ -1,0 +1,680 @@
+"""The grid pipeline: features, model and SHAP for every 200 m cell, locally or on Dask.
+
+``territoria grid`` (:func:`run_grid`) runs the same steps with either engine:
+
+1. **Partitions.** Cells are sorted by department and grouped into partitions of whole
+   departments (``rows_per_partition`` in ``conf/grid.yml``), so commune and department means
+   stay inside a partition.
+2. **Features** (:func:`territoria.features.grid.grid_features`). Local engine: the whole
+   table at once. Dask engine: one task per partition on the workers. Neighbour means need
+   the cells of other partitions that touch the partition: their positions are found from the
+   cell ids alone (the lattice graph of all keys, gathered once: 8 bytes a cell), each
+   partition exports those cells' indicator values, and every partition computes its
+   features with that **halo**. The features are bit-for-bit those of the local engine.
+3. **Model.** LightGBM with the parameters of ``conf/grid.yml``: ``lightgbm.LGBMRegressor``
+   locally, ``lightgbm.dask.DaskLGBMRegressor`` on the cluster (data-parallel training on
+   the partitions where they live). Departments drawn with the seed (``holdout_fraction``)
+   are held out of training; metrics are computed on them.
+4. **SHAP per partition.** LightGBM's native TreeSHAP (``booster.predict(X,
+   pred_contrib=True)``) on each partition where it lives; the contributions plus the base
+   value equal the model output of every cell (checked: largest gap in ``grid_run.json``,
+   tolerance 1e-6).
+5. **Outputs per partition, then assembled.** Each partition writes its parts under a
+   temporary folder in ``--out``; the client then assembles them: ``grid_cells.parquet``
+   (one file, streamed part by part into a temporary file renamed at the end) and the
+   ``grid_shap/`` folder of parts (renamed into place whole). With a remote scheduler,
+   ``--out`` and the input must be on storage the workers share.
+
+Outputs (``--out DIR``)
+-----------------------
+``grid_cells.parquet``
+    one row per cell: ``cell_id, parent_commune, department, in_training``, the target,
+    ``prediction``, ``priority_rank`` (1 = largest predicted rise; ties share the lower
+    rank), ``base_value``, ``model_output``, ``shap_<domain>`` (contributions summed per
+    domain: with the base they add up to the output), ``location_share`` (share of |SHAP|
+    carried by the surroundings: neighbour cells, commune, department), ``top_feature_1..k``
+    and ``source`` (the synthetic label when the grid is synthetic).
+``grid_shap/part-NNNNN.parquet``
+    every feature's contribution for every cell (``cell_id, base_value, model_output``, one
+    column per feature), per partition.
+``grid_features/part-NNNNN.parquet`` (with ``write_features``)
+    the feature matrix, per partition.
+``grid_features_meta.csv``, ``grid_model.txt``, ``grid_run.json``
+    feature metadata (registry indicator, domain, lever, transform), the LightGBM booster
+    (text), and the run record: engine, scheduler, workers, partitions, parameters, metrics
+    on the held-out departments, largest SHAP additivity gap, timings.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import lightgbm as lgb
+import numpy as np
+import pandas as pd
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from rich.console import Console
+
+from territoria.errors import DataError
+from territoria.features.grid import (
+    GRID_LOCATION_TRANSFORMS,
+    grid_feature_meta,
+    grid_features,
+    lattice_graph,
+    lattice_keys,
+    validate_grid,
+)
+from territoria.io import atomic_path, write_atomic, write_csv, write_json
+from territoria.paths import conf_dir
+from territoria.registry import load_registry
+from territoria.settings import load_yaml
+
+ENGINES = ("local", "dask")
+ID_COLUMNS = ["cell_id", "parent_commune", "department", "in_training"]
+#: SHAP additivity tolerance (contributions + base = output)
+ADDITIVITY_TOL = 1e-6
+
+
+class GridModelParams(BaseModel):
+    """LightGBM parameters shared by both engines (scikit-learn names)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    n_estimators: int = Field(100, ge=1)
+    learning_rate: float = Field(0.2, gt=0)
+    num_leaves: int = Field(15, ge=2)
+    max_depth: int = 4
+    min_child_samples: int = Field(50, ge=1)
+    colsample_bytree: float = Field(0.8, gt=0, le=1)
+    reg_lambda: float = Field(1.0, ge=0)
+    max_bin: int = Field(255, ge=2)
+
+
+class GridConfig(BaseModel):
+    """``conf/grid.yml``."""
+
+    model_config = ConfigDict(extra="forbid")
+
+    seed: int = 42
+    contiguity: str = Field("queen", pattern="^(queen|rook)$")
+    target: str = "target_poverty_rate_change"
+    holdout_fraction: float = Field(0.2, ge=0, lt=1)
+    rows_per_partition: int = Field(250_000, ge=1)
+    top_features: int = Field(3, ge=0)
+    model: GridModelParams = Field(default_factory=GridModelParams)
+
+
+def load_grid_config(path: Path | str | None = None) -> GridConfig:
+    """Read and validate ``conf/grid.yml`` (or ``path``)."""
+    path = Path(path) if path is not None else conf_dir() / "grid.yml"
+    doc = load_yaml(path, "grid configuration")
+    try:
+        return GridConfig.model_validate(doc)
+    except ValidationError as exc:
+        err = exc.errors()[0]
+        raise DataError(path, f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
+
+
+def lgbm_params(cfg: GridConfig, n_jobs: int) -> dict:
+    """Keyword arguments of ``LGBMRegressor`` and ``DaskLGBMRegressor`` (identical but threads)."""
+    p = cfg.model.model_dump()
+    p.update(subsample=1.0, random_state=cfg.seed, n_jobs=n_jobs, deterministic=True,
+             force_row_wise=True, verbose=-1)
+    return p
+
+
+# ----------------------------------------------------------------------------- partitions
+def plan_partitions(departments, rows_per_partition: int) -> np.ndarray:
+    """Partition number of each row: whole departments grouped in table order until a group
+    holds ``rows_per_partition`` rows.
+
+    Raises
+    ------
+    DataError
+        When a department's rows are not contiguous (the table must be sorted by department).
+
+    Examples
+    --------
+    >>> plan_partitions(["a", "a", "b", "c", "c", "c"], 3).tolist()
+    [0, 0, 0, 1, 1, 1]
+    """
+    dep = pd.Series(np.asarray(departments, dtype=object))
+    starts = dep.ne(dep.shift()).to_numpy()
+    runs = dep[starts]
+    if runs.duplicated().any():
+        raise DataError("grid", f"department '{runs[runs.duplicated()].iloc[0]}' is not contiguous: "
+                                "sort the cells by department", column="department")
+    run_id = np.cumsum(starts) - 1
+    sizes = np.bincount(run_id)
+    part_of_run = np.empty(len(sizes), dtype=np.int64)
+    part, filled = 0, 0
+    for i, s in enumerate(sizes):
+        if filled >= rows_per_partition:
+            part, filled = part + 1, 0
+        part_of_run[i] = part
+        filled += s
+    return part_of_run[run_id]
+
+
+def holdout_departments(departments, fraction: float, seed: int) -> set[str]:
+    """Departments held out of training, drawn with ``seed`` (at least one when fraction > 0)."""
+    deps = np.sort(pd.unique(np.asarray(departments, dtype=object)).astype(str))
+    if fraction <= 0 or len(deps) < 2:
+        return set()
+    n = min(len(deps) - 1, max(1, int(round(fraction * len(deps)))))
+    return set(np.random.default_rng(seed).choice(deps, n, replace=False).tolist())
+
+
+def halo_positions(keys_by_part: list[np.ndarray], contiguity: str) -> list[np.ndarray]:
+    """For each partition, the rows (positions) that neighbour a cell of another partition.
+
+    Built from the lattice keys alone: the graph of all cells is computed once, and a cell is
+    exported when one of its neighbours lives elsewhere.
+
+    Examples
+    --------
+    >>> k = [lattice_keys([0, 0], [0, 200]), lattice_keys([0, 0], [400, 1000])]
+    >>> [p.tolist() for p in halo_positions(k, "queen")]
+    [[1], [0]]
+    """
+    sizes = [len(k) for k in keys_by_part]
+    if not sizes:
+        return []
+    keys = np.concatenate(keys_by_part)
+    part = np.repeat(np.arange(len(sizes)), sizes)
+    local = np.concatenate([np.arange(s) for s in sizes])
+    nb = lattice_graph(keys, contiguity=contiguity).neighbours
+    has = nb >= 0
+    cross = has & (part[np.where(has, nb, 0)] != part[:, None])
+    exported = np.unique(nb[cross])
+    return [np.sort(local[exported[part[exported] == p]]) for p in range(len(sizes))]
+
+
+# ------------------------------------------------------------ per-partition tasks (workers)
+def read_part(path: str) -> pd.DataFrame:
+    """One partition of grid cells (a parquet file)."""
+    return pd.read_parquet(path)
+
+
+def part_keys(cells: pd.DataFrame) -> np.ndarray:
+    """Lattice keys of a partition's cells."""
+    return lattice_keys(cells["northing"].to_numpy(), cells["easting"].to_numpy())
+
+
+def take_halo(cells: pd.DataFrame, positions: np.ndarray, indicators: list[str]) -> pd.DataFrame:
+    """The rows of a partition that other partitions need as halo (corners and indicators)."""
+    return cells.iloc[positions][["northing", "easting", *indicators]].reset_index(drop=True)
+
+
+def concat_frames(frames: list[pd.DataFrame]) -> pd.DataFrame:
+    return pd.concat(frames, ignore_index=True) if frames else pd.DataFrame()
+
+
+def part_features(cells: pd.DataFrame, halo: pd.DataFrame | None, indicators: list[str], contiguity: str,
+                  target: str | None, holdout: set[str]) -> pd.DataFrame:
+    """Identity columns, target and features of a partition (whole departments)."""
+    feats = grid_features(cells, indicators, halo=halo, contiguity=contiguity)
+    ids = pd.DataFrame({
+        "cell_id": cells["cell_id"].astype(object).to_numpy(),
+        "parent_commune": cells["parent_commune"].astype(object).to_numpy(),
+        "department": cells["department"].astype(object).to_numpy(),
+        "in_training": ~cells["department"].astype(str).isin(holdout).to_numpy(),
+    }, index=cells.index)
+    cols = [ids]
+    if target is not None:
+        cols.append(cells[[target]].astype(float))
+    if "source" in cells.columns:
+        cols.append(cells[["source"]].astype(object))
+    return pd.concat([*cols, feats], axis=1).reset_index(drop=True)
+
+
+@dataclass(frozen=True)
+class ExplainSpec:
+    """What :func:`explain_part` needs besides the data (small, sent to every worker)."""
+
+    features: list[str]
+    domains: list[str]
+    feature_domain: list[str]
+    location: list[bool]
+    target: str | None
+    top: int
+    folder: str
+    write_features: bool
+    threads: int
+
+
+def explain_part(feats: pd.DataFrame, part_no: int, model: str, spec: ExplainSpec) -> dict:
+    """Predict and explain one partition; write its parts; return its predictions.
+
+    ``model`` is the booster as LightGBM text. Writes ``cells/part-NNNNN.parquet`` and
+    ``shap/part-NNNNN.parquet`` (and ``features/`` with ``spec.write_features``) under
+    ``spec.folder``.
+    """
+    booster = lgb.Booster(model_str=model)
+    X = feats[spec.features].to_numpy(dtype=float)
+    raw = booster.predict(X, pred_contrib=True, num_threads=spec.threads)
+    phi, base = raw[:, :-1], raw[:, -1]
+    output = booster.predict(X, num_threads=spec.threads)
+    gap = float(np.max(np.abs(phi.sum(axis=1) + base - output))) if len(X) else 0.0
+    if gap > ADDITIVITY_TOL:
+        raise AssertionError(f"SHAP additivity broken in partition {part_no}: max gap {gap:.3g}")
+    name = f"part-{part_no:05d}.parquet"
+    folder = Path(spec.folder)
+    shap = pd.DataFrame(phi, columns=spec.features)
+    shap.insert(0, "model_output", output)
+    shap.insert(0, "base_value", base)
+    shap.insert(0, "cell_id", feats["cell_id"].to_numpy())
+    _write_part(shap, folder / "shap" / name)
+    cells = feats[ID_COLUMNS + ([spec.target] if spec.target else [])].copy()
+    cells["prediction"] = output
+    cells["base_value"] = base
+    cells["model_output"] = output
+    fd = np.asarray(spec.feature_domain)
+    for d in spec.domains:
+        cells[f"shap_{d}"] = phi[:, fd == d].sum(axis=1)
+    absphi = np.abs(phi)
+    tot = absphi.sum(axis=1)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        cells["location_share"] = np.where(tot > 0, absphi[:, np.asarray(spec.location)].sum(axis=1) / tot, np.nan)
+    if spec.top:
+        order = np.argsort(-absphi, axis=1, kind="stable")[:, :spec.top]
+        names = np.asarray(spec.features, dtype=object)
+        for j in range(order.shape[1]):
+            cells[f"top_feature_{j + 1}"] = names[order[:, j]]
+    if "source" in feats.columns:
+        cells["source"] = feats["source"].to_numpy()
+    _write_part(cells, folder / "cells" / name)
+    if spec.write_features:
+        _write_part(feats, folder / "features" / name)
+    return {"part": part_no, "rows": len(feats), "prediction": output, "gap": gap}
+
+
+def _write_part(df: pd.DataFrame, path: Path) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    write_atomic(path, lambda tmp: df.to_parquet(tmp, index=False))
+
+
+# ----------------------------------------------------------------------------- engines
+@dataclass
+class GridResult:
+    """What :func:`run_grid` produced (``features`` only when ``keep_features``)."""
+
+    out_dir: Path
+    engine: str
+    n_cells: int
+    n_partitions: int
+    predictions: np.ndarray
+    metrics: dict
+    max_additivity_gap: float
+    timings: dict[str, float]
+    paths: dict[str, Path]
+    booster: lgb.Booster
+    features: pd.DataFrame | None = None
+    meta: pd.DataFrame | None = None
+    run: dict = field(default_factory=dict)
+
+
+def _metrics(y: np.ndarray, pred: np.ndarray) -> dict:
+    from scipy.stats import spearmanr
+
+    ok = ~np.isnan(y)
+    y, pred = y[ok], pred[ok]
+    if len(y) < 3:
+        return {"n": int(len(y))}
+    ss = float(((y - y.mean()) ** 2).sum())
+    return {"n": int(len(y)), "r2": 1 - float(((y - pred) ** 2).sum()) / ss if ss > 0 else float("nan"),
+            "mae": float(np.abs(y - pred).mean()), "spearman": float(spearmanr(y, pred).statistic)}
+
+
+def connect_dask(scheduler: str | None, n_workers: int, memory_limit: str | None = None):
+    """A ``distributed.Client`` on ``scheduler`` or on a new LocalCluster of ``n_workers``
+    processes of one thread each. Returns ``(client, cluster or None)``.
+
+    Raises
+    ------
+    DataError
+        When dask/distributed are not installed or the scheduler cannot be reached.
+    """
+    try:
+        from distributed import Client, LocalCluster
+    except ImportError:
+        raise DataError("--engine dask", "needs dask and distributed: pip install 'territoria[dask]'") from None
+    if scheduler:
+        try:
+            return Client(scheduler, timeout="5s"), None
+        except (OSError, TimeoutError, ValueError, TypeError) as exc:
+            reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+            raise DataError(f"--scheduler {scheduler}", f"cannot reach the Dask scheduler ({reason})") from None
+    cluster = LocalCluster(n_workers=n_workers, threads_per_worker=1, processes=True,
+                           dashboard_address=None, memory_limit=memory_limit or "auto")
+    return Client(cluster), cluster
+
+
+def write_partitions(cells: pd.DataFrame, folder: Path, rows_per_partition: int) -> list[str]:
+    """Split a grid table sorted by department into whole-department partitions
+    (:func:`plan_partitions`) written as ``folder/part-NNNNN.parquet``; returns the paths."""
+    part = plan_partitions(cells["department"].to_numpy(), rows_per_partition)
+    bounds = np.flatnonzero(np.diff(np.r_[-1, part, part[-1] + 1]))
+    folder.mkdir(parents=True, exist_ok=True)
+    files = []
+    for p, (a, b) in enumerate(zip(bounds[:-1], bounds[1:])):
+        path = folder / f"part-{p:05d}.parquet"
+        cells.iloc[a:b].to_parquet(path, index=False)
+        files.append(str(path))
+    return files
+
+
+def read_grid_input(input_path: Path) -> pd.DataFrame:
+    """A grid table from one parquet file or a folder of parquet parts (concatenated)."""
+    input_path = Path(input_path)
+    if not input_path.exists():
+        raise DataError(input_path, "grid input not found")
+    files = sorted(input_path.glob("*.parquet")) if input_path.is_dir() else [input_path]
+    if not files:
+        raise DataError(input_path, "no parquet files in this folder")
+    try:
+        return pd.concat([pd.read_parquet(f) for f in files], ignore_index=True)
+    except Exception as exc:  # pyarrow raises several types for a file that is not parquet
+        raise DataError(input_path, f"cannot read as parquet ({str(exc).splitlines()[0]})") from None
+
+
+def run_grid(
+    out_dir: Path | str,
+    *,
+    cells: pd.DataFrame | None = None,
+    input_path: Path | str | None = None,
+    n_cells: int = 2_300_000,
+    engine: str = "local",
+    scheduler: str | None = None,
+    n_workers: int = 2,
+    threads: int = 2,
+    seed: int | None = None,
+    conf: Path | str | None = None,
+    write_features: bool = False,
+    keep_features: bool = False,
+    client=None,
+    console: Console | None = None,
+) -> GridResult:
+    """Features, model, SHAP and outputs for every cell of a grid (see the module doc).
+
+    Parameters
+    ----------
+    out_dir : path
+        Output folder.
+    cells : DataFrame, optional
+        A grid table (:func:`territoria.features.grid.validate_grid`).
+    input_path : path, optional
+        A parquet file or a folder of parquet parts holding a grid table. It is read and
+        validated on the client, then split into partitions (the Dask workers read those).
+    n_cells : int
+        Without ``cells`` or ``input_path``: size of the SYNTHETIC grid drawn by
+        :func:`territoria.features.synthetic_grid.generate_grid` (not real data).
+    engine : {"local", "dask"}
+    scheduler : str, optional
+        Dask scheduler address; by default a LocalCluster of ``n_workers`` processes.
+    n_workers : int
+        Workers of the LocalCluster (one thread each).
+    threads : int
+        LightGBM threads of the local engine.
+    seed : int, optional
+        Overrides the seed of ``conf/grid.yml`` (synthetic grid, held-out departments, model).
+    conf : path, optional
+        Replaces ``conf/grid.yml``.
+    write_features : bool
+        Also write the feature matrix per partition (``grid_features/``).
+    keep_features : bool
+        Return the feature matrix (with identity columns) in the result (tests, small grids).
+    client : distributed.Client, optional
+        Use this client instead of connecting (tests).
+    console : rich Console, optional
+        Progress messages.
+
+    Raises
+    ------
+    DataError
+        Unknown engine, unreachable scheduler, a scheduler with the local engine, bad input.
+    """
+    if engine not in ENGINES:
+        raise DataError("--engine", f"unknown engine '{engine}' (expected local or dask)")
+    if scheduler and engine != "dask":
+        raise DataError("--scheduler", "a scheduler is only used with --engine dask")
+    if n_workers < 1:
+        raise DataError("--workers", f"needs at least 1 worker, got {n_workers}")
+    if threads < 1:
+        raise DataError("--threads", f"needs at least 1 thread, got {threads}")
+    console = console or Console(quiet=True)
+    cfg = load_grid_config(conf)
+    if seed is not None:
+        cfg = cfg.model_copy(update={"seed": int(seed)})
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    registry = load_registry()
+    timings: dict[str, float] = {}
+    t0 = time.perf_counter()
+
+    if cells is None and input_path is not None:
+        cells = read_grid_input(Path(input_path))
+        source_name = str(input_path)
+    elif cells is None:
+        from territoria.features.synthetic_grid import generate_grid
+
+        console.log(f"drawing a SYNTHETIC grid of {n_cells:,} cells (seed {cfg.seed}; not real data)")
+        cells = generate_grid(n_cells, seed=cfg.seed)
+        source_name = "synthetic grid"
+    else:
+        source_name = "grid"
+    target = cfg.target if cfg.target in cells.columns else None
+    if target is None:
+        raise DataError(source_name, "missing target column", column=cfg.target)
+    indicators = validate_grid(cells, registry, file=source_name, target=target)
+    cells = cells.sort_values(["department", "parent_commune", "northing", "easting"], kind="stable")
+    cells = cells.reset_index(drop=True)
+    holdout = holdout_departments(cells["department"], cfg.holdout_fraction, cfg.seed)
+    timings["input"] = time.perf_counter() - t0
+
+    meta = grid_feature_meta(indicators, registry, period=None)
+    feature_names = meta["feature"].tolist()
+    domains = sorted(meta["domain"].unique())
+    spec_kw = dict(features=feature_names, domains=domains, feature_domain=meta["domain"].tolist(),
+                   location=meta["transform"].isin(GRID_LOCATION_TRANSFORMS).tolist(), target=target,
+                   top=cfg.top_features, write_features=write_features)
+    work = Path(tempfile.mkdtemp(prefix=".grid-work-", dir=out_dir))
+    try:
+        if engine == "local":
+            res = _run_local(cells, indicators, cfg, holdout, target, spec_kw, work, timings, console, keep_features,
+                             threads)
+        else:
+            res = _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, console,
+                            keep_features, scheduler, n_workers, client)
+        booster, outcomes, features, scheduler_name, workers = res
+        t = time.perf_counter()
+        outcomes = sorted(outcomes, key=lambda o: o["part"])
+        pred = np.concatenate([o["prediction"] for o in outcomes])
+        gap = max(o["gap"] for o in outcomes)
+        paths = _assemble(out_dir, work, outcomes, pred, write_features)
+        paths["meta"] = write_csv(meta, out_dir / "grid_features_meta.csv")
+        model_text = booster.model_to_string()
+        paths["model"] = write_atomic(out_dir / "grid_model.txt",
+                                      lambda tmp: tmp.write_text(model_text, encoding="utf-8"))
+        timings["assemble"] = time.perf_counter() - t
+    finally:
+        shutil.rmtree(work, ignore_errors=True)
+
+    test = pd.read_parquet(paths["cells"], columns=["in_training", target, "prediction"])
+    held = ~test["in_training"].to_numpy()
+    metrics = {"holdout_departments": sorted(holdout),
+               "holdout": _metrics(test[target].to_numpy(float)[held], test["prediction"].to_numpy()[held]),
+               "training": _metrics(test[target].to_numpy(float)[~held], test["prediction"].to_numpy()[~held])}
+    timings["total"] = time.perf_counter() - t0
+    synthetic = bool("source" in cells.columns and cells["source"].astype(str).str.startswith("synthetic").any())
+    run = {
+        "engine": engine, "scheduler": scheduler_name, "workers": workers, "n_cells": int(len(pred)),
+        "n_partitions": len(outcomes), "rows_per_partition": cfg.rows_per_partition,
+        "synthetic": synthetic, "source": source_name if not synthetic else
+        str(cells["source"].iloc[0]), "indicators": indicators, "n_features": len(feature_names),
+        "target": target, "contiguity": cfg.contiguity, "lgbm_params": lgbm_params(cfg, 0) | {"n_jobs": None},
+        "n_trees": int(booster.num_trees()), "metrics": metrics, "max_additivity_gap": gap,
+        "additivity_tolerance": ADDITIVITY_TOL, "timings_s": {k: round(v, 3) for k, v in timings.items()},
+        "partitions": [{"part": o["part"], "rows": o["rows"]} for o in outcomes],
+    }
+    paths["run"] = write_json(run, out_dir / "grid_run.json")
+    return GridResult(out_dir, engine, int(len(pred)), len(outcomes), pred, metrics, gap, timings, paths,
+                      booster, features, meta, run)
+
+
+def _explain_spec(spec_kw: dict, work: Path, threads: int) -> ExplainSpec:
+    return ExplainSpec(folder=str(work), threads=threads, **spec_kw)
+
+
+def _run_local(cells, indicators, cfg, holdout, target, spec_kw, work, timings, console, keep_features, threads):
+    t = time.perf_counter()
+    console.log(f"features of {len(cells):,} cells (local engine)")
+    feats = part_features(cells, None, indicators, cfg.contiguity, target, holdout)
+    timings["features"] = time.perf_counter() - t
+    t = time.perf_counter()
+    names = spec_kw["features"]
+    train = feats["in_training"].to_numpy() & ~np.isnan(feats[target].to_numpy(float))
+    console.log(f"training LightGBM on {int(train.sum()):,} cells")
+    model = lgb.LGBMRegressor(**lgbm_params(cfg, n_jobs=threads))
+    model.fit(feats.loc[train, names], feats.loc[train, target])
+    booster = model.booster_
+    timings["train"] = time.perf_counter() - t
+    t = time.perf_counter()
+    part = plan_partitions(feats["department"].to_numpy(), cfg.rows_per_partition)
+    bounds = np.flatnonzero(np.diff(np.r_[-1, part, part[-1] + 1]))
+    spec = _explain_spec(spec_kw, work, threads=threads)
+    model_text = booster.model_to_string()
+    console.log(f"SHAP of every cell, {len(bounds) - 1} partitions")
+    outcomes = [explain_part(feats.iloc[a:b].reset_index(drop=True), p, model_text, spec)
+                for p, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
+    timings["shap"] = time.perf_counter() - t
+    return booster, outcomes, (feats if keep_features else None), None, 1
+
+
+def _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, console,
+              keep_features, scheduler, n_workers, client):
+    import dask.dataframe as dd
+    from lightgbm.dask import DaskLGBMRegressor
+
+    own_client = client is None
+    cluster = None
+    if own_client:
+        client, cluster = connect_dask(scheduler, n_workers)
+    try:
+        workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        sched = scheduler or f"LocalCluster ({workers} workers)"
+        t = time.perf_counter()
+        files = write_partitions(cells, work / "input", cfg.rows_per_partition)
+        parts = client.map(read_part, files, pure=False)
+        keys = client.gather(client.map(part_keys, parts))
+        positions = halo_positions(keys, cfg.contiguity)
+        halos = client.map(take_halo, parts, positions, indicators=indicators)
+        halo = client.submit(concat_frames, halos)
+        feats = client.map(part_features, parts, halo=halo, indicators=indicators, contiguity=cfg.contiguity,
+                           target=target, holdout=holdout)
+        from distributed import wait
+
+        wait(feats)
+        del parts, halos, halo
+        console.log(f"features of {sum(len(k) for k in keys):,} cells in {len(files)} partitions on {sched}")
+        timings["features"] = time.perf_counter() - t
+        t = time.perf_counter()
+        meta_frame = client.submit(lambda df: df.iloc[:0], feats[0]).result()
+        fdf = dd.from_delayed(feats, meta=meta_frame, verify_meta=False)
+        train = fdf[fdf["in_training"] & fdf[target].notnull()]
+        names = spec_kw["features"]
+        # lightgbm.dask gives each worker as many LightGBM threads as it has Dask threads
+        params = {k: v for k, v in lgbm_params(cfg, n_jobs=1).items() if k != "n_jobs"}
+        model = DaskLGBMRegressor(client=client, **params)
+        model.fit(train[names], train[target])
+        booster = model.booster_
+        timings["train"] = time.perf_counter() - t
+        t = time.perf_counter()
+        spec = _explain_spec(spec_kw, work, threads=1)
+        model_text = client.scatter(booster.model_to_string(), broadcast=True)
+        outcomes = client.gather(client.map(explain_part, feats, range(len(feats)), model=model_text, spec=spec))
+        timings["shap"] = time.perf_counter() - t
+        features = pd.concat(client.gather(feats), ignore_index=True) if keep_features else None
+        return booster, outcomes, features, sched, workers
+    finally:
+        if own_client:
+            client.close()
+            if cluster is not None:
+                cluster.close()
+
+
+def _swap_dir(new: Path, final: Path) -> None:
+    """Put folder ``new`` at ``final``: the old folder (if any) is renamed aside first and
+    removed after, so ``final`` is always a complete set of parts."""
+    old = None
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}-{time.time_ns()}")
+        os.replace(final, old)
+    os.replace(new, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _assemble(out_dir: Path, work: Path, outcomes: list[dict], pred: np.ndarray, write_features: bool) -> dict:
+    """``grid_cells.parquet`` (parts streamed into one file, priority ranks added) and the
+    ``grid_shap/`` (and ``grid_features/``) folders of parts, moved into place whole."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+    from scipy.stats import rankdata
+
+    rank = rankdata(-pred, method="min").astype(np.int64)
+    paths: dict[str, Path] = {}
+    final = out_dir / "grid_cells.parquet"
+    with atomic_path(final) as tmp:
+        writer = None
+        start = 0
+        try:
+            for o in outcomes:
+                part = pd.read_parquet(work / "cells" / f"part-{o['part']:05d}.parquet")
+                cols = list(part.columns)
+                part.insert(cols.index("prediction") + 1, "priority_rank", rank[start:start + len(part)])
+                start += len(part)
+                table = pa.Table.from_pandas(part, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(tmp, table.schema)
+                writer.write_table(table)
+        finally:
+            if writer is not None:
+                writer.close()
+    paths["cells"] = final
+    for name in ("shap", *(("features",) if write_features else ())):
+        dest = out_dir / f"grid_{name}"
+        _swap_dir(work / name, dest)
+        paths[name] = dest
+    return paths
+
+
+def summary_lines(res: GridResult) -> list[str]:
+    """A few lines for the console: size, engine, metrics, additivity, timings."""
+    m = res.metrics["holdout"]
+    t = res.timings
+    lines = [
+        f"{res.n_cells:,} cells, {res.n_partitions} partitions, engine {res.engine}"
+        + (f" ({res.run.get('scheduler')})" if res.engine == "dask" else ""),
+        f"held-out departments ({len(res.metrics['holdout_departments'])}): R² {m.get('r2', float('nan')):.3f}, "
+        f"Spearman {m.get('spearman', float('nan')):.3f}, MAE {m.get('mae', float('nan')):.3f}",
+        f"SHAP for every cell: largest additivity gap {res.max_additivity_gap:.2e} (tolerance {ADDITIVITY_TOL:g})",
+        "timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()),
+    ]
+    if res.run.get("synthetic"):
+        lines.append("the grid is SYNTHETIC (territoria.features.synthetic_grid): not real data")
+    return lines
+
+
+def read_run(out_dir: Path | str) -> dict:
+    """``grid_run.json`` of a finished grid run."""
+    path = Path(out_dir) / "grid_run.json"
+    if not path.exists():
+        raise DataError(path, "no grid run here: run `territoria grid --out DIR` first")
+    return json.loads(path.read_text(encoding="utf-8"))
