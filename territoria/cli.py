@@ -414,34 +414,11 @@ def grid(
         "--write-features", help="Also write the feature matrix per partition (grid_features/).")] = False,
 ) -> None:
     """200 m grid: features, LightGBM and SHAP for every cell, locally or on a Dask cluster."""
-    from territoria.pipelines.grid import run_grid, summary_lines
+    import os
 
-    res = run_grid(out, input_path=input_path, n_cells=cells, engine=engine, scheduler=scheduler,
-                   n_workers=workers, threads=threads, seed=seed, conf=conf, write_features=write_features,
-                   console=console)
-    for line in summary_lines(res):
-        console.print(line, highlight=False)
-    console.print(f"outputs: {res.paths['cells']}, {res.paths['shap']}/, {res.paths['run']}", highlight=False)
-
-
-@app.command()
-def grid(
-    out: OutOpt = Path("out"),
-    cells: Annotated[int, typer.Option(
-        "--cells", min=1000, help="Cells of the SYNTHETIC grid to draw (not real data; ignored with --input).")] = 2_300_000,
-    input_path: Annotated[Optional[Path], typer.Option(
-        "--input", help="Grid table: a parquet file or a folder of parquet parts (see docs/GRID.md).")] = None,
-    engine: Annotated[str, typer.Option("--engine", help="local (one process) or dask.")] = "local",
-    scheduler: Annotated[Optional[str], typer.Option(
-        "--scheduler", help="Dask scheduler address, e.g. tcp://host:8786 (default: a LocalCluster).")] = None,
-    workers: Annotated[int, typer.Option("--workers", help="Workers of the default LocalCluster.")] = 2,
-    threads: Annotated[int, typer.Option("--threads", help="LightGBM threads of the local engine.")] = 2,
-    seed: Annotated[Optional[int], typer.Option("--seed", help="Seed (default: conf/grid.yml).")] = None,
-    conf: Annotated[Optional[Path], typer.Option("--conf", help="Grid configuration (default conf/grid.yml).")] = None,
-    write_features: Annotated[bool, typer.Option(
-        "--write-features", help="Also write the feature matrix per partition (grid_features/).")] = False,
-) -> None:
-    """200 m grid: features, LightGBM and SHAP for every cell, locally or on a Dask cluster."""
+    # LightGBM's OpenMP threads otherwise spin while they wait: on a machine shared with other
+    # jobs, 2 spinning threads trained ~10x slower than 1 (measured); set before LightGBM loads
+    os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
     from territoria.pipelines.grid import run_grid, summary_lines
 
     res = run_grid(out, input_path=input_path, n_cells=cells, engine=engine, scheduler=scheduler,
