@@ -68,6 +68,57 @@ class FlagPolicy(BaseModel):
         return v
 
 
+class StabilityAudit(BaseModel):
+    """Replicates of the scoring with perturbed inputs (:mod:`territoria.models.stability`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    replicates: int = Field(200, ge=0, le=5000)
+    seed: int = 2024
+    trajectory: bool = True
+    department_correlation: float = Field(0.1, ge=0, lt=1)
+    index_weights: Literal["dirichlet", "uniform", "none"] = "dirichlet"
+    weight_concentration: float = Field(50.0, gt=0)
+    weight_spread: float = Field(0.5, ge=0, lt=1)
+    indicator_noise: bool = True
+    hysteresis: bool = True
+
+
+class FairnessAudit(BaseModel):
+    """Groups and tolerances of the fairness audit (:mod:`territoria.models.fairness`)."""
+
+    model_config = ConfigDict(extra="forbid")
+    urban_density: float = Field(300.0, gt=0)
+    size_breaks: list[float] = Field(default_factory=lambda: [2000.0, 5000.0, 20000.0])
+    min_group_size: int = Field(30, ge=1)
+    coverage_shortfall: float = Field(0.05, ge=0, lt=1)
+    mae_ratio: float = Field(1.5, gt=1)
+    bias_share_of_mae: float = Field(0.25, gt=0)
+    flag_rate_ratio: tuple[float, float] = (0.5, 2.0)
+    need_decile: int = Field(10, ge=1, le=10)
+    p_priority_gap: float = Field(0.15, gt=0, le=1)
+    min_measured_share: float = Field(0.5, ge=0, le=1)
+
+    @field_validator("size_breaks")
+    @classmethod
+    def _breaks(cls, v: list[float]) -> list[float]:
+        if not v or any(b <= a for a, b in zip(v, v[1:])) or v[0] <= 0:
+            raise ValueError("size_breaks must be positive and increasing")
+        return v
+
+    @field_validator("flag_rate_ratio")
+    @classmethod
+    def _ratio(cls, v: tuple[float, float]) -> tuple[float, float]:
+        if not 0 < v[0] < 1 < v[1]:
+            raise ValueError("flag_rate_ratio must be (low < 1, high > 1)")
+        return v
+
+
+class AuditPolicy(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+    stability: StabilityAudit = Field(default_factory=StabilityAudit)
+    fairness: FairnessAudit = Field(default_factory=FairnessAudit)
+
+
 class PriorityConfig(BaseModel):
     """The priority policy (``conf/priority.yml``)."""
 
@@ -76,6 +127,7 @@ class PriorityConfig(BaseModel):
     trajectory: TrajectoryPolicy
     population: PopulationPolicy = Field(default_factory=PopulationPolicy)
     flags: FlagPolicy = Field(default_factory=FlagPolicy)
+    audit: AuditPolicy = Field(default_factory=AuditPolicy)
 
 
 def load_priority_config(path: Path | str | None = None) -> PriorityConfig:

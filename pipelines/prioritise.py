@@ -17,6 +17,10 @@ diagnostics, programmes, clusters, scenarios). Outputs under ``out_dir`` (atomic
     the priority score in points per zone and indicator (index and models), own vs location.
 ``coverage_gaps.csv``, ``clusters.csv``, ``priority_policy.json``
     programme coverage gaps, border-crossing clusters, and the policy and norms used.
+``audit/stability.json``, ``audit/stability.md``, ``audit/stability_replicates.csv``, ``audit/stability_zones.csv``
+    the stability of the list (:mod:`territoria.models.stability`): replicates of the scoring
+    with inputs perturbed within their plausible error; each zone's probability of being
+    flagged is also the ``p_priority`` column of ``priorities.csv``.
 ``models/<measure>/``
     the trained models (LightGBM text + JSON, no pickle) that ``territoria scenario`` reuses.
 """
@@ -37,6 +41,7 @@ from territoria.io import write_atomic, write_csv, write_json, write_parquet
 from territoria.models import clusters as clu
 from territoria.models import diagnostics as diag
 from territoria.models import programmes as prog
+from territoria.models import stability as stab
 from territoria.models.backtest import predict_frame
 from territoria.models.counterfactual import greedy_exit, lever_space, shift_rows
 from territoria.models.explain import (
@@ -284,7 +289,18 @@ def run_prioritise(
     covered = prog.programmes_by_zone(ptable, table.index)
     timings["programmes"] = time.perf_counter() - t0
 
+    t0 = time.perf_counter()
+    stability = None
+    settings = stability_settings(engine.config)
+    if settings.replicates > 0:
+        console.log(f"stability: {settings.replicates} replicates of the scoring with perturbed inputs")
+        stability = stability_audit(engine, scored, settings)
+    timings["stability"] = time.perf_counter() - t0
+
     pri = assemble(fb, scored, stats, perim, covered, levers, lang)
+    if stability is not None:
+        pri.insert(int(pri.columns.get_loc("priority_flag")) + 1, "p_priority",
+                   stability.p_priority.reindex(pri["zone_code"]).to_numpy())
     gaps = prog.coverage_gaps(pri)
     location = points.assign(a=points["points"].abs()).groupby(["zone_code", "is_location"])["a"].sum().unstack(fill_value=0.0)
     if True in location.columns:
@@ -303,12 +319,50 @@ def run_prioritise(
                 "signs": engine.signs, "formula": "see conf/priority.yml"}, out_dir / "priority_policy.json")
     for measure, tr in trained.items():
         save_trained(tr, out_dir / "models" / measure)
+    if stability is not None:
+        write_stability(stability, out_dir / "audit")
     timings["write"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     console.log("global explanations: importance by domain, dependence plots, interaction hints")
     global_views(scored, phis, out_dir / "explain")
     timings["global_views"] = time.perf_counter() - t0
     return PriorityResult(pri, explanations, points, gaps, summary, engine, timings)
+
+
+def stability_settings(config: PriorityConfig) -> stab.StabilitySettings:
+    """The stability step's settings from the policy (``audit.stability``)."""
+    return stab.StabilitySettings(**config.audit.stability.model_dump())
+
+
+def stability_audit(engine: PriorityEngine, scored: Scored,
+                    settings: stab.StabilitySettings | None = None) -> stab.StabilityResult:
+    """Replicates of the baseline scoring with perturbed inputs (see
+    :mod:`territoria.models.stability`); checks that the unperturbed replicate reproduces the
+    run's scores and flags (``summary["reproduces_run"]``)."""
+    settings = settings or stability_settings(engine.config)
+    t = scored.table
+    dcfg = diag.load_diagnostics_config(registry=engine.registry)
+    problem = stab.problem_from_run(
+        engine.index_model, scored.features, t, scored.predictions, engine.config, engine.signs, engine.norms,
+        worst_share=dcfg.cumulated.worst_share, min_domains=dcfg.cumulated.min_domains,
+        groups=engine.fb.identity["departement"], indicator_noise=settings.indicator_noise)
+    return stab.replicate(problem, settings, baseline_score=t["priority_score"].to_numpy(float),
+                          baseline_flag=t["priority_flag"].to_numpy(bool))
+
+
+def write_stability(result: stab.StabilityResult, folder: Path) -> list[Path]:
+    """``stability.json`` (summary), ``stability.md`` (readable), ``stability_replicates.csv``
+    (one row per replicate) and ``stability_zones.csv`` (one row per zone), atomically."""
+    zones = result.zones.reset_index().rename(columns={"index": "zone_code"})
+    zones = zones.sort_values(["priority_score", "zone_code"], ascending=[False, True], na_position="last",
+                              kind="stable")
+    return [
+        write_json(result.summary, folder / "stability.json"),
+        write_atomic(folder / "stability.md",
+                     lambda tmp: tmp.write_text(stab.to_markdown(result) + "\n", encoding="utf-8")),
+        write_csv(result.replicates, folder / "stability_replicates.csv", float_format="%.6g"),
+        write_csv(zones, folder / "stability_zones.csv", float_format="%.6g"),
+    ]
 
 
 def assemble(fb, scored: Scored, stats, perim, covered, levers: dict, lang: str) -> pd.DataFrame:
@@ -358,7 +412,7 @@ GPKG_COLUMNS = frozenset({
     "reference_period", "deprivation_index", "index_rank", "index_decile", "predicted_change",
     "predicted_change_low", "predicted_change_high", "priority_score", "priority_score_low",
     "priority_score_high", "priority_rank", "priority_rank_department", "priority_rank_epci",
-    "priority_flag", "n_vulnerable_domains", "hotspot", "moran_cluster", "cluster_id", "top_levers",
+    "priority_flag", "p_priority", "n_vulnerable_domains", "hotspot", "moran_cluster", "cluster_id", "top_levers",
     "programmes", "location_share",
 })
 

@@ -19,7 +19,14 @@ the official data nor loads a model, and writes atomically under the same folder
     gaps, and what changed since the previous run.
 ``audit/model_card.md``, ``audit/weights.csv``, ``audit/sensitivity.csv``, ``audit/lineage.json``
     data files and hashes, intended use and limits, metrics vs baselines, weights and their
-    sensitivity, input/output hashes, package versions and git commit.
+    sensitivity, fairness and stability summaries, input/output hashes, package versions and
+    git commit.
+``audit/fairness.md``, ``audit/fairness.json``, ``audit/fairness_errors.csv``, ``audit/fairness_flags.csv``
+    the fairness audit by territory group (:mod:`territoria.models.fairness`): out-of-fold
+    model error and interval coverage, flag rates against need, ``p_priority``, and the
+    disparities beyond the tolerances of ``conf/priority.yml`` (``audit.fairness``) as
+    findings. (``audit/stability.*`` is written by the prioritise stage; the model card
+    summarises it.)
 ``figures/priority_map.png``, ``figures/domains.png``
     static figures (matplotlib, Agg backend; quantile classes with mapclassify).
 
@@ -57,6 +64,8 @@ KEY_INDICATORS = ("unemployment_rate", "median_income", "poverty_rate", "share_m
                   "vacancy_rate", "population")
 #: counts: the department figure is a sum and both lines are shown as an index (first year = 100)
 COUNT_INDICATORS = frozenset({"population"})
+#: written by the prioritise stage, summarised in the model card and hashed in the lineage
+STABILITY_FILES = ("stability.json", "stability.md", "stability_replicates.csv", "stability_zones.csv")
 OVERSEAS = {"971": "Guadeloupe", "972": "Martinique", "973": "Guyane", "974": "La Réunion", "976": "Mayotte"}
 SIMPLIFY_TOLERANCE = 0.002  # degrees (about 150-200 m)
 COORD_DIGITS = 5
@@ -1307,7 +1316,96 @@ def weights_table(run: RunOutputs) -> pd.DataFrame:
     return out
 
 
-def model_card(run: RunOutputs, sens: pd.DataFrame, lang: str = "fr") -> str:
+def fairness_tolerances(run: RunOutputs):
+    """The run's fairness tolerances (``audit.fairness`` of its policy; defaults otherwise)."""
+    from territoria.models.priority import FairnessAudit
+
+    doc = (run.policy.get("policy", {}).get("audit") or {}).get("fairness") or {}
+    return FairnessAudit.model_validate(doc)
+
+
+def fairness_of_run(run: RunOutputs):
+    """The fairness audit of the run (:func:`territoria.models.fairness.fairness_audit`) from
+    its priorities, the density of ``features.parquet`` and the out-of-fold predictions of
+    ``backtest_predictions.parquet`` (the first cross-validation scheme), when present."""
+    import pyarrow.parquet as pq
+
+    from territoria.models.fairness import fairness_audit
+
+    tol = fairness_tolerances(run)
+    pri = run.priorities
+    feats = pd.DataFrame({"zone_code": pri["zone_code"].astype(str), "population": pri["population"]})
+    fpath = run.out_dir / "features.parquet"
+    if fpath.exists() and "population_density" in pq.read_schema(fpath).names:
+        dens = pd.read_parquet(fpath, columns=["zone_code", "population_density"])
+        feats = feats.merge(dens.assign(zone_code=dens["zone_code"].astype(str)), on="zone_code", how="left")
+    oof = None
+    bpath = run.out_dir / "backtest_predictions.parquet"
+    if bpath.exists():
+        b = pd.read_parquet(bpath)
+        cv = b[b["scheme"].astype(str).str.startswith("cv_")] if "scheme" in b else b
+        if len(cv) and "lightgbm" in cv:
+            oof = cv[cv["scheme"] == cv["scheme"].iloc[0]] if "scheme" in cv else cv
+    stab = (run.policy.get("policy", {}).get("audit") or {}).get("stability") or {}
+    result = fairness_audit(pri, feats, tol, oof=oof, signs=run.policy.get("signs") or {},
+                            assumed_correlation=stab.get("department_correlation"))
+    return result, tol
+
+
+def write_fairness(result, tol, folder: Path) -> dict[str, Path]:
+    """``fairness.json``, ``fairness.md`` and the two tables, atomically."""
+    md = result.to_markdown(tol)
+    paths = {
+        "fairness_json": write_json(result.to_dict(), folder / "fairness.json"),
+        "fairness_md": write_atomic(folder / "fairness.md", lambda tmp: tmp.write_text(md + "\n", encoding="utf-8")),
+        "fairness_flags": write_csv(result.flags, folder / "fairness_flags.csv", float_format="%.6g"),
+    }
+    if len(result.errors):
+        paths["fairness_errors"] = write_csv(result.errors, folder / "fairness_errors.csv", float_format="%.6g")
+    return paths
+
+
+def _fairness_section(fairness) -> list[str]:
+    L = ["## Fairness by territory group", ""]
+    if fairness is None:
+        return L + ["Not computed for this run.", ""]
+    result, tol = fairness
+    L += [f"Urban/rural (density ≥ {tol.urban_density:g} /km²), overseas vs mainland, population size and QPV "
+          f"groups compared on out-of-fold error, interval coverage, flag rates against need and p_priority. "
+          f"**{len(result.findings)} finding(s)** beyond the tolerances (`audit.fairness` in `conf/priority.yml`); "
+          "all of them, and the tables, in [`fairness.md`](fairness.md) (`fairness.json`, `fairness_errors.csv`, "
+          "`fairness_flags.csv`).", ""]
+    for f in result.findings:
+        L.append(f"* **{f['kind']}** — {f['text']}")
+    if result.findings:
+        L.append("")
+    return L
+
+
+def _stability_section(summary: dict | None) -> list[str]:
+    L = ["## Stability of the list", ""]
+    if not summary:
+        return L + ["No stability step in this run (`audit.stability.replicates` is 0 or the run predates it).", ""]
+
+    def rng(key: str) -> str:
+        d = summary[key]
+        return f"{d['mean']:.3f} (5-95 %: {d['p05']:.3f} – {d['p95']:.3f})"
+
+    pp = summary.get("p_priority", {})
+    L += [f"{summary['replicates']} replicates of the scoring with forecasts redrawn within their intervals, index "
+          "indicators moved by their small-number error and domain weights drawn around the configured ones "
+          "(details and assumptions in [`stability.md`](stability.md); `stability.json`, `stability_replicates.csv`, "
+          "`stability_zones.csv`; each zone's probability of being flagged is `p_priority` in `priorities.csv`).", "",
+          f"* Jaccard overlap of the top {summary['top_share']:.0%} with the run's: {rng('jaccard_top')}",
+          f"* Jaccard overlap of the flagged list: {rng('jaccard_flagged')}",
+          f"* Kendall tau of the scores: {rng('kendall_tau')}",
+          f"* Flagged zones with p_priority ≥ 0.9: {pp.get('flagged_share_at_least_0.9', float('nan')):.1%}; "
+          f"zones outside the list with p ≥ 0.5: {pp.get('not_flagged_at_least_0.5', 0):,}", ""]
+    return L
+
+
+def model_card(run: RunOutputs, sens: pd.DataFrame, lang: str = "fr", *, fairness=None,
+               stability: dict | None = None) -> str:
     """``audit/model_card.md`` (in English: the auditor's document, with French labels where useful)."""
     pri = run.priorities
     pol = run.policy.get("policy", {})
@@ -1394,6 +1492,8 @@ def model_card(run: RunOutputs, sens: pd.DataFrame, lang: str = "fr") -> str:
             L.append(f"| {r.weight_level:.2f}{' (run)' if r.is_run else ''} | {r.weight_trajectory:.2f} | "
                      f"{r.jaccard_top:.3f} | {r.kept_share:.3f} | {r.spearman:.3f} |")
         L.append("")
+    L += _fairness_section(fairness)
+    L += _stability_section(stability)
     L += ["## Lineage", "", "Input and output hashes, package versions and the code commit: `lineage.json`.", ""]
     return "\n".join(L)
 
@@ -1485,12 +1585,20 @@ def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dic
     timings["figure_domains"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    console.log("audit: model card, weights, sensitivity, lineage")
+    console.log("audit: model card, weights, sensitivity, fairness, lineage")
     sens = weight_sensitivity(pri, run.policy)
     paths["weights"] = write_csv(weights_table(run), out_dir / "audit" / "weights.csv")
     if not sens.empty:
         paths["sensitivity"] = write_csv(sens, out_dir / "audit" / "sensitivity.csv", float_format="%.6g")
-    card = model_card(run, sens, lang)
+    t1 = time.perf_counter()
+    fairness = fairness_of_run(run)
+    paths.update(write_fairness(*fairness, out_dir / "audit"))
+    timings["fairness"] = time.perf_counter() - t1
+    stability = _read_json(out_dir / "audit" / "stability.json")
+    for name in STABILITY_FILES:
+        if (out_dir / "audit" / name).exists():
+            paths[name] = out_dir / "audit" / name
+    card = model_card(run, sens, lang, fairness=fairness, stability=stability)
     paths["model_card"] = write_atomic(out_dir / "audit" / "model_card.md",
                                        lambda tmp: tmp.write_text(card, encoding="utf-8"))
     paths["lineage"] = write_json(lineage(run, paths), out_dir / "audit" / "lineage.json")
