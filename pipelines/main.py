@@ -204,7 +204,8 @@ def run_main(
         "priority_zones": int(pri.priorities["priority_flag"].sum()),
     }
     run_json = write_json(run, out_dir / "run.json")
-    outputs = [out_dir / n for n in OUTPUTS if (out_dir / n).exists()] + [run_json]
+    outputs = ([out_dir / n for n in OUTPUTS if (out_dir / n).exists()]
+               + sorted(p for p in (out_dir / "audit").glob("*") if p.is_file()) + [run_json])
     write_manifest(out_dir, fb.file_hashes, outputs, data_dir=data_dir)
     return MainResult(fb, res, pri, timings, run_json,
                       reused_from=previous.get("created") if previous is not None else None)
