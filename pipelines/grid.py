@@ -42,7 +42,8 @@ Outputs (``--out DIR``)
 ``grid_features_meta.csv``, ``grid_model.txt``, ``grid_run.json``
     feature metadata (registry indicator, domain, lever, transform), the LightGBM booster
     (text), and the run record: engine, scheduler, workers, partitions, parameters, metrics
-    on the held-out departments, largest SHAP additivity gap, timings.
+    on the held-out departments, largest SHAP additivity gap, timings (``cluster``: starting
+    and closing the LocalCluster or connecting to the scheduler).
 """
 
 from __future__ import annotations
@@ -232,6 +233,14 @@ def part_features(cells: pd.DataFrame, halo: pd.DataFrame | None, indicators: li
     if "source" in cells.columns:
         cols.append(cells[["source"]].astype(object))
     return pd.concat([*cols, feats], axis=1).reset_index(drop=True)
+
+
+def training_rows(feats: pd.DataFrame, features: list[str] | None, target: str):
+    """The training rows of a partition: its feature columns (``features``) or its target
+    (``features=None``)."""
+    keep = feats["in_training"].to_numpy() & feats[target].notna().to_numpy()
+    rows = feats.loc[keep]
+    return rows[target].astype(float) if features is None else rows[features]
 
 
 @dataclass(frozen=True)
@@ -565,19 +574,29 @@ def _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, c
     own_client = client is None
     cluster = None
     if own_client:
+        t = time.perf_counter()
         client, cluster = connect_dask(scheduler, n_workers)
+        timings["cluster"] = time.perf_counter() - t
     try:
-        workers = len(client.scheduler_info(n_workers=-1)["workers"])
+        addresses = sorted(client.scheduler_info(n_workers=-1)["workers"])
+        workers = len(addresses)
         sched = scheduler or f"LocalCluster ({workers} workers)"
         t = time.perf_counter()
         files = write_partitions(cells, work / "input", cfg.rows_per_partition)
-        parts = client.map(read_part, files, pure=False)
-        keys = client.gather(client.map(part_keys, parts))
+
+        def on(p: int, fn, *args, **kwargs):
+            # partition p always lives on the same worker (p modulo the sorted workers): what
+            # each worker holds decides LightGBM's bins, so the same cluster gives the same model
+            return client.submit(fn, *args, workers=[addresses[p % workers]], allow_other_workers=False,
+                                 **kwargs)
+
+        parts = [on(p, read_part, f, pure=False) for p, f in enumerate(files)]
+        keys = client.gather([on(p, part_keys, x) for p, x in enumerate(parts)])
         positions = halo_positions(keys, cfg.contiguity)
-        halos = client.map(take_halo, parts, positions, indicators=indicators)
+        halos = [on(p, take_halo, x, positions[p], indicators) for p, x in enumerate(parts)]
         halo = client.submit(concat_frames, halos)
-        feats = client.map(part_features, parts, halo=halo, indicators=indicators, contiguity=cfg.contiguity,
-                           target=target, holdout=holdout)
+        feats = [on(p, part_features, x, halo, indicators, cfg.contiguity, target, holdout)
+                 for p, x in enumerate(parts)]
         from distributed import wait
 
         wait(feats)
@@ -585,28 +604,32 @@ def _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, c
         console.log(f"features of {sum(len(k) for k in keys):,} cells in {len(files)} partitions on {sched}")
         timings["features"] = time.perf_counter() - t
         t = time.perf_counter()
-        meta_frame = client.submit(lambda df: df.iloc[:0], feats[0]).result()
-        fdf = dd.from_delayed(feats, meta=meta_frame, verify_meta=False)
-        train = fdf[fdf["in_training"] & fdf[target].notnull()]
         names = spec_kw["features"]
+        xs = [on(p, training_rows, f, names, target) for p, f in enumerate(feats)]
+        ys = [on(p, training_rows, f, None, target) for p, f in enumerate(feats)]
+        X = dd.from_delayed(xs, meta=pd.DataFrame({n: pd.Series(dtype=float) for n in names}), verify_meta=False)
+        y = dd.from_delayed(ys, meta=pd.Series(dtype=float, name=target), verify_meta=False)
         # lightgbm.dask gives each worker as many LightGBM threads as it has Dask threads
         params = {k: v for k, v in lgbm_params(cfg, n_jobs=1).items() if k != "n_jobs"}
         model = DaskLGBMRegressor(client=client, **params)
-        model.fit(train[names], train[target])
+        model.fit(X, y)
+        del xs, ys, X, y
         booster = model.booster_
         timings["train"] = time.perf_counter() - t
         t = time.perf_counter()
         spec = _explain_spec(spec_kw, work, threads=1)
         model_text = client.scatter(booster.model_to_string(), broadcast=True)
-        outcomes = client.gather(client.map(explain_part, feats, range(len(feats)), model=model_text, spec=spec))
+        outcomes = client.gather([on(p, explain_part, f, p, model_text, spec) for p, f in enumerate(feats)])
         timings["shap"] = time.perf_counter() - t
         features = pd.concat(client.gather(feats), ignore_index=True) if keep_features else None
         return booster, outcomes, features, sched, workers
     finally:
         if own_client:
+            t = time.perf_counter()
             client.close()
             if cluster is not None:
                 cluster.close()
+            timings["cluster"] = timings.get("cluster", 0.0) + time.perf_counter() - t
 
 
 def _swap_dir(new: Path, final: Path) -> None:
