@@ -308,6 +308,24 @@ def test_rerun_replaces_outputs_whole(cells, small_conf, tmp_path):
     assert len(pd.read_parquet(tmp_path / "grid_cells.parquet")) == second.n_cells
 
 
+def test_grid_input_file(cells, small_conf, tmp_path):
+    """A grid table read from parquet (here the synthetic one, which keeps its label)."""
+    deps = cells["department"].unique()[:3]
+    sub = cells[cells["department"].isin(deps)].sample(frac=1.0, random_state=0)  # any row order
+    sub.to_parquet(tmp_path / "cells.parquet", index=False)
+    res = run_grid(tmp_path / "out", input_path=tmp_path / "cells.parquet", engine="local", conf=small_conf,
+                   threads=1)
+    out = pd.read_parquet(res.paths["cells"])
+    assert len(out) == len(sub) and set(out["cell_id"]) == set(sub["cell_id"])
+    assert res.run["synthetic"] and out["source"].str.contains("not real data").all()
+    (tmp_path / "bad.parquet").write_text("cell_id,northing\n", encoding="utf-8")
+    with pytest.raises(DataError, match="cannot read as parquet"):
+        run_grid(tmp_path / "out2", input_path=tmp_path / "bad.parquet", conf=small_conf)
+    sub.drop(columns="target_poverty_rate_change").to_parquet(tmp_path / "no_target.parquet", index=False)
+    with pytest.raises(DataError, match="missing target column"):
+        run_grid(tmp_path / "out3", input_path=tmp_path / "no_target.parquet", conf=small_conf)
+
+
 def test_bad_engine_arguments(cells, tmp_path):
     with pytest.raises(DataError, match="unknown engine 'spark'"):
         run_grid(tmp_path, cells=cells, engine="spark")
