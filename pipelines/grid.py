@@ -53,6 +53,7 @@ import os
 import shutil
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -612,7 +613,10 @@ def _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, c
         # lightgbm.dask gives each worker as many LightGBM threads as it has Dask threads
         params = {k: v for k, v in lgbm_params(cfg, n_jobs=1).items() if k != "n_jobs"}
         model = DaskLGBMRegressor(client=client, **params)
-        model.fit(X, y)
+        with warnings.catch_warnings():
+            # n_jobs is not passed; lightgbm.dask warns about its scikit-learn default anyway
+            warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+            model.fit(X, y)
         del xs, ys, X, y
         booster = model.booster_
         timings["train"] = time.perf_counter() - t
