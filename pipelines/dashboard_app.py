@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import sys
 import threading
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import Future
 from pathlib import Path
 
 import altair as alt
@@ -70,15 +70,25 @@ _SCENARIO_LOCK = threading.Lock()
 
 @st.cache_resource(show_spinner=False)
 def _engine_future(run_dir: str) -> Future:
-    """The run's engine, loaded in the background from the first page view on: rebuilding the
-    features takes a minute or two, which a planner spends on the map and the table."""
+    """The run's engine, loaded in the background once the first page is drawn: rebuilding
+    the features takes a minute or two, which a planner spends on the map and the table."""
     # import the scientific stack here first: two threads importing sklearn at once can see
     # it partially initialised
     import territoria.pipelines.build_features  # noqa: F401
     import territoria.pipelines.prioritise  # noqa: F401
 
-    pool = ThreadPoolExecutor(1, thread_name_prefix="territoria-engine")
-    return pool.submit(dash.load_run_engine, Path(run_dir))
+    future: Future = Future()
+
+    def load() -> None:
+        future.set_running_or_notify_cancel()
+        try:
+            future.set_result(dash.load_run_engine(Path(run_dir)))
+        except BaseException as exc:  # noqa: BLE001 - handed to the page that waits for it
+            future.set_exception(exc)
+
+    # a daemon thread, not an executor: stopping the server must not wait for the load
+    threading.Thread(target=load, name="territoria-engine", daemon=True).start()
+    return future
 
 
 # --------------------------------------------------------------------------- helpers
