@@ -15,12 +15,15 @@ import tempfile
 import time
 from pathlib import Path
 
-from territoria.pipelines.build_features import run_build_features
-
 TARGET_S = 30.0
 
 
 def main() -> None:
+    # imported here, not at the top: the worker processes that parse the sources start by
+    # importing this script (spawn), and must not pay for the whole pipeline's imports
+    # (libpysal, scikit-learn: ~3 s each), which `territoria features` does not make them pay
+    from territoria.pipelines.build_features import run_build_features
+
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=None)
     args = parser.parse_args()
