@@ -32,7 +32,7 @@ WRITER = textwrap.dedent(f"""
 
 
 def _temporaries(folder, name):
-    return [p for p in folder.iterdir() if p.name.startswith(f".{name}.") and p.name.endswith(".tmp")]
+    return [p for p in folder.iterdir() if p.name.startswith(f".{name}.") and ".tmp" in p.name]
 
 
 def test_exception_inside_the_block_keeps_the_previous_file(tmp_path):

@@ -6,7 +6,7 @@ import json
 
 import pandas as pd
 
-from territoria.pipelines.prioritise import load_engine, run_prioritise
+from territoria.pipelines.prioritise import run_prioritise
 from territoria.verify import verify_run
 
 
@@ -37,10 +37,20 @@ def test_every_output_is_there_and_matches_its_inputs(main_run):
     assert cards == set(pri.loc[pri["priority_flag"].astype(bool), "zone_code"])
 
 
-def test_same_inputs_and_models_give_a_byte_identical_priority_list(main_run, feature_build, tmp_path):
+def test_training_again_from_scratch_gives_a_byte_identical_priority_list(main_run, feature_build,
+                                                                           fast_models_conf, tmp_path):
+    """Reproducibility of the whole chain, not only of prioritisation: new models trained from
+    the same features and seeds (their own MLflow store, a new folder) give the same list."""
+    from territoria.models.targets import load_model_config
+    from territoria.pipelines.train import run_train
+
+    res = run_train(feature_build, tmp_path, config=load_model_config(fast_models_conf))
+    models = {tr.spec.measure: tr for tr in res.models.values()}
+    run_prioritise(feature_build, res.index_model, models, tmp_path)
     out = main_run.run_json.parent
-    engine = load_engine(feature_build, out)
-    run_prioritise(feature_build, engine.index_model, engine.trained, tmp_path)
+    assert (tmp_path / "predictions.parquet").exists()
+    pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "predictions.parquet"),
+                                  pd.read_parquet(out / "predictions.parquet"))
     assert (tmp_path / "priorities.csv").read_bytes() == (out / "priorities.csv").read_bytes()
 
 
