@@ -51,7 +51,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from territoria.errors import DataError
 from territoria.paths import conf_dir
 from territoria.registry import Registry, load_registry
-from territoria.settings import load_yaml
+from territoria.settings import load_config
 
 FLAGS = (
     "flag_cumulated",
@@ -147,13 +147,7 @@ def load_diagnostics_config(
     ``diagnostics.yml: isolated.top_share: Input should be less than or equal to 0.5``.
     """
     path = Path(path) if path is not None else conf_dir() / "diagnostics.yml"
-    doc = load_yaml(path, "diagnostics configuration")
-    try:
-        cfg = DiagnosticsConfig.model_validate(doc)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise DataError(path, f"{loc}: {err['msg']}") from None
+    cfg = load_config(DiagnosticsConfig, path, "diagnostics.yml", "diagnostics configuration")
     reg = registry or load_registry()
     for section in ("isolated", "contrast"):
         for name in getattr(cfg, section).indicators:

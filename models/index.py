@@ -76,13 +76,13 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 from scipy.special import ndtri
 
 from territoria.errors import DataError
 from territoria.paths import conf_dir
 from territoria.registry import DOMAINS, Registry, load_registry
-from territoria.settings import load_yaml
+from territoria.settings import load_config
 
 Normalisation = Literal["rank_normal", "robust_z"]
 Transform = Literal["exponential", "none"]
@@ -179,18 +179,7 @@ def load_index_config(
     """Read and validate ``conf/index.yml`` (or ``path``); indicators are checked against the
     registry (unknown or unscored indicator → :class:`DataError`)."""
     path = Path(path) if path is not None else conf_dir() / "index.yml"
-    doc = load_yaml(path, "index configuration")
-    try:
-        cfg = IndexConfig.model_validate(doc)
-    except DataError as exc:
-        raise DataError(path, exc.problem) from None
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        cause = err.get("ctx", {}).get("error")
-        if isinstance(cause, DataError):
-            raise DataError(path, cause.problem) from None
-        loc = ".".join(str(x) for x in err["loc"])
-        raise DataError(path, f"{loc}: {err['msg']}") from None
+    cfg = load_config(IndexConfig, path, "index.yml", "index configuration")
     reg = registry or load_registry()
     _check_indicator_weights(cfg.indicator_weights(), reg, str(path))
     for name in cfg.shrinkage.indicators:

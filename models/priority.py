@@ -18,11 +18,9 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, field_validator
 
-from territoria.errors import DataError
-from territoria.paths import conf_dir
-from territoria.settings import load_yaml
+from territoria.settings import load_config
 
 
 class ScoreWeights(BaseModel):
@@ -132,15 +130,7 @@ class PriorityConfig(BaseModel):
 
 def load_priority_config(path: Path | str | None = None) -> PriorityConfig:
     """Read and validate the priority policy; one-line errors naming the file."""
-    path = Path(path) if path is not None else conf_dir() / "priority.yml"
-    doc = load_yaml(path, "priority policy")
-    try:
-        return PriorityConfig.model_validate(doc)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise DataError(path, f"{loc}: {err['msg']}") from None
-
+    return load_config(PriorityConfig, path, "priority.yml", "priority policy")
 
 # --------------------------------------------------------------------------- components
 def index_terms(index_model, X: pd.DataFrame) -> tuple[pd.DataFrame, float]:

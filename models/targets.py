@@ -31,12 +31,11 @@ from typing import Literal
 
 import numpy as np
 import pandas as pd
-import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from territoria.errors import DataError
-from territoria.paths import conf_dir
 from territoria.registry import Registry, load_registry
+from territoria.settings import load_config
 
 
 # --------------------------------------------------------------------------- configuration
@@ -136,20 +135,7 @@ class ModelConfig(BaseModel):
 
 def load_model_config(path: Path | str | None = None) -> ModelConfig:
     """Read and validate ``conf/models.yml`` (or ``path``)."""
-    path = Path(path) if path is not None else conf_dir() / "models.yml"
-    if not path.exists():
-        raise DataError(path, "models configuration not found")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise DataError(path, f"invalid YAML ({str(exc).splitlines()[0]})") from None
-    try:
-        return ModelConfig.model_validate(doc)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        loc = ".".join(str(x) for x in err["loc"])
-        raise DataError(path, f"{loc}: {err['msg']}") from None
-
+    return load_config(ModelConfig, path, "models.yml", "models configuration")
 
 def target_spec(name_or_spec, config: ModelConfig | None = None) -> TargetSpec:
     """A spec from its name in the configuration (or the spec itself)."""

@@ -28,7 +28,6 @@ from territoria.features.panel import build_panel, commune_universe
 from territoria.features.sources import all_sources
 from territoria.features.sources.base import file_sha256
 from territoria.features.sources.cog import Cog, CogEpci
-from territoria.features.sources.geometries import CommuneGeometries
 from territoria.features.access import territory_of
 from territoria.features.spatial import build_commune_graph
 from territoria.io import write_csv, write_json, write_parquet

@@ -61,7 +61,7 @@ from pathlib import Path
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field
 from rich.console import Console
 
 from territoria.errors import DataError
@@ -74,9 +74,8 @@ from territoria.features.grid import (
     validate_grid,
 )
 from territoria.io import atomic_path, write_atomic, write_csv, write_json
-from territoria.paths import conf_dir
 from territoria.registry import load_registry
-from territoria.settings import load_yaml
+from territoria.settings import load_config
 
 ENGINES = ("local", "dask")
 ID_COLUMNS = ["cell_id", "parent_commune", "department", "in_training"]
@@ -115,14 +114,7 @@ class GridConfig(BaseModel):
 
 def load_grid_config(path: Path | str | None = None) -> GridConfig:
     """Read and validate ``conf/grid.yml`` (or ``path``)."""
-    path = Path(path) if path is not None else conf_dir() / "grid.yml"
-    doc = load_yaml(path, "grid configuration")
-    try:
-        return GridConfig.model_validate(doc)
-    except ValidationError as exc:
-        err = exc.errors()[0]
-        raise DataError(path, f"{'.'.join(str(x) for x in err['loc'])}: {err['msg']}") from None
-
+    return load_config(GridConfig, path, "grid.yml", "grid configuration")
 
 def lgbm_params(cfg: GridConfig, n_jobs: int) -> dict:
     """Keyword arguments of ``LGBMRegressor`` and ``DaskLGBMRegressor`` (identical but threads)."""

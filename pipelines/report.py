@@ -1553,9 +1553,10 @@ def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dic
 
     t0 = time.perf_counter()
     console.log(f"map of {len(pri):,} communes")
-    html = render_map(pri, geoms, lang, run.dep_names)
-    paths["map"] = write_atomic(out_dir / "map.html", lambda tmp: tmp.write_text(html, encoding="utf-8"))
-    del html
+    paths["map"] = write_atomic(
+        out_dir / "map.html",
+        lambda tmp: tmp.write_text(render_map(pri, geoms, lang, run.dep_names), encoding="utf-8"),
+    )
     timings["map"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

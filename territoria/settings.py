@@ -1,14 +1,18 @@
-"""Typed parameters of a run, read from ``conf/parameters.yml``."""
+"""Typed parameters of a run, read from ``conf/parameters.yml``, and the loader every
+configuration file of ``conf/`` goes through."""
 
 from __future__ import annotations
 
 from pathlib import Path
+from typing import TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from territoria.errors import DataError
 from territoria.paths import conf_dir
+
+Config = TypeVar("Config", bound=BaseModel)
 
 
 class FeatureParameters(BaseModel):
@@ -47,13 +51,34 @@ def load_yaml(path: Path | str, what: str = "configuration file") -> dict:
     return doc
 
 
-def load_parameters(path: Path | str | None = None) -> Parameters:
-    """Read and validate the parameters file (``conf/parameters.yml`` by default)."""
-    path = Path(path) if path is not None else conf_dir() / "parameters.yml"
-    doc = load_yaml(path, "parameters file")
+def load_config(model: type[Config], path: Path | str | None, default: str, what: str) -> Config:
+    """Read a configuration file (``conf/<default>`` when ``path`` is None) and validate it
+    with the pydantic ``model``.
+
+    Every problem is a :class:`DataError` naming the file and the setting, e.g.
+    ``priority.yml: flag.top_share: Input should be less than or equal to 0.5``; a
+    ``DataError`` raised by one of the model's own validators keeps its message.
+
+    Examples
+    --------
+    >>> load_config(Parameters, None, "parameters.yml", "parameters file").target_cog
+    2026
+    """
+    path = Path(path) if path is not None else conf_dir() / default
+    doc = load_yaml(path, what)
     try:
-        return Parameters.model_validate(doc)
+        return model.model_validate(doc)
+    except DataError as exc:
+        raise DataError(path, exc.problem) from None
     except ValidationError as exc:
         err = exc.errors()[0]
+        cause = err.get("ctx", {}).get("error")
+        if isinstance(cause, DataError):
+            raise DataError(path, cause.problem) from None
         loc = ".".join(str(x) for x in err["loc"])
         raise DataError(path, f"{loc}: {err['msg']}") from None
+
+
+def load_parameters(path: Path | str | None = None) -> Parameters:
+    """Read and validate the parameters file (``conf/parameters.yml`` by default)."""
+    return load_config(Parameters, path, "parameters.yml", "parameters file")

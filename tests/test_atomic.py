@@ -10,7 +10,7 @@ import time
 import pandas as pd
 import pytest
 
-from territoria.io import atomic_path, write_csv, write_parquet
+from territoria.io import atomic_path, write_csv
 
 N_ROWS = 400_000
 

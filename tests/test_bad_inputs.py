@@ -12,7 +12,6 @@ from __future__ import annotations
 import csv
 import functools
 import io
-import re
 import zipfile
 import json
 from dataclasses import dataclass, field
