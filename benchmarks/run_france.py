@@ -1,0 +1,67 @@
+"""The main job on all communes: wall time per stage and peak memory, against the targets.
+
+Run with ``.venv/bin/python benchmarks/run_france.py [--data DIR] [--out DIR] [--no-rerun]``.
+
+1. ``territoria run`` from nothing (``run_main`` on a new output folder: empty source cache,
+   models trained, every zone explained, map, cards, report and audit written);
+2. unless ``--no-rerun``, the same command again on the same folder, as a planner re-running
+   an unchanged setup does: sources come from the cache and the champion models are reused.
+
+For each run: the time of each stage and of its main steps (from ``run.json``), the total,
+the peak resident memory of this process, and the ratios to the targets of issue 6 on this
+2-core machine (60 s, 3 GB).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import resource
+import tempfile
+import time
+from pathlib import Path
+
+TARGET_S = 60.0
+TARGET_GB = 3.0
+
+
+def _peak_gb() -> float:
+    """Peak resident memory so far of this process, in GB (the source-parsing workers, ~1 GB
+    each, are not added: ``RUSAGE_CHILDREN`` would also count the parent's pages in every
+    forked helper such as ``git``, so it says nothing about them)."""
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024**2
+
+
+def _report(label: str, wall: float, out: Path) -> None:
+    run = json.loads((out / "run.json").read_text(encoding="utf-8"))
+    timings = run["timings_s"]
+    own = _peak_gb()
+    print(f"\n{label}: {run['zones']:,} zones, {run['priority_zones']:,} flagged, training {run['training']}")
+    for stage in ("features", "train", "prioritise", "report"):
+        steps = {k.split(".", 1)[1]: v for k, v in timings.items()
+                 if k.startswith(f"{stage}.") and not k.split(".", 1)[1].startswith("n_")}  # n_: counts
+        detail = ", ".join(f"{k} {v:.1f}" for k, v in sorted(steps.items(), key=lambda kv: -kv[1])[:5])
+        print(f"  {stage:<11} {timings.get(stage, float('nan')):7.1f} s   {detail}")
+    print(f"  total       {wall:7.1f} s   (target {TARGET_S:.0f} s: ratio {wall / TARGET_S:.1f})")
+    print(f"  peak memory {own:7.2f} GB  (target {TARGET_GB:.0f} GB: ratio {own / TARGET_GB:.2f})")
+
+
+def main() -> None:
+    # imported here: the source-parsing workers re-import this script (spawn)
+    from territoria.pipelines.main import run_main
+
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary one)")
+    parser.add_argument("--no-rerun", action="store_true", help="skip the second, reusing run")
+    args = parser.parse_args()
+    with tempfile.TemporaryDirectory() as tmp:
+        out = args.out or Path(tmp) / "run"
+        labels = ["run 1"] + ([] if args.no_rerun else ["run 2, same folder"])
+        for label in labels:
+            start = time.perf_counter()
+            run_main(out, data_dir=args.data)
+            _report(label, time.perf_counter() - start, out)
+
+if __name__ == "__main__":
+    main()
