@@ -84,6 +84,9 @@ class TargetData:
     meta: pd.DataFrame
     groups: np.ndarray
     scored: np.ndarray  # bool: zones scored (population >= min_population)
+    #: zones below the training threshold (their target table, design rows and groups), which
+    #: the cross-validation predicts out of fold for the fairness audit only; None: not built
+    below: tuple[pd.DataFrame, pd.DataFrame, np.ndarray] | None = None
 
 
 class FeatureCache:
@@ -119,9 +122,10 @@ class FeatureCache:
 
 def prepare_target(
     fb, spec: TargetSpec, config: ModelConfig, features: FeatureCache, registry=None,
-    group_col: str = "departement",
+    group_col: str = "departement", below: bool = False,
 ) -> TargetData:
-    """Target table, design matrix at the origin, groups and scored mask of one target."""
+    """Target table, design matrix at the origin, groups and scored mask of one target
+    (and, with ``below``, the same for the zones under the training threshold)."""
     registry = registry or load_registry()
     train_min = min(config.train_min_population, spec.min_population or 0)
     table = target_table(fb.panel, spec, config, registry, min_population=train_min)
@@ -130,7 +134,16 @@ def prepare_target(
                          spec.origin, rows=table.index)
     groups = fb.identity[group_col].reindex(table.index).astype(str).to_numpy()
     scored = (table["population"] >= (spec.min_population or 0)).to_numpy()
-    return TargetData(spec, table, X, M, groups, scored)
+    small = None
+    if below:
+        every = target_table(fb.panel, spec, config, registry, min_population=0)
+        every = every.loc[every.index.difference(table.index)]
+        if len(every):
+            Xb, _ = design_matrix(F, meta, fb.panel, fb.graph, fb.identity, registry, spec.measure,
+                                  spec.origin, rows=every.index, select=False)
+            small = (every, Xb.reindex(columns=X.columns),
+                     fb.identity[group_col].reindex(every.index).astype(str).to_numpy())
+    return TargetData(spec, table, X, M, groups, scored, small)
 
 
 def make_regressor(spec: TargetSpec, params: dict | None = None):
@@ -148,10 +161,17 @@ def _fit_regressor(model, X, y, w, groups, zero=None):
     return model.fit(X, y, sample_weight=w, groups=groups)
 
 
-def assign_folds(groups: np.ndarray, scored: np.ndarray, n_splits: int, seed: int) -> np.ndarray:
-    """Fold of every zone: its group's fold, dealt on the scored zones (-1: always trained on)."""
+def assign_folds(groups: np.ndarray, scored: np.ndarray, n_splits: int, seed: int,
+                 others: np.ndarray | None = None):
+    """Fold of every zone: its group's fold, dealt on the scored zones (-1: always trained on).
+
+    With ``others`` (groups of more zones), also returns their folds under the same deal.
+    """
     fold_of = SpatialGroupKFold(n_splits, seed).fold_of_groups(groups[scored])
-    return np.array([fold_of.get(g, -1) for g in groups])
+    fold = np.array([fold_of.get(g, -1) for g in groups])
+    if others is None:
+        return fold
+    return fold, np.array([fold_of.get(g, -1) for g in others], dtype=int)
 
 
 # --------------------------------------------------------------------------- results
@@ -271,10 +291,16 @@ def cross_validate_target(
     w = t["weight"].to_numpy()
     sign = int(t["sign"].iloc[0])
     zero = t["repeated_survey"].to_numpy()
-    fold = assign_folds(data.groups, data.scored, config.cv.n_splits, config.seed)
+    below = data.below
+    if below is None:
+        fold = assign_folds(data.groups, data.scored, config.cv.n_splits, config.seed)
+        below_fold = np.zeros(0, int)
+    else:
+        fold, below_fold = assign_folds(data.groups, data.scored, config.cv.n_splits, config.seed, below[2])
     params = {**config.model, **(params or {})}
     n = len(y)
     pred = {k: np.full(n, np.nan) for k in (MODEL, "ridge")}
+    below_pred = np.full(len(below_fold), np.nan)
     prob = np.full(n, np.nan)
     for k in range(config.cv.n_splits):
         tr = np.flatnonzero(fold != k)
@@ -285,6 +311,13 @@ def cross_validate_target(
         model = make_regressor(spec, params)
         _fit_regressor(model, Xtr, y[tr], w[tr], data.groups[tr], zero[tr])
         pred[MODEL][te] = model.predict(Xte)
+        # zones the metrics leave out, predicted by the same fold model for the fairness audit
+        unscored = np.flatnonzero((fold == k) & ~data.scored)
+        if len(unscored):
+            pred[MODEL][unscored] = model.predict(data.X.iloc[unscored])
+        kb = np.flatnonzero(below_fold == k)
+        if len(kb):
+            below_pred[kb] = model.predict(below[1].iloc[kb])
         pred["ridge"][te] = RidgeBaseline().fit(Xtr, y[tr], sample_weight=w[tr]).predict(Xte)
         if classifier:
             ref = tr[data.scored[tr]]
@@ -310,13 +343,13 @@ def cross_validate_target(
         out_pred["prob_deteriorating"] = prob[s]
         out_pred["deteriorating"] = truth.astype(bool)
     coverage = pd.DataFrame()
+    spread = spread_model = spread_floor = None
     if intervals:
         levels = tuple(config.intervals.levels)
-        spread = None
         if config.intervals.normalised:
             absres = np.abs(y[s] - pred[MODEL][s])
-            spread, _, _ = fit_spread_model(data.X.iloc[np.flatnonzero(s)], absres, data.groups[s], fold[s],
-                                            params=_spread_params(params))
+            spread, spread_model, spread_floor = fit_spread_model(
+                data.X.iloc[np.flatnonzero(s)], absres, data.groups[s], fold[s], params=_spread_params(params))
         iv = cross_conformal_intervals(y[s], pred[MODEL][s], fold[s], levels, spread)
         for c in iv.columns:
             out_pred[c] = iv[c].to_numpy()
@@ -326,7 +359,54 @@ def cross_validate_target(
         for r in overall.itertuples(index=False):
             sfx = level_suffix(r.level)
             rows += _tidy(spec.name, scheme, MODEL, {f"coverage_{sfx}": r.coverage, f"width_{sfx}": r.mean_width})
+    out_pred["scored"] = True
+    extra = _unscored_predictions(data, config, scheme, fold, pred[MODEL], below_fold, below_pred,
+                                  (spread, spread_model, spread_floor), intervals)
+    if len(extra):
+        out_pred = pd.concat([out_pred, extra], ignore_index=True)
     return rows, out_pred, coverage, reliability
+
+
+def _unscored_predictions(data: TargetData, config: ModelConfig, scheme: str, fold, pred, below_fold,
+                          below_pred, spread: tuple, intervals: bool) -> pd.DataFrame:
+    """Out-of-fold predictions of the zones the metrics leave out (``scored`` False): zones
+    trained on but under ``min_population``, and zones under the training threshold.
+
+    Only the fairness audit reads them, to measure the models' error where the backtest's
+    headline does not look. Their intervals are those a forecast gets: calibrated, for the
+    zones of fold *k*, on the other folds' scored residuals; with normalised intervals their
+    spread comes from the spread model fitted on the scored zones (which never include them).
+    """
+    t, s = data.table, data.scored
+    parts = [pd.DataFrame({"zone_code": t.index[~s], "fold": fold[~s], "y": t["y"].to_numpy()[~s],
+                           "level_origin": t["level_origin"].to_numpy()[~s], MODEL: pred[~s]})]
+    X_parts = [data.X.iloc[np.flatnonzero(~s)]]
+    if data.below is not None:
+        b = data.below[0]
+        parts.append(pd.DataFrame({"zone_code": b.index, "fold": below_fold, "y": b["y"].to_numpy(),
+                                   "level_origin": b["level_origin"].to_numpy(), MODEL: below_pred}))
+        X_parts.append(data.below[1])
+    out = pd.concat(parts, ignore_index=True)
+    keep = np.isfinite(out[MODEL].to_numpy())
+    out = out[keep].reset_index(drop=True)
+    if not len(out):
+        return out
+    if intervals:
+        levels = tuple(config.intervals.levels)
+        y_s, p_s, f_s = t["y"].to_numpy()[s], pred[s], fold[s]
+        sp_s, spread_model, floor = spread
+        sp_u = None
+        if sp_s is not None:
+            # the spread model of all scored zones, floored as a forecast's spread is
+            sp_u = np.maximum(spread_model.predict(pd.concat(X_parts)[keep]), floor)
+        for k in np.unique(out["fold"]):
+            rows = np.flatnonzero(out["fold"].to_numpy() == k)
+            cal = f_s != k
+            sc = SplitConformal(levels).fit(y_s[cal], p_s[cal], None if sp_s is None else sp_s[cal])
+            iv = sc.predict_interval(out[MODEL].to_numpy()[rows], None if sp_u is None else sp_u[rows])
+            for c in iv.columns:
+                out.loc[rows, c] = iv[c].to_numpy()
+    return out.assign(target=data.spec.name, scheme=scheme, scored=False)
 
 
 def _spread_params(params: dict) -> dict:
@@ -371,7 +451,7 @@ def temporal_backtest_target(
     rows = _score_models(name, "temporal", y, preds, t1["level_origin"].to_numpy()[s], int(t1["sign"].iloc[0]))
     rows += _tidy(name, "temporal", MODEL, {"n_features": float(len(cols))})
     out = pd.DataFrame({"zone_code": idx, "target": name, "scheme": "temporal", "fold": -1, "y": y,
-                        "level_origin": t1["level_origin"].to_numpy()[s], **preds})
+                        "level_origin": t1["level_origin"].to_numpy()[s], **preds, "scored": True})
     return rows, out
 
 
@@ -409,7 +489,8 @@ def run_backtest(
     def prep(spec):
         if spec.name not in prepared:
             log(f"design matrix of {spec.name} (origin {spec.origin})")
-            prepared[spec.name] = prepare_target(feature_build, spec, config, features, registry, group_col)
+            prepared[spec.name] = prepare_target(feature_build, spec, config, features, registry, group_col,
+                                                 below=True)
         return prepared[spec.name]
 
     for spec in specs if cv else []:

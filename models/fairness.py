@@ -26,7 +26,10 @@ ratio of flag rate to need rate also outside the band); flagged zones whose mean
 ``p_priority`` is ``p_priority_gap`` below the national mean. Groups smaller than
 ``min_group_size`` are reported but never make a finding; a group of which less than
 ``min_measured_share`` has an out-of-fold prediction is itself a finding (its error is
-largely unmeasured: the backtest scores communes of at least the models' ``min_population``).
+largely unmeasured). The backtest's metrics score communes of at least the models'
+``min_population``, but its fold models also predict the smaller communes of the held-out
+departments (``scored`` False in ``backtest_predictions.parquet``), so that their error and
+interval coverage are measured here.
 Findings are listed, never filtered out.
 
 Examples
@@ -159,6 +162,11 @@ def error_by_group(oof: pd.DataFrame, groups: pd.DataFrame, signs: dict[str, int
     target's measure is the longest key that prefixes its name). Columns: ``target, grouping,
     group, n, mae, bias, bias_worsening, spearman, coverage_<l>, width_<l>, mae_ratio``
     (MAE over the target's overall MAE).
+
+    When ``oof`` has a ``scored`` column, the "all" row is the backtest's headline (scored
+    zones only: the same MAE and coverage as ``metrics.json``), while each group holds every
+    zone with an out-of-fold prediction, the small communes the headline leaves out included:
+    their ``mae_ratio`` says how much worse the models do there.
     """
     rows = []
     signs = signs or {}
@@ -167,7 +175,10 @@ def error_by_group(oof: pd.DataFrame, groups: pd.DataFrame, signs: dict[str, int
         measure = max((m for m in signs if str(target).startswith(m)), key=len, default=None)
         sign = int(signs.get(measure, 1)) if measure else 1
         lv = [lv for lv in levels if f"low_{lv}" in t and f"high_{lv}" in t]
+        scored = t["scored"].eq(True).to_numpy() if "scored" in t else np.ones(len(t), bool)
         for grouping, group, m in _parts(groups, idx):
+            if grouping == "all":
+                m = m & scored
             tt = t[m]
             r = error_metrics(tt["y"], tt[model], {v: tt[f"low_{v}"] for v in lv}, {v: tt[f"high_{v}"] for v in lv},
                               sign)

@@ -127,7 +127,9 @@ for base in BASELINES:
 ratios
 
 # %%
-oof = bt.predictions[(bt.predictions["target"] == TARGET) & (bt.predictions["scheme"] == "cv_departement")]
+# the scored zones (the fairness audit also reads the rows of smaller communes, scored False)
+bp = bt.predictions
+oof = bp[(bp["target"] == TARGET) & (bp["scheme"] == "cv_departement") & bp["scored"].eq(True)]
 oof = oof.set_index("zone_code")
 dep = fb.identity["departement"].reindex(oof.index)
 print(f"{len(oof):,} communes scored in {oof['fold'].nunique()} folds of "

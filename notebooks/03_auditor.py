@@ -279,7 +279,7 @@ flag_rates
 # %%
 config, registry = load_model_config(), load_registry()
 bp = pd.read_parquet(RUN / "backtest_predictions.parquet")
-bp = bp[bp["scheme"] == "cv_departement"]
+bp = bp[(bp["scheme"] == "cv_departement") & bp["scored"].eq(True)]  # smaller communes: audit/fairness.md
 metrics = json.loads((RUN / "metrics.json").read_text(encoding="utf-8"))["metrics"]
 rows = []
 for target, t in bp.groupby("target"):

@@ -109,6 +109,16 @@ def test_backtest_outputs(backtest, tmp_path):
     pred = pd.read_parquet(paths["predictions"])
     assert {"zone_code", "fold", "y", MODEL, "ridge", "low_80", "high_90"} <= set(pred.columns)
     assert pred["fold"].between(0, 2).all()
+    # the metrics' zones (scored), then the smaller communes of the held-out departments, each
+    # predicted once by the fold model that never saw it, with the intervals a forecast gets
+    scored = pred["scored"].astype(bool)
+    n = backtest.metrics.query("model == @MODEL and metric == 'n'")["value"].iloc[0]
+    assert scored.sum() == n and (~scored).sum() > 10_000
+    assert not pred["zone_code"].duplicated().any()
+    small = pred[~scored]
+    assert small[[MODEL, "low_80", "high_80", "low_90", "high_90"]].notna().all().all()
+    assert (small["low_90"] <= small["low_80"]).all() and (small["low_80"] <= small[MODEL]).all()
+    assert small["ridge"].isna().all()  # baselines score the scored zones only
     cov = pd.read_csv(paths["coverage"])
     assert {"grouping", "group"} <= set(cov.columns) and {"territory", "size_class"} <= set(cov["grouping"])
 
