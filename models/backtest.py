@@ -373,9 +373,10 @@ def _unscored_predictions(data: TargetData, config: ModelConfig, scheme: str, fo
     trained on but under ``min_population``, and zones under the training threshold.
 
     Only the fairness audit reads them, to measure the models' error where the backtest's
-    headline does not look. Their intervals are those a forecast gets: calibrated, for the
-    zones of fold *k*, on the other folds' scored residuals; with normalised intervals their
-    spread comes from the spread model fitted on the scored zones (which never include them).
+    headline does not look. Their intervals are built like the scored zones' ones: for the
+    zones of fold *k*, conformal quantiles of the other folds' scored residuals; with
+    normalised intervals, their spread comes from the spread model fitted on the scored zones
+    (which never include them).
     """
     t, s = data.table, data.scored
     parts = [pd.DataFrame({"zone_code": t.index[~s], "fold": fold[~s], "y": t["y"].to_numpy()[~s],
