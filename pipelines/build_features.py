@@ -155,15 +155,11 @@ def run_build_features(
     timings["cog"] = time.perf_counter() - t0
 
     t0 = step("reading the sources")
-    requests = {}
-    for name, src in sources.items():
-        if src.kind == "table":
-            vintages = [v for v in src.vintages if v <= t] if as_of is not None else None
-            if vintages == []:
-                continue
-            requests[name] = (src, vintages)
-        elif src.kind == "points" or name == "commune_geometries":
-            requests[name] = (src, None)
+    # every vintage, even as of a past year: a file published later can carry earlier periods
+    # (the census series of the comparateur); the panel keeps periods <= as_of, and point
+    # snapshots are taken at or before t by the feature matrix
+    requests = {name: (src, None) for name, src in sources.items()
+                if src.kind in ("table", "points") or name == "commune_geometries"}
     console.log(f"  {', '.join(requests)}")
     loaded = load_all(requests, cache_dir)
     tables = {name: df for name, df in loaded.items() if sources[name].kind == "table"}

@@ -69,6 +69,30 @@ def test_no_leakage_from_later_vintages(feature_build):
     assert (features.reference_period == 2018).all()
 
 
+def test_as_of_stage_keeps_the_earlier_periods_of_later_files(feature_build, tmp_path):
+    """``run --as-of 2018`` builds its own panel: periods up to 2018 of every file, including
+    the census 2013 and 2018 series of files published later (the comparateur), which the
+    stage used to drop with the whole file (25 measures, population and unemployment among
+    them). The result is the full panel cut at 2018, and the same features as derived from it."""
+    import shutil
+
+    from territoria.pipelines.build_features import run_build_features
+
+    shutil.copytree(feature_build.out_dir / ".cache", tmp_path / ".cache")  # parsed sources, not results
+    fb18 = run_build_features(out_dir=tmp_path, as_of=2018)
+    full = feature_build.panel[feature_build.panel["period"] <= 2018]
+    assert fb18.panel["period"].max() == 2018 and fb18.reference_period == 2018
+    assert set(fb18.panel["measure"].unique()) == set(full["measure"].unique())
+    assert {"population", "unemployment_rate", "vacancy_rate"} <= set(fb18.panel["measure"].unique())
+    key = ["zone_code", "level", "period", "measure", "source"]
+    a = fb18.panel.sort_values(key).reset_index(drop=True)
+    b = full.sort_values(key).reset_index(drop=True)
+    pd.testing.assert_frame_equal(a, b)
+    derived, _ = feature_build.features_at(2018)
+    pd.testing.assert_frame_equal(fb18.features.set_index("zone_code").sort_index(),
+                                  derived.set_index("zone_code").sort_index(), check_like=True)
+
+
 def test_iris_rows_know_their_commune(feature_build):
     panel = feature_build.panel
     iris = panel[panel.level == "iris"]
