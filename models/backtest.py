@@ -544,9 +544,28 @@ class TrainedTarget:
         return m.booster_
 
 
+def backtest_oof(result: BacktestResult, target: str, group_col: str) -> pd.Series | None:
+    """The cross-validation's out-of-fold model predictions of ``target`` (zone code →
+    prediction; scored, unscored and under-threshold zones alike); None if it was not
+    cross-validated with ``group_col``."""
+    p = result.predictions
+    if not len(p) or "scheme" not in p:
+        return None
+    p = p[(p["target"] == target) & (p["scheme"] == f"cv_{group_col}")]
+    if not len(p):
+        return None
+    return pd.Series(p[MODEL].to_numpy(float), index=pd.Index(p["zone_code"], name="zone_code"))
+
+
 def train_target(fb, spec, config: ModelConfig | None = None, params: dict | None = None,
-                 features: FeatureCache | None = None) -> TrainedTarget:
-    """Fit a target on all its zones; calibrate intervals on department-blocked OOF residuals."""
+                 features: FeatureCache | None = None, oof: pd.Series | None = None) -> TrainedTarget:
+    """Fit a target on all its zones; calibrate intervals on department-blocked OOF residuals.
+
+    ``oof`` are out-of-fold predictions of the same folds and parameters (the backtest's,
+    :func:`backtest_oof`): they are used instead of refitting the folds when they cover
+    exactly the zones the folds predict (the fits are deterministic, so they are the same
+    numbers), otherwise the folds are refitted.
+    """
     config = config or load_model_config()
     spec = target_spec(spec, config)
     features = features or FeatureCache.of(fb)
@@ -555,13 +574,21 @@ def train_target(fb, spec, config: ModelConfig | None = None, params: dict | Non
     t = data.table
     y, w, zero = t["y"].to_numpy(), t["weight"].to_numpy(), t["repeated_survey"].to_numpy()
     fold = assign_folds(data.groups, data.scored, config.cv.n_splits, config.seed)
-    oof = np.full(len(y), np.nan)
-    for k in range(config.cv.n_splits):
-        tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        if len(te):
-            m = make_regressor(spec, params)
-            _fit_regressor(m, data.X.iloc[tr], y[tr], w[tr], data.groups[tr], zero[tr])
-            oof[te] = m.predict(data.X.iloc[te])
+    given = None
+    if oof is not None and oof.index.is_unique:
+        given = oof.reindex(t.index).to_numpy(float)
+        if not np.array_equal(np.isfinite(given), fold >= 0):
+            given = None
+    if given is not None:
+        oof = given
+    else:
+        oof = np.full(len(y), np.nan)
+        for k in range(config.cv.n_splits):
+            tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
+            if len(te):
+                m = make_regressor(spec, params)
+                _fit_regressor(m, data.X.iloc[tr], y[tr], w[tr], data.groups[tr], zero[tr])
+                oof[te] = m.predict(data.X.iloc[te])
     cal = np.flatnonzero(np.isfinite(oof))
     spread_model, floor, spread = None, 0.0, None
     if config.intervals.normalised:

@@ -23,11 +23,7 @@ What is perturbed in each replicate (``conf/priority.yml``, ``audit.stability``)
    within-department correlation on the backtest; 0.01 to 0.10 on the bundled data). Errors
    of different measures are drawn independently. The interval is calibrated on
    department-blocked out-of-fold residuals, i.e. errors of models fitted on other data, so
-   drawing within it carries the model's estimation uncertainty as well as the noise; the
-   models are **not** refitted on bootstrap samples: training the three models with their
-   out-of-fold calibration took 55 s with the test suite's 40-tree models on a loaded 2-core
-   machine (the default models have 400 trees), and every refit would also re-predict every
-   zone — far beyond the step's 15 s budget for even a handful of replicates.
+   drawing within it carries part of the model's estimation uncertainty as well as the noise.
 2. **Index inputs, within their measurement error.** The rates the index shrinks towards
    their department (:class:`~territoria.models.index.ShrinkageFit`: unemployment,
    activity, vacancy, NEET) come with an empirical-Bayes noise model, squared deviation =
@@ -44,6 +40,16 @@ What is perturbed in each replicate (``conf/priority.yml``, ``audit.stability``)
    run's decile thresholds.
 3. **Domain weights.** Drawn around the configured weights (Dirichlet with mean the weights,
    or ±``weight_spread`` uniform factors, :func:`territoria.models.index.draw_weights`).
+4. **The training sample** (``bootstrap_refits`` > 0). Each trajectory model is refitted
+   on department-block bootstrap samples of its training zones
+   (:mod:`territoria.models.bootstrap`: same parameters and procedure, only the data
+   change) and forecasts every zone; replicate ``r`` draws its forecasts (point 1) around
+   refit ``r mod bootstrap_refits``'s instead of the run's. Each refit's list is also scored
+   alone (nothing else perturbed), which isolates how much the list owes to the sample
+   (``StabilityResult.refits``). Drawing within the interval around a refit counts the
+   estimation error the out-of-fold interval already holds a second time: ``p_priority``
+   leans to caution, and the refits' forecast spread is reported next to the interval
+   half-width (``summary["refits"]["forecast_spread"]``) so an auditor sees by how much.
 
 Population, the z-score norms and the certainty factors stay those of the run (the run's
 policy, not an estimate). Each replicate applies the run's flag rule: top ``top_share``
@@ -117,6 +123,10 @@ class StabilitySettings:
         Move the shrunk indicators by their empirical-Bayes posterior error.
     hysteresis : bool
         Apply the run's hysteresis (zones flagged before stay while in the top exit share).
+    bootstrap_refits : int
+        Number of refits of each trajectory model on department-block bootstrap samples of
+        its training zones (:mod:`territoria.models.bootstrap`; 0: the run's models only).
+        Replicate ``r`` takes its forecasts from refit ``r mod bootstrap_refits``.
     """
 
     replicates: int = 200
@@ -128,6 +138,7 @@ class StabilitySettings:
     weight_spread: float = 0.5
     indicator_noise: bool = True
     hysteresis: bool = True
+    bootstrap_refits: int = 0
 
 
 # --------------------------------------------------------------------------- inputs
@@ -179,6 +190,18 @@ class TrajectoryInputs:
     iqr: np.ndarray
     z_clip: float
     level: float  # central level of the policy interval (0.8)
+    #: forecasts of bootstrap refits of the models: refits × zones × measures (None: none)
+    refit_pred: np.ndarray | None = None
+
+    def centre(self, m: int, members: np.ndarray | None) -> np.ndarray:
+        """The forecasts replicates ``members`` start from for measure ``m``: the run's
+        (one row), or each one's bootstrap refit (``member mod refits``; zones the run does
+        not forecast stay without)."""
+        pred = self.pred[:, m]
+        if members is None or self.refit_pred is None or not len(self.refit_pred):
+            return pred[None, :]
+        refit = self.refit_pred[np.asarray(members) % len(self.refit_pred), :, m]
+        return np.where(np.isfinite(pred)[None, :], refit, np.nan)
 
 
 @dataclass
@@ -215,6 +238,8 @@ class StabilityResult:
     zones: pd.DataFrame
     replicates: pd.DataFrame
     summary: dict
+    #: one row per bootstrap refit scored alone (nothing else perturbed); empty without refits
+    refits: pd.DataFrame = field(default_factory=pd.DataFrame)
 
     @property
     def p_priority(self) -> pd.Series:
@@ -488,9 +513,13 @@ def _describe(x: np.ndarray) -> dict:
 
 
 # --------------------------------------------------------------------------- replicates
-def score_replicates(problem: StabilityProblem, settings: StabilitySettings, rngs) -> tuple[np.ndarray, np.ndarray]:
+def score_replicates(problem: StabilityProblem, settings: StabilitySettings, rngs,
+                     members: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
     """Scores and cumulated-burden counts of a batch of replicates (one generator each):
     two arrays of replicates × zones.
+
+    ``members`` are the replicates' numbers: with bootstrap refits in the problem, replicate
+    ``r`` starts from the forecasts of refit ``r mod refits`` (None: from the run's).
 
     Only the domains with measurement noise are recomputed per replicate: the index's
     weighted sum is the unperturbed domains' part (one matrix product for all replicates)
@@ -547,13 +576,14 @@ def score_replicates(problem: StabilityProblem, settings: StabilitySettings, rng
     T = np.zeros((B, n))
     for m in range(len(tr.measures)):
         pred = tr.pred[:, m]
+        centre = tr.centre(m, members)
         weight = tr.share[m] * np.nan_to_num(tr.certainty[:, m], nan=1.0)
         if settings.trajectory:
             e = interval_draws(rngs, tr.half_width[:, m], tr.level, float(tr.tail_df[m]), problem.groups,
                                settings.department_correlation)
-            e += pred[None, :]
+            e += centre
         else:
-            e = np.repeat(pred[None, :], B, axis=0)
+            e = np.repeat(centre, B, axis=0) if len(centre) == 1 else centre.copy()
         e -= tr.median[m]
         e *= tr.sign[m] / tr.iqr[m]
         np.clip(e, -tr.z_clip, tr.z_clip, out=e)
@@ -623,7 +653,7 @@ def replicate(problem: StabilityProblem, settings: StabilitySettings,
     rows = []
     for start in range(0, B, CHUNK):
         rngs = [np.random.default_rng(s) for s in seeds[start:start + CHUNK]]
-        S, nv = score_replicates(problem, settings, rngs)
+        S, nv = score_replicates(problem, settings, rngs, members=np.arange(start, start + len(rngs)))
         flag, top = flags_of(S, problem.rule, nv, settings.hysteresis)
         count_flag += flag.sum(axis=0)
         count_top += top.sum(axis=0)
@@ -673,7 +703,51 @@ def replicate(problem: StabilityProblem, settings: StabilitySettings,
         "tail_df": {m: (None if not np.isfinite(d) else float(d))
                     for m, d in zip(problem.trajectory.measures, problem.trajectory.tail_df)},
     }
-    return StabilityResult(zones=zones, replicates=reps, summary=summary)
+    refits = pd.DataFrame()
+    if problem.trajectory.refit_pred is not None and len(problem.trajectory.refit_pred):
+        refits = refit_lists(problem, settings, S0, top0, f0)
+        summary["refits"] = {
+            "refits": int(len(refits)),
+            **{k: _describe(refits[k]) for k in ("jaccard_top", "jaccard_flagged", "kept_share", "kendall_tau")},
+            "forecast_spread": refit_spread(problem.trajectory),
+        }
+    return StabilityResult(zones=zones, replicates=reps, summary=summary, refits=refits)
+
+
+def refit_lists(problem: StabilityProblem, settings: StabilitySettings, S0: np.ndarray, top0: np.ndarray,
+                f0: np.ndarray) -> pd.DataFrame:
+    """Each bootstrap refit's list with nothing else perturbed, against the run's (``S0``,
+    its top share ``top0`` and flags ``f0``): one row per refit."""
+    alone = StabilitySettings(replicates=1, trajectory=False, index_weights="none", indicator_noise=False,
+                              hysteresis=settings.hysteresis)
+    scored = np.isfinite(S0)
+    rows = []
+    for k in range(len(problem.trajectory.refit_pred)):
+        S, nv = score_replicates(problem, alone, [np.random.default_rng(0)], members=np.array([k]))
+        flag, top = flags_of(S, problem.rule, nv, settings.hysteresis)
+        rows.append({
+            "refit": k + 1, "n_flagged": int(flag[0].sum()),
+            "jaccard_top": jaccard(top[0], top0), "jaccard_flagged": jaccard(flag[0], f0),
+            "kept_share": float((flag[0] & f0).sum() / max(int(f0.sum()), 1)),
+            "kendall_tau": float(stats.kendalltau(S0[scored], S[0, scored]).statistic),
+        })
+    return pd.DataFrame(rows)
+
+
+def refit_spread(tr: TrajectoryInputs) -> dict:
+    """Per measure, the median (over zones) standard deviation of the refits' forecasts and
+    its ratio to the median half-width of the policy interval: how much of the interval the
+    sample's estimation error accounts for."""
+    out = {}
+    for m, name in enumerate(tr.measures):
+        p = tr.refit_pred[:, :, m]
+        ok = np.isfinite(tr.pred[:, m]) & np.all(np.isfinite(p), axis=0)
+        if not ok.any() or len(p) < 2:
+            continue
+        sd = float(np.median(np.std(p[:, ok], axis=0, ddof=1)))
+        hw = float(np.nanmedian(tr.half_width[ok, m]))
+        out[name] = {"median_sd": sd, "median_half_width": hw, "sd_to_half_width": sd / hw if hw > 0 else None}
+    return out
 
 
 # --------------------------------------------------------------------------- from a scored run
@@ -772,7 +846,7 @@ def cumulated_thresholds(index_inputs_: IndexInputs, worst_share: float) -> np.n
 def problem_from_run(index_model, features: pd.DataFrame, table: pd.DataFrame, predictions: pd.DataFrame,
                      config, signs: dict[str, int], norms: dict, *, worst_share: float = 0.10,
                      min_domains: int = 3, groups: pd.Series | None = None,
-                     indicator_noise: bool = True) -> StabilityProblem:
+                     indicator_noise: bool = True, refits=None) -> StabilityProblem:
     """The stability problem of a scored run.
 
     Parameters
@@ -794,10 +868,14 @@ def problem_from_run(index_model, features: pd.DataFrame, table: pd.DataFrame, p
         The diagnostics' cumulated-burden rule (``conf/diagnostics.yml``).
     groups : Series, optional
         Department of each zone (correlated forecast errors).
+    refits : BootstrapForecasts, optional
+        Forecasts of bootstrap refits of the models (:mod:`territoria.models.bootstrap`).
     """
     X = features.reindex(table.index)
     ix = index_inputs(index_model, X, indicator_noise=indicator_noise)
     tr = trajectory_inputs(table, predictions, config.trajectory, norms, signs)
+    if refits is not None and refits.refits:
+        tr.refit_pred = align_refits(refits, table.index, tr.measures)
     pol = config.flags
     rule = FlagRule(top_share=pol.top_share, exit_share=pol.exit_share, cumulated=pol.cumulated,
                     cumulated_thresholds=cumulated_thresholds(ix, worst_share), cumulated_min_domains=min_domains,
@@ -810,11 +888,28 @@ def problem_from_run(index_model, features: pd.DataFrame, table: pd.DataFrame, p
     )
 
 
+def align_refits(refits, zones: pd.Index, measures: list[str]) -> np.ndarray:
+    """The refits' forecasts (a :class:`~territoria.models.bootstrap.BootstrapForecasts`) as
+    refits × ``zones`` × ``measures``, in that order (NaN for a zone the refits lack)."""
+    missing = [m for m in measures if m not in refits.measures]
+    if missing:
+        raise ValueError(f"bootstrap refits lack the measures {missing}")
+    pos = pd.Index(refits.zones).get_indexer(zones)
+    cols = [refits.measures.index(m) for m in measures]
+    arr = refits.predictions[:, :, cols][:, np.maximum(pos, 0), :]
+    arr[:, pos < 0, :] = np.nan
+    return arr
+
+
 def was_flagged(table: pd.DataFrame) -> np.ndarray:
     """Zones flagged at the previous period, read from the run's ``flag_status``."""
     if "flag_status" not in table:
         return np.zeros(len(table), bool)
     return table["flag_status"].isin(["continuing", "retained", "exited"]).to_numpy()
+
+
+def _rng(d: dict, fmt: str = "{:.3f}") -> str:
+    return f"{fmt.format(d['mean'])} (5-95 %: {fmt.format(d['p05'])} – {fmt.format(d['p95'])})"
 
 
 def to_markdown(result: StabilityResult, top: int = 15) -> str:
@@ -854,6 +949,28 @@ def to_markdown(result: StabilityResult, top: int = 15) -> str:
          f"Outside the list, {pp['not_flagged_at_least_0.5']:,} zones have p ≥ 0.5 and "
          f"{pp['not_flagged_above_0.1']:,} have p > 0.1. {pp['uncertain_0.1_0.9']:,} zones are uncertain "
          f"(0.1 < p < 0.9); expected list size {pp['expected_list_size']:,.0f}.", ""]
+    if "refits" in s:
+        r = s["refits"]
+        L += [f"**Training sample.** Each trajectory model was refitted {r['refits']} times on department-block "
+              "bootstrap samples of its training communes (`territoria.models.bootstrap`); replicate *r* starts "
+              "from refit *r* mod " f"{r['refits']}'s forecasts. Each refit's list alone, nothing else perturbed "
+              "(`stability_refits.csv`):", "",
+              "| measure | mean (5-95 % of refits) |", "|---|---|",
+              f"| Jaccard overlap of the top {s['top_share']:.0%} with the run's | {_rng(r['jaccard_top'])} |",
+              f"| Jaccard overlap of the flagged list with the run's | {_rng(r['jaccard_flagged'])} |",
+              f"| share of the run's flagged zones still flagged | {_rng(r['kept_share'])} |",
+              f"| Kendall tau of the scores with the run's | {_rng(r['kendall_tau'])} |", ""]
+        spread = r.get("forecast_spread") or {}
+        if spread:
+            L += ["Spread of the refits' forecasts (median over zones) against the policy interval's half-width: "
+                  "the part of the forecast error that comes from the training sample. The replicates draw "
+                  "each forecast within its interval around the refit's forecast; the interval, calibrated on "
+                  "out-of-fold errors, already carries some of this spread, so `p_priority` leans to caution.", "",
+                  "| measure | refits' SD | interval half-width | ratio |", "|---|---|---|---|"]
+            for m, d in spread.items():
+                ratio = "–" if d["sd_to_half_width"] is None else f"{d['sd_to_half_width']:.2f}"
+                L.append(f"| {m} | {d['median_sd']:.4g} | {d['median_half_width']:.4g} | {ratio} |")
+            L.append("")
     rep = s["reproduces_run"]
     L += [f"Unperturbed, the replicate scoring reproduces the run's scores: {'yes' if rep['score'] else 'NO'}; "
           f"its flags: {'yes' if rep['flag'] else 'NO'}.", ""]

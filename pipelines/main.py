@@ -172,7 +172,8 @@ def run_main(
 
     t0 = stage("priorities, clusters and explanations")
     models = {tr.spec.measure: tr for tr in res.models.values()}
-    pri = run_prioritise(fb, res.index_model, models, out_dir, data_dir=data_dir, lang=lang, console=console)
+    pri = run_prioritise(fb, res.index_model, models, out_dir, data_dir=data_dir, lang=lang, console=console,
+                         model_config=config)
     timings.update({f"prioritise.{k}": v for k, v in pri.timings.items()})
     timings["prioritise"] = time.perf_counter() - t0
 

@@ -17,10 +17,11 @@ diagnostics, programmes, clusters, scenarios). Outputs under ``out_dir`` (atomic
     the priority score in points per zone and indicator (index and models), own vs location.
 ``coverage_gaps.csv``, ``clusters.csv``, ``priority_policy.json``
     programme coverage gaps, border-crossing clusters, and the policy and norms used.
-``audit/stability.json``, ``audit/stability.md``, ``audit/stability_replicates.csv``, ``audit/stability_zones.csv``
+``audit/stability.json``, ``audit/stability.md``, ``audit/stability_replicates.csv``, ``audit/stability_zones.csv``, ``audit/stability_refits.csv``
     the stability of the list (:mod:`territoria.models.stability`): replicates of the scoring
-    with inputs perturbed within their plausible error; each zone's probability of being
-    flagged is also the ``p_priority`` column of ``priorities.csv``.
+    with inputs perturbed within their plausible error and the models refitted on bootstrap
+    samples of their training departments; each zone's probability of being flagged is also
+    the ``p_priority`` column of ``priorities.csv``.
 ``models/<measure>/``
     the trained models (LightGBM text + JSON, no pickle) that ``territoria scenario`` reuses.
 """
@@ -42,7 +43,8 @@ from territoria.models import clusters as clu
 from territoria.models import diagnostics as diag
 from territoria.models import programmes as prog
 from territoria.models import stability as stab
-from territoria.models.backtest import predict_frame
+from territoria.models.backtest import FeatureCache, _fit_regressor, make_regressor, predict_frame, prepare_target
+from territoria.models.bootstrap import BootstrapForecasts, bootstrap_forecasts
 from territoria.models.counterfactual import greedy_exit, lever_space, shift_rows
 from territoria.models.explain import (
     check_additivity, global_importance, importance_by_domain, interaction_hints, plot_global,
@@ -55,7 +57,7 @@ from territoria.models.priority import (
     PriorityConfig, flag_priorities, index_terms, load_priority_config, priority_table, score_factors,
 )
 from territoria.models.scenarios import CAVEAT_EN, CAVEAT_FR, Scenario, apply_to_panel, compare, selected_zones
-from territoria.models.targets import indicator_sign
+from territoria.models.targets import ModelConfig, indicator_sign, load_model_config
 from territoria.models.trajectory import design_matrix
 from territoria.pipelines.build_features import FeatureBuild, build_feature_matrix
 from territoria.registry import load_registry
@@ -255,8 +257,13 @@ def run_prioritise(
     data_dir: Path | None = None,
     lang: str = "fr",
     console: Console | None = None,
+    model_config: ModelConfig | None = None,
 ) -> PriorityResult:
-    """Score, flag, cluster and explain every commune; write the outputs under ``out_dir``."""
+    """Score, flag, cluster and explain every commune; write the outputs under ``out_dir``.
+
+    ``model_config`` is the models' configuration (default ``conf/models.yml``): the stability
+    step refits the models with it on bootstrap samples.
+    """
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
@@ -294,7 +301,7 @@ def run_prioritise(
     settings = stability_settings(engine.config)
     if settings.replicates > 0:
         console.log(f"stability: {settings.replicates} replicates of the scoring with perturbed inputs")
-        stability = stability_audit(engine, scored, settings)
+        stability = stability_audit(engine, scored, settings, model_config=model_config, console=console)
     timings["stability"] = time.perf_counter() - t0
 
     pri = assemble(fb, scored, stats, perim, covered, levers, lang)
@@ -334,25 +341,58 @@ def stability_settings(config: PriorityConfig) -> stab.StabilitySettings:
     return stab.StabilitySettings(**config.audit.stability.model_dump())
 
 
+def bootstrap_refits(engine: PriorityEngine, scored: Scored, refits: int, seed: int,
+                     model_config: ModelConfig | None = None, console: Console | None = None) -> BootstrapForecasts:
+    """Forecasts of every zone by each trajectory model refitted ``refits`` times on
+    department-block bootstrap samples of its training zones (:mod:`territoria.models.bootstrap`),
+    with the models' own configuration and procedure."""
+    config = model_config or load_model_config()
+    features = FeatureCache.of(engine.fb)
+    targets = {}
+    for measure, trained in engine.trained.items():
+        data = prepare_target(engine.fb, trained.spec, config, features, engine.registry, config.cv.groups)
+        t = data.table
+        zero = t["repeated_survey"].to_numpy()
+        X_forecast = scored.designs[measure][0]
+
+        def fit(m, Xs, ys, ws, gs, rows, zero=zero):
+            return _fit_regressor(m, Xs, ys, ws, gs, zero[rows])
+
+        targets[measure] = (make_regressor(trained.spec, config.model), data.X.reindex(columns=trained.columns),
+                            # the engine forecasts over each model's own horizon: no rescaling
+                            t["y"].to_numpy(), t["weight"].to_numpy(), data.groups, X_forecast, 1.0, fit)
+    return bootstrap_forecasts(targets, refits=refits, seed=seed, log=console.log if console else None)
+
+
 def stability_audit(engine: PriorityEngine, scored: Scored,
-                    settings: stab.StabilitySettings | None = None) -> stab.StabilityResult:
-    """Replicates of the baseline scoring with perturbed inputs (see
+                    settings: stab.StabilitySettings | None = None, model_config: ModelConfig | None = None,
+                    console: Console | None = None) -> stab.StabilityResult:
+    """Replicates of the baseline scoring with perturbed inputs and, with
+    ``settings.bootstrap_refits``, models refitted on bootstrap samples (see
     :mod:`territoria.models.stability`); checks that the unperturbed replicate reproduces the
     run's scores and flags (``summary["reproduces_run"]``)."""
     settings = settings or stability_settings(engine.config)
     t = scored.table
     dcfg = diag.load_diagnostics_config(registry=engine.registry)
+    refits = None
+    if settings.bootstrap_refits > 0 and engine.trained:
+        refits = bootstrap_refits(engine, scored, settings.bootstrap_refits, settings.seed,
+                                  model_config=model_config, console=console)
     problem = stab.problem_from_run(
         engine.index_model, scored.features, t, scored.predictions, engine.config, engine.signs, engine.norms,
         worst_share=dcfg.cumulated.worst_share, min_domains=dcfg.cumulated.min_domains,
-        groups=engine.fb.identity["departement"], indicator_noise=settings.indicator_noise)
+        groups=engine.fb.identity["departement"], indicator_noise=settings.indicator_noise, refits=refits)
     return stab.replicate(problem, settings, baseline_score=t["priority_score"].to_numpy(float),
                           baseline_flag=t["priority_flag"].to_numpy(bool))
 
 
 def write_stability(result: stab.StabilityResult, folder: Path) -> list[Path]:
     """``stability.json`` (summary), ``stability.md`` (readable), ``stability_replicates.csv``
-    (one row per replicate) and ``stability_zones.csv`` (one row per zone), atomically."""
+    (one row per replicate), ``stability_zones.csv`` (one row per zone) and, with bootstrap
+    refits, ``stability_refits.csv`` (one row per refit), atomically."""
+    if not len(result.refits):
+        # a file left by an earlier run with refits would describe other models
+        (folder / "stability_refits.csv").unlink(missing_ok=True)
     zones = result.zones.reset_index().rename(columns={"index": "zone_code"})
     zones = zones.sort_values(["priority_score", "zone_code"], ascending=[False, True], na_position="last",
                               kind="stable")
@@ -362,7 +402,8 @@ def write_stability(result: stab.StabilityResult, folder: Path) -> list[Path]:
                      lambda tmp: tmp.write_text(stab.to_markdown(result) + "\n", encoding="utf-8")),
         write_csv(result.replicates, folder / "stability_replicates.csv", float_format="%.6g"),
         write_csv(zones, folder / "stability_zones.csv", float_format="%.6g"),
-    ]
+    ] + ([write_csv(result.refits, folder / "stability_refits.csv", float_format="%.6g")]
+         if len(result.refits) else [])
 
 
 def assemble(fb, scored: Scored, stats, perim, covered, levers: dict, lang: str) -> pd.DataFrame:

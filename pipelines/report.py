@@ -65,7 +65,8 @@ KEY_INDICATORS = ("unemployment_rate", "median_income", "poverty_rate", "share_m
 #: counts: the department figure is a sum and both lines are shown as an index (first year = 100)
 COUNT_INDICATORS = frozenset({"population"})
 #: written by the prioritise stage, summarised in the model card and hashed in the lineage
-STABILITY_FILES = ("stability.json", "stability.md", "stability_replicates.csv", "stability_zones.csv")
+STABILITY_FILES = ("stability.json", "stability.md", "stability_replicates.csv", "stability_zones.csv",
+                   "stability_refits.csv")
 OVERSEAS = {"971": "Guadeloupe", "972": "Martinique", "973": "Guyane", "974": "La Réunion", "976": "Mayotte"}
 SIMPLIFY_TOLERANCE = 0.002  # degrees (about 150-200 m)
 COORD_DIGITS = 5
@@ -1401,6 +1402,14 @@ def _stability_section(summary: dict | None) -> list[str]:
           f"* Kendall tau of the scores: {rng('kendall_tau')}",
           f"* Flagged zones with p_priority ≥ 0.9: {pp.get('flagged_share_at_least_0.9', float('nan')):.1%}; "
           f"zones outside the list with p ≥ 0.5: {pp.get('not_flagged_at_least_0.5', 0):,}", ""]
+    refits = summary.get("refits")
+    if refits:
+        d, t = refits["jaccard_top"], refits["kendall_tau"]
+        L += [f"Training sample: each trajectory model refitted {refits['refits']} times on department-block "
+              "bootstrap samples of its training communes; each refit's list alone against the run's: Jaccard "
+              f"overlap of the top {summary['top_share']:.0%} {d['mean']:.3f} (5-95 %: {d['p05']:.3f} – "
+              f"{d['p95']:.3f}), Kendall tau {t['mean']:.3f} (`stability_refits.csv`). The replicates above draw "
+              "their forecasts around these refits'.", ""]
     return L
 
 

@@ -28,7 +28,7 @@ import pandas as pd
 from rich.console import Console
 
 from territoria.io import write_csv, write_parquet
-from territoria.models.backtest import FeatureCache, predict_target, run_backtest, train_target
+from territoria.models.backtest import FeatureCache, backtest_oof, predict_target, run_backtest, train_target
 from territoria.models.index import DeprivationIndex
 from territoria.models.targets import ModelConfig, TargetSpec, load_model_config
 from territoria.models.tracking import log_training, register_champion
@@ -135,7 +135,9 @@ def run_train(
     specs = [s for s in training_specs(config, t) if measures is None or s.measure in measures]
     for spec in specs:
         console.log(f"training {spec.name} and forecasting {t}→{t + spec.horizon}")
-        trained = train_target(fb, spec, config, features=features)
+        # the backtest's folds are the calibration folds: their predictions are reused
+        oof = backtest_oof(result, spec.name, config.cv.groups) if result is not None else None
+        trained = train_target(fb, spec, config, features=features, oof=oof)
         forecasts.append(predict_target(fb, trained, origin=t, horizon_end=t + spec.horizon, features=features))
         metrics = None
         if result is not None:
@@ -177,12 +179,17 @@ def _shap_values(fb: FeatureBuild, trained, features) -> pd.DataFrame:
 
 
 def _design_rows(fb: FeatureBuild, trained, features) -> pd.DataFrame:
-    """The training design matrix (zones × trained columns) to compute SHAP values on."""
+    """The training design matrix (training zones × trained columns) to compute SHAP values on.
+
+    Only the zones the model was fitted on: explaining every commune at the origin as well
+    doubled the stage's SHAP time, and the forecasts of every zone are explained by the
+    prioritise stage (``explanations.parquet``).
+    """
     from territoria.models.trajectory import design_matrix
     from territoria.registry import load_registry
 
     spec = trained.spec
     F, meta = features(spec.origin)
     X, _ = design_matrix(F, meta, fb.panel, fb.graph, fb.identity, load_registry(), spec.measure,
-                         spec.origin, select=False)
+                         spec.origin, rows=pd.Index(trained.oof["zone_code"]), select=False)
     return X.reindex(columns=trained.columns)

@@ -13,6 +13,7 @@ from territoria.models.backtest import (
     BASELINES,
     MODEL,
     FeatureCache,
+    backtest_oof,
     predict_target,
     run_backtest,
     train_target,
@@ -144,3 +145,19 @@ def test_temporal_backtest_and_forecast(feature_build, small_config):
     # same seed is checked on synthetic data in test_trajectory)
     pd.testing.assert_frame_equal(pred, predict_target(feature_build, trained, 2018, 2021))
     assert FeatureCache.of(feature_build) is FeatureCache.of(feature_build)
+
+
+def test_final_model_reuses_the_backtest_folds_and_gets_the_same_calibration(feature_build, small_config, backtest):
+    """The final model's interval calibration needs out-of-fold predictions on the same
+    department folds as the backtest's: reused, they give exactly what refitting the folds gives."""
+    oof = backtest_oof(backtest, "population_2018_2021", small_config.cv.groups)
+    assert oof is not None and oof.notna().all()
+    refit = train_target(feature_build, "population_2018_2021", config=small_config, params=FAST)
+    reused = train_target(feature_build, "population_2018_2021", config=small_config, params=FAST, oof=oof)
+    pd.testing.assert_frame_equal(refit.oof, reused.oof)
+    assert refit.conformal.quantiles_ == reused.conformal.quantiles_
+    # predictions that do not cover the folds' zones are not used: the folds are refitted
+    partial = train_target(feature_build, "population_2018_2021", config=small_config, params=FAST,
+                           oof=oof.iloc[1:] * 0.0)
+    pd.testing.assert_frame_equal(refit.oof, partial.oof)
+    assert backtest_oof(backtest, "population_2018_2021", "region") is None

@@ -44,9 +44,11 @@ def test_training_again_from_scratch_gives_a_byte_identical_priority_list(main_r
     from territoria.models.targets import load_model_config
     from territoria.pipelines.train import run_train
 
-    res = run_train(feature_build, tmp_path, config=load_model_config(fast_models_conf))
+    config = load_model_config(fast_models_conf)
+    res = run_train(feature_build, tmp_path, config=config)
     models = {tr.spec.measure: tr for tr in res.models.values()}
-    run_prioritise(feature_build, res.index_model, models, tmp_path)
+    # the stability step refits the models with the run's configuration (bootstrap samples)
+    run_prioritise(feature_build, res.index_model, models, tmp_path, model_config=config)
     out = main_run.run_json.parent
     assert (tmp_path / "predictions.parquet").exists()
     pd.testing.assert_frame_equal(pd.read_parquet(tmp_path / "predictions.parquet"),

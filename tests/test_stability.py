@@ -224,6 +224,15 @@ def test_stability_outputs_are_complete_and_consistent(main_run, run_out):
     assert (z.loc[ok, "rank_median"] <= z.loc[ok, "rank_p95"]).all()
     md = (audit / "stability.md").read_text(encoding="utf-8")
     assert "Kendall tau" in md and "Jaccard" in md
+    # the models refitted on bootstrap samples of their training departments
+    refits = pd.read_csv(audit / "stability_refits.csv")
+    assert summary["settings"]["bootstrap_refits"] == len(refits) == summary["refits"]["refits"] == 10
+    assert refits["jaccard_top"].between(0.3, 1).all() and refits["kendall_tau"].between(0.5, 1).all()
+    # a refit moves the list less than all the perturbations together
+    assert refits["kendall_tau"].mean() > summary["kendall_tau"]["mean"]
+    for m, d in summary["refits"]["forecast_spread"].items():
+        assert d["median_sd"] > 0 and 0 < d["sd_to_half_width"] < 2, m
+    assert "Training sample" in md
     card = (audit / "model_card.md").read_text(encoding="utf-8")
     assert "## Stability of the list" in card and "stability.md" in card
     timings = json.loads((run_out / "run.json").read_text(encoding="utf-8"))["timings_s"]
