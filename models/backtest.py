@@ -155,7 +155,8 @@ def make_regressor(spec: TargetSpec, params: dict | None = None):
     return reg
 
 
-def _fit_regressor(model, X, y, w, groups, zero=None):
+def fit_regressor(model, X, y, w, groups, zero=None):
+    """Fit a trajectory model (a hurdle model also takes the repeated-survey mask ``zero``)."""
     if isinstance(model, HurdleRegressor):
         return model.fit(X, y, sample_weight=w, groups=groups, structural_zero=zero)
     return model.fit(X, y, sample_weight=w, groups=groups)
@@ -309,7 +310,7 @@ def cross_validate_target(
             continue
         Xtr, Xte = data.X.iloc[tr], data.X.iloc[te]
         model = make_regressor(spec, params)
-        _fit_regressor(model, Xtr, y[tr], w[tr], data.groups[tr], zero[tr])
+        fit_regressor(model, Xtr, y[tr], w[tr], data.groups[tr], zero[tr])
         pred[MODEL][te] = model.predict(Xte)
         # zones the metrics leave out, predicted by the same fold model for the fairness audit
         unscored = np.flatnonzero((fold == k) & ~data.scored)
@@ -440,7 +441,7 @@ def temporal_backtest_target(
     s = score.scored
     Xs = score.X.loc[:, cols].iloc[np.flatnonzero(s)]
     model = make_regressor(fit.spec, params)
-    _fit_regressor(model, fit.X[cols], t0["y"].to_numpy(), t0["weight"].to_numpy(), fit.groups,
+    fit_regressor(model, fit.X[cols], t0["y"].to_numpy(), t0["weight"].to_numpy(), fit.groups,
                    t0["repeated_survey"].to_numpy())
     ridge = RidgeBaseline().fit(fit.X[cols], t0["y"].to_numpy(), sample_weight=t0["weight"].to_numpy())
     idx = t1.index[s]
@@ -587,7 +588,7 @@ def train_target(fb, spec, config: ModelConfig | None = None, params: dict | Non
             tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             if len(te):
                 m = make_regressor(spec, params)
-                _fit_regressor(m, data.X.iloc[tr], y[tr], w[tr], data.groups[tr], zero[tr])
+                fit_regressor(m, data.X.iloc[tr], y[tr], w[tr], data.groups[tr], zero[tr])
                 oof[te] = m.predict(data.X.iloc[te])
     cal = np.flatnonzero(np.isfinite(oof))
     spread_model, floor, spread = None, 0.0, None
@@ -597,7 +598,7 @@ def train_target(fb, spec, config: ModelConfig | None = None, params: dict | Non
             params=_spread_params(params))
     conformal = SplitConformal(config.intervals.levels).fit(y[cal], oof[cal], spread)
     model = make_regressor(spec, params)
-    _fit_regressor(model, data.X, y, w, data.groups, zero)
+    fit_regressor(model, data.X, y, w, data.groups, zero)
     oof_df = pd.DataFrame({"zone_code": t.index, "y": y, "oof": oof, "fold": fold})
     return TrainedTarget(spec, model, list(data.X.columns), conformal, spread_model, floor, data.meta, oof_df)
 

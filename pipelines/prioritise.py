@@ -43,7 +43,7 @@ from territoria.models import clusters as clu
 from territoria.models import diagnostics as diag
 from territoria.models import programmes as prog
 from territoria.models import stability as stab
-from territoria.models.backtest import FeatureCache, _fit_regressor, make_regressor, predict_frame, prepare_target
+from territoria.models.backtest import FeatureCache, fit_regressor, make_regressor, predict_frame, prepare_target
 from territoria.models.bootstrap import BootstrapForecasts, bootstrap_forecasts
 from territoria.models.counterfactual import greedy_exit, lever_space, shift_rows
 from territoria.models.explain import (
@@ -356,7 +356,7 @@ def bootstrap_refits(engine: PriorityEngine, scored: Scored, refits: int, seed: 
         X_forecast = scored.designs[measure][0]
 
         def fit(m, Xs, ys, ws, gs, rows, zero=zero):
-            return _fit_regressor(m, Xs, ys, ws, gs, zero[rows])
+            return fit_regressor(m, Xs, ys, ws, gs, zero[rows])
 
         targets[measure] = (make_regressor(trained.spec, config.model), data.X.reindex(columns=trained.columns),
                             # the engine forecasts over each model's own horizon: no rescaling
