@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import json
+from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from territoria.pipelines.prioritise import run_prioritise
 from territoria.verify import verify_run
@@ -115,3 +117,93 @@ def test_changed_training_output_or_configuration_means_training_again(main_run,
     with open(out / "predictions.parquet", "ab") as fh:  # an output edited since the run
         fh.write(b"\0")
     assert reusable_run(out, fingerprint) is None
+
+
+def _readable(path: Path) -> None:
+    """Raise unless ``path`` is a complete file of its kind."""
+    import pyarrow.parquet as pq
+    import pyogrio
+
+    suffix = path.suffix
+    if suffix == ".parquet":
+        pq.read_table(path)
+    elif suffix == ".csv":
+        pd.read_csv(path, low_memory=False)
+    elif suffix == ".json":
+        json.loads(path.read_text(encoding="utf-8"))
+    elif suffix == ".html":
+        assert path.read_text(encoding="utf-8").rstrip().endswith("</html>"), path
+    elif suffix == ".gpkg":
+        assert pyogrio.read_info(path)["features"] > 0, path
+    elif suffix == ".png":
+        data = path.read_bytes()
+        assert data.startswith(b"\x89PNG") and data[-8:-4] == b"IEND", path
+    else:
+        assert path.stat().st_size > 0, path
+
+
+def _outputs(out: Path) -> dict[str, bytes]:
+    """The run's visible output files (the parsed-source cache, MLflow's store and atomic
+    temporaries aside) and their SHA-256."""
+    import hashlib
+
+    skip = (".cache", "mlruns")
+    return {str(p.relative_to(out)): hashlib.sha256(p.read_bytes()).digest()
+            for p in sorted(out.rglob("*"))
+            if p.is_file() and not p.name.startswith(".") and p.parts[len(out.parts)] not in skip
+            and p.name != "mlflow.db"}
+
+
+@pytest.mark.parametrize("stage_line, delay", [
+    ("priorities, clusters and explanations", 8.0),  # during SHAP, refits, writing the list
+    ("map, zone cards, report and audit", 6.0),  # during the zone cards
+])
+def test_a_run_killed_mid_stage_leaves_every_previous_output_readable(main_run, fast_models_conf, tmp_path,
+                                                                      stage_line, delay):
+    """SIGKILL a ``territoria run`` in the middle of a stage over a folder holding a complete
+    run: every output is still there and complete (the previous version or a new one, never
+    half of one), and running again gives the same list and a folder that verifies."""
+    import os
+    import shutil
+    import signal
+    import subprocess
+    import sys
+    import threading
+    import time
+
+    from territoria.pipelines.main import run_main
+
+    out = tmp_path / "run"
+    shutil.copytree(main_run.run_json.parent, out)
+    before = _outputs(out)
+    cli = str(Path(sys.executable).parent / "territoria")
+    proc = subprocess.Popen([cli, "run", "--out", str(out), "--models-conf", str(fast_models_conf)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                            env={**os.environ, "COLUMNS": "200"})
+    seen = threading.Event()
+
+    def watch():
+        for line in proc.stdout:
+            if stage_line in line:
+                seen.set()
+
+    threading.Thread(target=watch, daemon=True).start()
+    try:
+        assert seen.wait(timeout=900), f"the run never reached '{stage_line}'"
+        time.sleep(delay)
+        assert proc.poll() is None, "the run ended before it could be killed"
+        os.kill(proc.pid, signal.SIGKILL)
+        proc.wait(timeout=60)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL
+    after = _outputs(out)
+    assert set(before) <= set(after), sorted(set(before) - set(after))
+    for name in after:
+        _readable(out / name)
+    # running again completes and gives the same list
+    again = run_main(out, features=main_run.features, models_conf=fast_models_conf)
+    assert (out / "priorities.csv").read_bytes() == (main_run.run_json.parent / "priorities.csv").read_bytes()
+    assert verify_run(out).exit_code == 0 and again.reused_from is not None
