@@ -25,7 +25,6 @@ Two departments of 3 zones: a draw gives each zone the multiplicity of its depar
 
 from __future__ import annotations
 
-import time
 import zlib
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -62,7 +61,6 @@ class BootstrapForecasts:
     zones: pd.Index
     predictions: np.ndarray
     seed: int
-    seconds: float
 
     @property
     def refits(self) -> int:
@@ -119,11 +117,10 @@ def bootstrap_forecasts(
     Parameters
     ----------
     targets : dict
-        ``measure -> (model, X, y, weight, groups, X_forecast, scale, fit)``: the fitted
-        model (cloned, never changed), its training rows, the design matrix of the zones to
-        forecast (the same zones, in the same order, for every measure), the factor from the
-        fitted horizon to the forecast's, and the fitting function (see
-        :func:`refit_predictions`).
+        ``measure -> (model, X, y, weight, groups, X_forecast, fit)``: the model (cloned,
+        never changed), its training rows, the design matrix of the zones to forecast (the
+        same zones, in the same order, for every measure; forecast over the model's own
+        horizon) and the fitting function (see :func:`refit_predictions`).
     refits : int
         Number of bootstrap samples per measure.
     seed : int
@@ -136,22 +133,19 @@ def bootstrap_forecasts(
     -------
     BootstrapForecasts
     """
-    t0 = time.perf_counter()
     measures = list(targets)
     zones = None
     preds = []
     for measure in measures:
         stream = np.random.SeedSequence(seed, spawn_key=(zlib.crc32(measure.encode("utf-8")),))
-        model, X, y, w, g, X_forecast, scale, fit = targets[measure]
+        model, X, y, w, g, X_forecast, fit = targets[measure]
         if zones is None:
             zones = pd.Index(X_forecast.index)
         elif not zones.equals(pd.Index(X_forecast.index)):
             raise ValueError(f"{measure}: the forecast rows differ from the other measures'")
         if log:
             log(f"bootstrap: {refits} refits of the {measure} model on resampled departments")
-        p = refit_predictions(model, X, np.asarray(y, float), np.asarray(w, float), np.asarray(g), X_forecast,
-                              refits=refits, rng=np.random.default_rng(stream), fit=fit)
-        preds.append(p * scale)
+        preds.append(refit_predictions(model, X, np.asarray(y, float), np.asarray(w, float), np.asarray(g),
+                                       X_forecast, refits=refits, rng=np.random.default_rng(stream), fit=fit))
     arr = np.stack(preds, axis=2) if preds else np.zeros((refits, 0 if zones is None else len(zones), 0))
-    return BootstrapForecasts(measures, zones if zones is not None else pd.Index([]), arr, int(seed),
-                              time.perf_counter() - t0)
+    return BootstrapForecasts(measures, zones if zones is not None else pd.Index([]), arr, int(seed))

@@ -908,7 +908,8 @@ def was_flagged(table: pd.DataFrame) -> np.ndarray:
     return table["flag_status"].isin(["continuing", "retained", "exited"]).to_numpy()
 
 
-def _rng(d: dict, fmt: str = "{:.3f}") -> str:
+def describe_range(d: dict, fmt: str = "{:.3f}") -> str:
+    """``mean (5-95 %: p05 – p95)`` of a :func:`_describe` summary, for the readable reports."""
     return f"{fmt.format(d['mean'])} (5-95 %: {fmt.format(d['p05'])} – {fmt.format(d['p95'])})"
 
 
@@ -918,8 +919,7 @@ def to_markdown(result: StabilityResult, top: int = 15) -> str:
     st = s["settings"]
 
     def rng(key: str, fmt: str = "{:.3f}") -> str:
-        d = s[key]
-        return f"{fmt.format(d['mean'])} (5-95 %: {fmt.format(d['p05'])} – {fmt.format(d['p95'])})"
+        return describe_range(s[key], fmt)
 
     pp = s["p_priority"]
     L = ["# Stability of the priority list", "",
@@ -956,10 +956,10 @@ def to_markdown(result: StabilityResult, top: int = 15) -> str:
               "from refit *r* mod " f"{r['refits']}'s forecasts. Each refit's list alone, nothing else perturbed "
               "(`stability_refits.csv`):", "",
               "| measure | mean (5-95 % of refits) |", "|---|---|",
-              f"| Jaccard overlap of the top {s['top_share']:.0%} with the run's | {_rng(r['jaccard_top'])} |",
-              f"| Jaccard overlap of the flagged list with the run's | {_rng(r['jaccard_flagged'])} |",
-              f"| share of the run's flagged zones still flagged | {_rng(r['kept_share'])} |",
-              f"| Kendall tau of the scores with the run's | {_rng(r['kendall_tau'])} |", ""]
+              f"| Jaccard overlap of the top {s['top_share']:.0%} with the run's | {describe_range(r['jaccard_top'])} |",
+              f"| Jaccard overlap of the flagged list with the run's | {describe_range(r['jaccard_flagged'])} |",
+              f"| share of the run's flagged zones still flagged | {describe_range(r['kept_share'])} |",
+              f"| Kendall tau of the scores with the run's | {describe_range(r['kendall_tau'])} |", ""]
         spread = r.get("forecast_spread") or {}
         if spread:
             L += ["Spread of the refits' forecasts (median over zones) against the policy interval's half-width: "

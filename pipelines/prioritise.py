@@ -359,8 +359,7 @@ def bootstrap_refits(engine: PriorityEngine, scored: Scored, refits: int, seed: 
             return fit_regressor(m, Xs, ys, ws, gs, zero[rows])
 
         targets[measure] = (make_regressor(trained.spec, config.model), data.X.reindex(columns=trained.columns),
-                            # the engine forecasts over each model's own horizon: no rescaling
-                            t["y"].to_numpy(), t["weight"].to_numpy(), data.groups, X_forecast, 1.0, fit)
+                            t["y"].to_numpy(), t["weight"].to_numpy(), data.groups, X_forecast, fit)
     return bootstrap_forecasts(targets, refits=refits, seed=seed, log=console.log if console else None)
 
 

@@ -1384,13 +1384,14 @@ def _fairness_section(fairness) -> list[str]:
 
 
 def _stability_section(summary: dict | None) -> list[str]:
+    from territoria.models.stability import describe_range
+
     L = ["## Stability of the list", ""]
     if not summary:
         return L + ["No stability step in this run (`audit.stability.replicates` is 0 or the run predates it).", ""]
 
     def rng(key: str) -> str:
-        d = summary[key]
-        return f"{d['mean']:.3f} (5-95 %: {d['p05']:.3f} – {d['p95']:.3f})"
+        return describe_range(summary[key])
 
     pp = summary.get("p_priority", {})
     L += [f"{summary['replicates']} replicates of the scoring with forecasts redrawn within their intervals, index "
@@ -1404,11 +1405,10 @@ def _stability_section(summary: dict | None) -> list[str]:
           f"zones outside the list with p ≥ 0.5: {pp.get('not_flagged_at_least_0.5', 0):,}", ""]
     refits = summary.get("refits")
     if refits:
-        d, t = refits["jaccard_top"], refits["kendall_tau"]
         L += [f"Training sample: each trajectory model refitted {refits['refits']} times on department-block "
               "bootstrap samples of its training communes; each refit's list alone against the run's: Jaccard "
-              f"overlap of the top {summary['top_share']:.0%} {d['mean']:.3f} (5-95 %: {d['p05']:.3f} – "
-              f"{d['p95']:.3f}), Kendall tau {t['mean']:.3f} (`stability_refits.csv`). The replicates above draw "
+              f"overlap of the top {summary['top_share']:.0%} {describe_range(refits['jaccard_top'])}, Kendall tau "
+              f"{refits['kendall_tau']['mean']:.3f} (`stability_refits.csv`). The replicates above draw "
               "their forecasts around these refits'.", ""]
     return L
 

@@ -67,21 +67,20 @@ def test_refits_spread_shrinks_with_more_departments_and_centres_on_the_full_fit
 def test_bootstrap_forecasts_stack_measures_and_are_reproducible():
     X, y, g = _linear_data(20, 10, seed=1)
     Xf = pd.DataFrame({"x": [0.0, 1.0]}, index=pd.Index(["a", "b"], name="zone_code"))
-    targets = {"m1": (LinearRegression(), X, y, np.ones(len(y)), g, Xf, 1.0, _fit),
-               "m2": (LinearRegression(), X, -y, np.ones(len(y)), g, Xf, 0.5, _fit)}
+    targets = {"m1": (LinearRegression(), X, y, np.ones(len(y)), g, Xf, _fit),
+               "m2": (LinearRegression(), X, -y, np.ones(len(y)), g, Xf, _fit)}
     a = boot.bootstrap_forecasts(targets, refits=5, seed=3)
     b = boot.bootstrap_forecasts(targets, refits=5, seed=3)
     assert a.predictions.shape == (5, 2, 2) and a.refits == 5 and list(a.zones) == ["a", "b"]
     assert np.array_equal(a.predictions, b.predictions)
-    # the scale carries the fitted horizon to the forecast's
     # each measure has its own stream: neither the other measures nor their order matter
     only_m2 = boot.bootstrap_forecasts({"m2": targets["m2"]}, refits=5, seed=3)
     assert np.array_equal(only_m2.predictions[:, :, 0], a.predictions[:, :, 1])
     swapped = boot.bootstrap_forecasts({"m2": targets["m2"], "m1": targets["m1"]}, refits=5, seed=3)
     assert np.array_equal(swapped.predictions[:, :, ::-1], a.predictions)
-    assert not np.array_equal(a.predictions[:, :, 0], -a.predictions[:, :, 1] * 2)  # m2 = -y: other draws
+    assert not np.array_equal(a.predictions[:, :, 0], -a.predictions[:, :, 1])  # m2 = -y: other draws
     assert a.spread().shape == (2, 2) and (a.spread().to_numpy() > 0).all()
-    bad = dict(targets, m2=(LinearRegression(), X, y, np.ones(len(y)), g, Xf.iloc[::-1], 1.0, _fit))
+    bad = dict(targets, m2=(LinearRegression(), X, y, np.ones(len(y)), g, Xf.iloc[::-1], _fit))
     with pytest.raises(ValueError, match="forecast rows differ"):
         boot.bootstrap_forecasts(bad, refits=2, seed=3)
 
@@ -132,7 +131,7 @@ def test_refits_equal_to_the_run_change_nothing():
 
 def test_refits_are_aligned_to_the_run_zones_and_measures():
     fc = boot.BootstrapForecasts(["other", "m"], pd.Index(["a", "b", "c"]),
-                                 np.arange(2 * 3 * 2, dtype=float).reshape(2, 3, 2), seed=0, seconds=0.0)
+                                 np.arange(2 * 3 * 2, dtype=float).reshape(2, 3, 2), seed=0)
     arr = stab.align_refits(fc, pd.Index(["b", "a", "x"]), ["m"])
     assert arr.shape == (2, 3, 1)
     assert arr[:, :2, 0].tolist() == [[3.0, 1.0], [9.0, 7.0]] and np.isnan(arr[:, 2, 0]).all()
