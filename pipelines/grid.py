@@ -14,7 +14,9 @@
 3. **Model.** LightGBM with the parameters of ``conf/grid.yml``: ``lightgbm.LGBMRegressor``
    locally, ``lightgbm.dask.DaskLGBMRegressor`` on the cluster (data-parallel training on
    the partitions where they live). Departments drawn with the seed (``holdout_fraction``)
-   are held out of training; metrics are computed on them.
+   are held out of training; metrics are computed on them. Both engines train on the same
+   **bin codes** (:class:`FeatureBins`: quantile edges found once on a hashed sample of the
+   training cells, forced on LightGBM), so the Dask model is the local one.
 4. **SHAP per partition.** LightGBM's native TreeSHAP (``booster.predict(X,
    pred_contrib=True)``) on each partition where it lives; the contributions plus the base
    value equal the model output of every cell (checked: largest gap in ``grid_run.json``,
@@ -39,9 +41,10 @@ Outputs (``--out DIR``)
     column per feature), per partition.
 ``grid_features/part-NNNNN.parquet`` (with ``write_features``)
     the feature matrix, per partition.
-``grid_features_meta.csv``, ``grid_model.txt``, ``grid_run.json``
+``grid_features_meta.csv``, ``grid_model.txt``, ``grid_bins.json``, ``grid_run.json``
     feature metadata (registry indicator, domain, lever, transform), the LightGBM booster
-    (text), and the run record: engine, scheduler, workers, partitions, parameters, metrics
+    (text; it reads bin codes, not raw features: ``FeatureBins.read(...).codes(X)`` first),
+    the bin edges, and the run record: engine, scheduler, workers, partitions, parameters, metrics
     on the held-out departments, largest SHAP additivity gap, timings (``cluster``: starting
     and closing the LocalCluster or connecting to the scheduler).
 """
@@ -81,6 +84,8 @@ ENGINES = ("local", "dask")
 ID_COLUMNS = ["cell_id", "parent_commune", "department", "in_training"]
 #: SHAP additivity tolerance (contributions + base = output)
 ADDITIVITY_TOL = 1e-6
+#: training cells sampled to find the bin edges (LightGBM's own bin_construct_sample_cnt)
+BIN_SAMPLE = 200_000
 
 
 class GridModelParams(BaseModel):
@@ -95,7 +100,7 @@ class GridModelParams(BaseModel):
     min_child_samples: int = Field(50, ge=1)
     colsample_bytree: float = Field(0.8, gt=0, le=1)
     reg_lambda: float = Field(1.0, ge=0)
-    max_bin: int = Field(255, ge=2)
+    max_bin: int = Field(255, ge=8)
 
 
 class GridConfig(BaseModel):
@@ -116,12 +121,98 @@ def load_grid_config(path: Path | str | None = None) -> GridConfig:
     """Read and validate ``conf/grid.yml`` (or ``path``)."""
     return load_config(GridConfig, path, "grid.yml", "grid configuration")
 
-def lgbm_params(cfg: GridConfig, n_jobs: int) -> dict:
-    """Keyword arguments of ``LGBMRegressor`` and ``DaskLGBMRegressor`` (identical but threads)."""
+def lgbm_params(cfg: GridConfig, n_jobs: int, forced_bins: str | None = None) -> dict:
+    """Keyword arguments of ``LGBMRegressor`` and ``DaskLGBMRegressor`` (identical but threads).
+
+    ``forced_bins``: the path of :meth:`FeatureBins.write_forced_bins`'s file.
+    """
     p = cfg.model.model_dump()
+    # boost_from_average off: on several machines LightGBM starts from the mean of the
+    # machines' means, not the mean of all rows; both engines centre the target instead
     p.update(subsample=1.0, random_state=cfg.seed, n_jobs=n_jobs, deterministic=True,
-             force_row_wise=True, verbose=-1)
+             force_row_wise=True, boost_from_average=False, verbose=-1)
+    if forced_bins is not None:
+        p["forcedbins_filename"] = forced_bins
     return p
+
+
+# ----------------------------------------------------------------------------- shared bins
+@dataclass(frozen=True)
+class FeatureBins:
+    """Bin edges of every feature, found once and used by both engines.
+
+    Data-parallel LightGBM finds each feature's bins on one worker's rows (and its missing
+    and zero handling on what that worker holds), so it does not grow the serial trees. Both
+    engines therefore train on bin codes: 0 for a missing value, then 1, 2, ... for the
+    quantile intervals of ``edges`` (``edges[k-1] < x <= edges[k]``), with LightGBM's bin
+    bounds forced at the half-integers. Every bin then holds one code whatever rows a worker
+    sees, and the Dask model equals the local one (tested). The codes keep the order of the
+    values, so SHAP contributions stay those of the features; the booster must be given codes.
+
+    Examples
+    --------
+    >>> bins = FeatureBins.find(pd.DataFrame({"x": [1.0, 2, 3, 4, np.nan]}), ["x"], n_bins=2)
+    >>> bins.edges[0].tolist()
+    [2.0]
+    >>> bins.codes(pd.DataFrame({"x": [np.nan, 0.5, 2.0, 2.5, 9.0]})).ravel().tolist()
+    [0.0, 1.0, 1.0, 2.0, 2.0]
+    """
+
+    features: list[str]
+    edges: list[np.ndarray]
+
+    @classmethod
+    def find(cls, sample: pd.DataFrame, features: list[str], n_bins: int) -> FeatureBins:
+        """Edges at ``n_bins`` quantiles of each feature's finite values in ``sample``."""
+        qs = np.linspace(0, 1, n_bins + 1)[1:-1]
+        edges = []
+        for name in features:
+            v = sample[name].to_numpy(dtype=float)
+            v = v[np.isfinite(v)]
+            edges.append(np.unique(np.quantile(v, qs, method="lower")) if len(v) else np.empty(0))
+        return cls(list(features), edges)
+
+    def codes(self, frame: pd.DataFrame) -> np.ndarray:
+        """The features of ``frame`` as bin codes (float matrix, one column per feature)."""
+        out = np.empty((len(frame), len(self.features)), dtype=float)
+        for j, (name, e) in enumerate(zip(self.features, self.edges)):
+            v = frame[name].to_numpy(dtype=float)
+            out[:, j] = np.where(np.isfinite(v), np.searchsorted(e, v, side="left") + 1.0, 0.0)
+        return out
+
+    def forced_bins(self) -> list[dict]:
+        """LightGBM's ``forcedbins_filename`` content: a bound between every two codes."""
+        return [{"feature": j, "bin_upper_bound": (np.arange(len(e) + 1) + 0.5).tolist()}
+                for j, e in enumerate(self.edges)]
+
+    def to_json(self) -> dict:
+        return {"features": self.features, "edges": [e.tolist() for e in self.edges],
+                "codes": "0 = missing; k = edges[k-2] < x <= edges[k-1] (numpy searchsorted, side left, + 1)"}
+
+    @classmethod
+    def read(cls, path: Path | str) -> FeatureBins:
+        """The bins of a finished run (``grid_bins.json``)."""
+        doc = json.loads(Path(path).read_text(encoding="utf-8"))
+        return cls(doc["features"], [np.asarray(e, dtype=float) for e in doc["edges"]])
+
+
+def bin_sample(feats: pd.DataFrame, features: list[str], target: str, fraction: float) -> pd.DataFrame:
+    """The training cells of a partition whose id hashes below ``fraction``: the same cells
+    whatever the partitioning, hence the same bins for both engines."""
+    rows = feats.loc[feats["in_training"].to_numpy() & feats[target].notna().to_numpy()]
+    if fraction < 1.0:
+        h = pd.util.hash_array(rows["cell_id"].astype(str).to_numpy(dtype=object))
+        rows = rows.loc[h < np.uint64(fraction * float(2**64 - 1))]
+    return rows[features]
+
+
+def n_bins(cfg: GridConfig) -> int:
+    # codes 0..n_bins, LightGBM's zero bound and its last (infinite) bound fit in max_bin
+    return cfg.model.max_bin - 4
+
+
+def part_training_count(feats: pd.DataFrame, target: str) -> int:
+    return int((feats["in_training"].to_numpy() & feats[target].notna().to_numpy()).sum())
 
 
 # ----------------------------------------------------------------------------- partitions
@@ -229,12 +320,29 @@ def part_features(cells: pd.DataFrame, halo: pd.DataFrame | None, indicators: li
     return pd.concat([*cols, feats], axis=1).reset_index(drop=True)
 
 
-def training_rows(feats: pd.DataFrame, features: list[str] | None, target: str):
-    """The training rows of a partition: its feature columns (``features``) or its target
-    (``features=None``)."""
+def training_rows(feats: pd.DataFrame, bins: FeatureBins | None, target: str, offset: float = 0.0):
+    """The training rows of a partition: its features as bin codes (``bins``) or its target
+    minus ``offset`` (``bins=None``)."""
     keep = feats["in_training"].to_numpy() & feats[target].notna().to_numpy()
     rows = feats.loc[keep]
-    return rows[target].astype(float) if features is None else rows[features]
+    if bins is None:
+        return rows[target].astype(float) - offset
+    return pd.DataFrame(bins.codes(rows), columns=bins.features, index=rows.index)
+
+
+def target_sum(feats: pd.DataFrame, target: str) -> tuple[float, int]:
+    """Sum and count of a partition's training targets."""
+    y = training_rows(feats, None, target)
+    return float(y.sum()), len(y)
+
+
+def add_to_first_tree(booster: lgb.Booster, value: float) -> lgb.Booster:
+    """Add ``value`` to every leaf of the first tree: the centred target's mean put back, as
+    LightGBM's own ``boost_from_average`` does with its starting score."""
+    n_leaves = booster.dump_model(num_iteration=1)["tree_info"][0]["num_leaves"]
+    for leaf in range(n_leaves):
+        booster.set_leaf_output(0, leaf, booster.get_leaf_output(0, leaf) + value)
+    return booster
 
 
 @dataclass(frozen=True)
@@ -250,6 +358,7 @@ class ExplainSpec:
     folder: str
     write_features: bool
     threads: int
+    bins: FeatureBins
 
 
 def explain_part(feats: pd.DataFrame, part_no: int, model: str, spec: ExplainSpec) -> dict:
@@ -260,7 +369,7 @@ def explain_part(feats: pd.DataFrame, part_no: int, model: str, spec: ExplainSpe
     ``spec.folder``.
     """
     booster = lgb.Booster(model_str=model)
-    X = feats[spec.features].to_numpy(dtype=float)
+    X = spec.bins.codes(feats)
     raw = booster.predict(X, pred_contrib=True, num_threads=spec.threads)
     phi, base = raw[:, :-1], raw[:, -1]
     output = booster.predict(X, num_threads=spec.threads)
@@ -318,6 +427,7 @@ class GridResult:
     timings: dict[str, float]
     paths: dict[str, Path]
     booster: lgb.Booster
+    bins: FeatureBins
     features: pd.DataFrame | None = None
     meta: pd.DataFrame | None = None
     run: dict = field(default_factory=dict)
@@ -526,7 +636,7 @@ def run_grid(
         else:
             res = _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, console,
                             keep_features, scheduler, n_workers, client)
-        booster, outcomes, features, scheduler_name, workers = res
+        booster, bins, outcomes, features, scheduler_name, workers = res
         t = time.perf_counter()
         outcomes = sorted(outcomes, key=lambda o: o["part"])
         pred = np.concatenate([o["prediction"] for o in outcomes])
@@ -536,6 +646,7 @@ def run_grid(
         model_text = booster.model_to_string()
         paths["model"] = write_atomic(out_dir / "grid_model.txt",
                                       lambda tmp: tmp.write_text(model_text, encoding="utf-8"))
+        paths["bins"] = write_json(bins.to_json(), out_dir / "grid_bins.json")
         timings["assemble"] = time.perf_counter() - t
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -553,17 +664,24 @@ def run_grid(
         "synthetic": synthetic, "source": source_name if not synthetic else
         str(cells["source"].iloc[0]), "indicators": indicators, "n_features": len(feature_names),
         "target": target, "contiguity": cfg.contiguity, "lgbm_params": lgbm_params(cfg, 0) | {"n_jobs": None},
+        "bins": {"n_bins": n_bins(cfg), "sample_cells": BIN_SAMPLE, "file": "grid_bins.json"},
         "n_trees": int(booster.num_trees()), "metrics": metrics, "max_additivity_gap": gap,
         "additivity_tolerance": ADDITIVITY_TOL, "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "partitions": [{"part": o["part"], "rows": o["rows"]} for o in outcomes],
     }
     paths["run"] = write_json(run, out_dir / "grid_run.json")
     return GridResult(out_dir, engine, int(len(pred)), len(outcomes), pred, metrics, gap, timings, paths,
-                      booster, features, meta, run)
+                      booster, bins, features, meta, run)
 
 
-def _explain_spec(spec_kw: dict, work: Path, threads: int) -> ExplainSpec:
-    return ExplainSpec(folder=str(work), threads=threads, **spec_kw)
+def _explain_spec(spec_kw: dict, work: Path, threads: int, bins: FeatureBins) -> ExplainSpec:
+    return ExplainSpec(folder=str(work), threads=threads, bins=bins, **spec_kw)
+
+
+def _forced_bins_file(bins: FeatureBins, work: Path) -> str:
+    path = work / "forced_bins.json"
+    path.write_text(json.dumps(bins.forced_bins()), encoding="utf-8")
+    return str(path)
 
 
 def _run_local(cells, indicators, cfg, holdout, target, spec_kw, work, timings, console, keep_features, threads):
@@ -573,22 +691,26 @@ def _run_local(cells, indicators, cfg, holdout, target, spec_kw, work, timings, 
     timings["features"] = time.perf_counter() - t
     t = time.perf_counter()
     names = spec_kw["features"]
-    train = feats["in_training"].to_numpy() & ~np.isnan(feats[target].to_numpy(float))
-    console.log(f"training LightGBM on {int(train.sum()):,} cells")
-    model = lgb.LGBMRegressor(**lgbm_params(cfg, n_jobs=threads))
-    model.fit(feats.loc[train, names], feats.loc[train, target])
-    booster = model.booster_
+    n_train = part_training_count(feats, target)
+    bins = FeatureBins.find(bin_sample(feats, names, target, min(1.0, BIN_SAMPLE / max(n_train, 1))),
+                            names, n_bins(cfg))
+    console.log(f"training LightGBM on {n_train:,} cells")
+    total, count = target_sum(feats, target)
+    mean = total / max(count, 1)
+    model = lgb.LGBMRegressor(**lgbm_params(cfg, n_jobs=threads, forced_bins=_forced_bins_file(bins, work)))
+    model.fit(training_rows(feats, bins, target), training_rows(feats, None, target, mean))
+    booster = add_to_first_tree(model.booster_, mean)
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
     part = plan_partitions(feats["department"].to_numpy(), cfg.rows_per_partition)
     bounds = np.flatnonzero(np.diff(np.r_[-1, part, part[-1] + 1]))
-    spec = _explain_spec(spec_kw, work, threads=threads)
+    spec = _explain_spec(spec_kw, work, threads=threads, bins=bins)
     model_text = booster.model_to_string()
     console.log(f"SHAP of every cell, {len(bounds) - 1} partitions")
     outcomes = [explain_part(feats.iloc[a:b].reset_index(drop=True), p, model_text, spec)
                 for p, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
     timings["shap"] = time.perf_counter() - t
-    return booster, outcomes, (feats if keep_features else None), None, 1
+    return booster, bins, outcomes, (feats if keep_features else None), None, 1
 
 
 def _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, console,
@@ -633,27 +755,35 @@ def _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, c
         timings["features"] = time.perf_counter() - t
         t = time.perf_counter()
         names = spec_kw["features"]
-        xs = [on(p, training_rows, f, names, target) for p, f in enumerate(feats)]
-        ys = [on(p, training_rows, f, None, target) for p, f in enumerate(feats)]
+        n_train = sum(client.gather([on(p, part_training_count, f, target) for p, f in enumerate(feats)]))
+        fraction = min(1.0, BIN_SAMPLE / max(n_train, 1))
+        sample = client.gather([on(p, bin_sample, f, names, target, fraction) for p, f in enumerate(feats)])
+        bins = FeatureBins.find(pd.concat(sample, ignore_index=True), names, n_bins(cfg))
+        del sample
+        sums = client.gather([on(p, target_sum, f, target) for p, f in enumerate(feats)])
+        mean = sum(t for t, _ in sums) / max(sum(c for _, c in sums), 1)
+        xs = [on(p, training_rows, f, bins, target) for p, f in enumerate(feats)]
+        ys = [on(p, training_rows, f, None, target, mean) for p, f in enumerate(feats)]
         X = dd.from_delayed(xs, meta=pd.DataFrame({n: pd.Series(dtype=float) for n in names}), verify_meta=False)
         y = dd.from_delayed(ys, meta=pd.Series(dtype=float, name=target), verify_meta=False)
         # lightgbm.dask gives each worker as many LightGBM threads as it has Dask threads
-        params = {k: v for k, v in lgbm_params(cfg, n_jobs=1).items() if k != "n_jobs"}
+        params = {k: v for k, v in lgbm_params(cfg, n_jobs=1, forced_bins=_forced_bins_file(bins, work)).items()
+                  if k != "n_jobs"}
         model = DaskLGBMRegressor(client=client, **params)
         with warnings.catch_warnings():
             # n_jobs is not passed; lightgbm.dask warns about its scikit-learn default anyway
             warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
             model.fit(X, y)
         del xs, ys, X, y
-        booster = model.booster_
+        booster = add_to_first_tree(model.booster_, mean)
         timings["train"] = time.perf_counter() - t
         t = time.perf_counter()
-        spec = _explain_spec(spec_kw, work, threads=1)
+        spec = _explain_spec(spec_kw, work, threads=1, bins=bins)
         model_text = client.scatter(booster.model_to_string(), broadcast=True)
         outcomes = client.gather([on(p, explain_part, f, p, model_text, spec) for p, f in enumerate(feats)])
         timings["shap"] = time.perf_counter() - t
         features = pd.concat(client.gather(feats), ignore_index=True) if keep_features else None
-        return booster, outcomes, features, sched, workers
+        return booster, bins, outcomes, features, sched, workers
     finally:
         if own_client:
             t = time.perf_counter()

@@ -428,7 +428,7 @@ def line_chart(periods_zone, values_zone, periods_dep, values_dep, nbr: float | 
     lo, hi = min(ys), max(ys)
     pad = (hi - lo) * 0.12 or abs(hi) * 0.05 or 1.0
     lo, hi = lo - pad, hi + pad
-    L, R, T, B = 34, 8, 8, 18
+    L, R, T, B = 34, 16, 8, 18  # room for the last year label, centred on its tick
 
     def X(p):
         return L + (width - L - R) * ((p - x0) / (x1 - x0) if x1 > x0 else 0.5)
@@ -445,10 +445,18 @@ def line_chart(periods_zone, values_zone, periods_dep, values_dep, nbr: float | 
         "zone": zone_pts, "zone_line": " ".join(f"{x},{y}" for x, y in zone_pts),
         "dep": dep_pts, "dep_line": " ".join(f"{x},{y}" for x, y in dep_pts),
         "nbr": (round(X(ref_period), 1), round(Y(nbr), 1)) if nbr is not None and np.isfinite(nbr) else None,
-        "ticks": [(round(X(p), 1), p) for p in allp] if len(allp) <= 6 else
-                 [(round(X(p), 1), p) for p in (allp[0], allp[len(allp) // 2], allp[-1])],
+        "ticks": _year_ticks([(round(X(p), 1), p) for p in allp]),
         "y_hi": hi - pad, "y_lo": lo + pad, "y_hi_y": round(Y(hi - pad), 1), "y_lo_y": round(Y(lo + pad), 1),
     }
+
+
+def _year_ticks(ticks: list[tuple[float, int]], gap: float = 30.0) -> list[tuple[float, int]]:
+    """The first and last years, and those between that leave ``gap`` px for a 4-digit label."""
+    kept = ticks[:1]
+    for x, p in ticks[1:-1]:
+        if x - kept[-1][0] >= gap and ticks[-1][0] - x >= gap:
+            kept.append((x, p))
+    return kept + ticks[-1:] if len(ticks) > 1 else kept
 
 
 def waterfall(base: float, items: list[tuple[str, float, str]], final: float, width: int = 660,
@@ -516,7 +524,7 @@ def svg_line(c: dict) -> Markup:
          f'<line class="ax" x1="{c["L"]}" x2="{c["right"]}" y1="{c["bottom"]}" y2="{c["bottom"]}"/>',
          f'<text x="0" y="{c["y_hi_y"] + 3}">{_e(c.get("y_hi_t", ""))}</text>'
          f'<text x="0" y="{c["y_lo_y"] + 3}">{_e(c.get("y_lo_t", ""))}</text>']
-    p += [f'<text x="{x - 12:.1f}" y="{c["height"] - 4}">{t}</text>' for x, t in c["ticks"]]
+    p += [f'<text x="{x:.1f}" y="{c["height"] - 4}" text-anchor="middle">{t}</text>' for x, t in c["ticks"]]
     if len(c["dep"]) > 1:
         p.append(f'<polyline class="dl" points="{c["dep_line"]}"/>')
     p += [f'<circle class="dp" cx="{x}" cy="{y}" r="2.5"/>' for x, y in c["dep"]]

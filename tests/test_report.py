@@ -210,3 +210,15 @@ def test_department_means_are_population_weighted():
     assert d[("01", "unemployment_rate")] == pytest.approx(17.5)
     assert d[("02", "unemployment_rate")] == pytest.approx(5.0)
     assert d[("01", "population")] == pytest.approx(400.0)  # counts are summed
+
+
+def test_year_labels_of_the_small_charts_do_not_overlap():
+    # income has six vintages 2014-2021: consecutive years are closer than a label is wide
+    years = [2014, 2015, 2016, 2018, 2019, 2021]
+    c = rep.line_chart(years, [1.0, 2, 3, 4, 5, 6], years, [2.0] * 6, None, 2021)
+    xs = [x for x, _ in c["ticks"]]
+    assert [p for _, p in c["ticks"]][0] == 2014 and c["ticks"][-1][1] == 2021
+    assert min(np.diff(xs)) >= 30
+    assert xs[-1] + 12 <= c["width"]  # the last label, centred on its tick, is not cut
+    two = rep.line_chart([2018, 2021], [1.0, 2.0], [2018, 2021], [1.5, 1.7], 1.6, 2021)
+    assert [p for _, p in two["ticks"]] == [2018, 2021]
