@@ -130,11 +130,14 @@ def run_build_features(
     as_of: int | None = None,
     console: Console | None = None,
     cache: bool = True,
+    source_cache: Path | None = None,
 ) -> FeatureBuild:
     """Run the stage end to end on a data folder and write its outputs.
 
     Parsed sources are cached under ``<out_dir>/.cache`` (see :mod:`.cache`) unless
-    ``cache`` is false or there is no output folder.
+    ``cache`` is false or there is no output folder. ``source_cache`` names a cache folder to
+    read only instead (a finished run's ``.cache``: its entries are used while the files and the
+    code they were parsed with are unchanged; nothing is written there).
     """
     console = console or Console(quiet=True)
     data_dir = Path(data_dir) if data_dir is not None else bundled_data_dir()
@@ -144,6 +147,9 @@ def run_build_features(
     timings: dict[str, float] = {}
     sources = {name: cls(data_dir) for name, cls in all_sources().items()}
     cache_dir = Path(out_dir) / ".cache" if (cache and out_dir is not None) else None
+    write_cache = source_cache is None
+    if source_cache is not None and cache_dir is None and Path(source_cache).is_dir():
+        cache_dir = Path(source_cache)
 
     def step(label: str):
         console.log(label)
@@ -161,7 +167,7 @@ def run_build_features(
     requests = {name: (src, None) for name, src in sources.items()
                 if src.kind in ("table", "points") or name == "commune_geometries"}
     console.log(f"  {', '.join(requests)}")
-    loaded = load_all(requests, cache_dir)
+    loaded = load_all(requests, cache_dir, write=write_cache)
     tables = {name: df for name, df in loaded.items() if sources[name].kind == "table"}
     points = {name: df for name, df in loaded.items() if sources[name].kind == "points"}
     geoms = loaded["commune_geometries"]

@@ -44,8 +44,9 @@ def cache_path(src: Source, vintages: list[int] | None, cache_dir: Path) -> Path
     return Path(cache_dir) / f"{src.name}-{cache_key(src, vintages)}.parquet"
 
 
-def load_cached(src: Source, vintages: list[int] | None, cache_dir: Path | None) -> pd.DataFrame:
-    """``src.load(vintages)``, through the cache when ``cache_dir`` is given."""
+def load_cached(src: Source, vintages: list[int] | None, cache_dir: Path | None, write: bool = True) -> pd.DataFrame:
+    """``src.load(vintages)``, through the cache when ``cache_dir`` is given (read only, a
+    missing entry parsed but not stored, when ``write`` is false)."""
     vintages = list(vintages) if vintages is not None else src.vintages
     if cache_dir is None:
         return src.load(vintages)
@@ -54,8 +55,11 @@ def load_cached(src: Source, vintages: list[int] | None, cache_dir: Path | None)
         try:
             return gpd.read_parquet(path) if src.kind != "table" and _is_geo(path) else pd.read_parquet(path)
         except (OSError, ValueError):
-            path.unlink(missing_ok=True)  # a damaged entry is rebuilt, never trusted
+            if write:
+                path.unlink(missing_ok=True)  # a damaged entry is rebuilt, never trusted
     df = src.load(vintages)
+    if not write:
+        return df
     for stale in Path(cache_dir).glob(f"{src.name}-*.parquet"):
         stale.unlink(missing_ok=True)
     write_parquet(df, path)
@@ -66,6 +70,7 @@ def load_all(
     requests: dict[str, tuple[Source, list[int] | None]],
     cache_dir: Path | None,
     workers: int | None = None,
+    write: bool = True,
 ) -> dict[str, pd.DataFrame]:
     """:func:`load_cached` of several sources, parsing the uncached ones in parallel.
 
@@ -82,6 +87,8 @@ def load_all(
         As in :func:`load_cached` (``None``: no cache, every source is parsed).
     workers : int, optional
         Worker processes; ``1`` parses in this process.
+    write : bool
+        Store the newly parsed sources in ``cache_dir`` (false: use the cache read only).
     """
     todo = [
         name for name, (src, vintages) in requests.items()
@@ -94,7 +101,7 @@ def load_all(
         # spawn, not fork: forking a process that runs Arrow threads may deadlock
         try:
             with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
-                futures = {name: pool.submit(load_cached, *requests[name], cache_dir) for name in todo}
+                futures = {name: pool.submit(load_cached, *requests[name], cache_dir, write) for name in todo}
                 parsed = {name: f.result() for name, f in futures.items()}
         except BrokenProcessPool:
             # e.g. a calling script without ``if __name__ == "__main__":``, which spawned
@@ -103,7 +110,7 @@ def load_all(
                           "`if __name__ == '__main__'`?): parsing sources one by one", stacklevel=2)
             parsed = {}
     return {
-        name: parsed[name] if name in parsed else load_cached(src, vintages, cache_dir)
+        name: parsed[name] if name in parsed else load_cached(src, vintages, cache_dir, write)
         for name, (src, vintages) in requests.items()
     }
 

@@ -672,8 +672,8 @@ def load_run_engine(run_dir: Path, console=None):
 
     The feature build is redone from the official data the run recorded (``run.json``:
     ``data_dir``, ``as_of`` and the parameters file's content), as ``territoria scenario``
-    does; the models and the score norms are the run's own (``models/``,
-    ``priority_policy.json``).
+    does, reading the run's parsed sources (``.cache``, read only) while they match the files;
+    the models and the score norms are the run's own (``models/``, ``priority_policy.json``).
     """
     import yaml
 
@@ -693,7 +693,8 @@ def load_run_engine(run_dir: Path, console=None):
             conf.write_text(yaml.safe_dump(params_doc, sort_keys=False), encoding="utf-8")
         default_t = load_parameters(conf).reference_period
         fb = run_build_features(data_dir=data_dir, out_dir=None, conf=conf, console=console,
-                                as_of=period if period != default_t else None)
+                                as_of=period if period != default_t else None,
+                                source_cache=Path(run_dir) / ".cache")
     engine = load_engine(fb, run_dir)
     return engine, engine.baseline()
 

@@ -153,7 +153,7 @@ def tune(
         Optional[float], typer.Option("--timeout", help="Start no new trial after SECONDS.")
     ] = None,
 ) -> None:
-    """Search LightGBM parameters of a target with optuna (optional: pip install territoria[tune])."""
+    """Search LightGBM parameters of a target with optuna (optional: pip install "territoria\\[tune]")."""
     from territoria.models.targets import target_spec
     from territoria.models.tuning import require_optuna, tune_target
 
@@ -269,7 +269,8 @@ def scenario(
 
     period = run_period(out)
     fb = run_build_features(data_dir=data, out_dir=None, conf=conf, console=console,
-                            as_of=period if period != load_parameters(conf).reference_period else None)
+                            as_of=period if period != load_parameters(conf).reference_period else None,
+                            source_cache=out / ".cache")
     sc = load_scenario(file, load_registry(), fb.identity)
     engine = load_engine(fb, out)
     table = run_scenario(engine, sc, out, console=console)
@@ -298,7 +299,8 @@ def counterfactual(
 
     period = run_period(out)
     fb = run_build_features(data_dir=data, out_dir=None, conf=conf, console=console,
-                            as_of=period if period != load_parameters(conf).reference_period else None)
+                            as_of=period if period != load_parameters(conf).reference_period else None,
+                            source_cache=out / ".cache")
     engine = load_engine(fb, out)
     res = engine.counterfactual(engine.baseline(), code.strip())
     console.print(f"{code}: priority score {res['score']:.1f}, list threshold {res['threshold']:.1f}")

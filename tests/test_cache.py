@@ -49,3 +49,27 @@ def test_parallel_parsing_matches_one_by_one_in_request_order(tmp_path):
     assert len(list((tmp_path / "cache").glob("*.parquet"))) == 2  # the workers fill the cache
     for name, (src, vintages) in requests.items():
         pd.testing.assert_frame_equal(parallel[name], src.load(vintages))
+
+
+def test_read_only_cache_is_used_and_never_written(tmp_path, copy_bundled):
+    """The dashboard and `territoria scenario` read a finished run's parsed sources: a
+    matching entry is used, a missing or damaged one is parsed without touching the folder."""
+    from territoria.features.sources.ips import IpsColleges
+    from territoria.pipelines.cache import cache_path, load_all
+
+    src = Neet(copy_bundled(NEET))
+    cache = tmp_path / "run" / ".cache"
+    good = load_cached(src, None, cache)
+    entry = cache_path(src, None, cache)
+    # a stored entry that differs from a fresh parse proves which one was read
+    marked = good.assign(value=good["value"] + 1000.0)
+    marked.to_parquet(entry, index=False)
+    before = {p.name: p.stat().st_mtime_ns for p in cache.iterdir()}
+    got = load_all({"neet": (src, None), "ips_colleges": (IpsColleges(), None)}, cache, workers=1, write=False)
+    pd.testing.assert_frame_equal(got["neet"], marked)
+    pd.testing.assert_frame_equal(got["ips_colleges"], IpsColleges().load(None))
+    entry.write_bytes(b"not parquet")
+    before[entry.name] = entry.stat().st_mtime_ns
+    pd.testing.assert_frame_equal(load_cached(src, None, cache, write=False), good)
+    assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before
+    assert len(list(cache.iterdir())) == 1  # no entry added for ips_colleges

@@ -68,3 +68,9 @@ def test_data_check_on_the_bundle_is_clean():
     res = _run("data", "check")
     assert res.returncode == 0, res.stdout[-3000:] + res.stderr[-2000:]
     assert "all files ok" in res.stdout
+
+
+def test_help_shows_the_optional_extra_in_brackets():
+    # rich reads "[tune]" as markup and drops it unless escaped
+    res = _run("tune", "--help")
+    assert res.returncode == 0 and "territoria[tune]" in res.stdout
