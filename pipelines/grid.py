@@ -172,11 +172,15 @@ class FeatureBins:
             edges.append(np.unique(np.quantile(v, qs, method="lower")) if len(v) else np.empty(0))
         return cls(list(features), edges)
 
-    def codes(self, frame: pd.DataFrame) -> np.ndarray:
-        """The features of ``frame`` as bin codes (float matrix, one column per feature)."""
-        out = np.empty((len(frame), len(self.features)), dtype=float)
+    def codes(self, frame: pd.DataFrame, rows: np.ndarray | None = None) -> np.ndarray:
+        """The features of ``frame`` (its ``rows`` only, a boolean mask, if given) as bin
+        codes: a float32 matrix (small integers, exact), one column per feature."""
+        n = len(frame) if rows is None else int(np.count_nonzero(rows))
+        out = np.empty((n, len(self.features)), dtype=np.float32)
         for j, (name, e) in enumerate(zip(self.features, self.edges)):
             v = frame[name].to_numpy(dtype=float)
+            if rows is not None:
+                v = v[rows]
             out[:, j] = np.where(np.isfinite(v), np.searchsorted(e, v, side="left") + 1.0, 0.0)
         return out
 
@@ -199,11 +203,11 @@ class FeatureBins:
 def bin_sample(feats: pd.DataFrame, features: list[str], target: str, fraction: float) -> pd.DataFrame:
     """The training cells of a partition whose id hashes below ``fraction``: the same cells
     whatever the partitioning, hence the same bins for both engines."""
-    rows = feats.loc[feats["in_training"].to_numpy() & feats[target].notna().to_numpy()]
+    keep = feats["in_training"].to_numpy() & feats[target].notna().to_numpy()
     if fraction < 1.0:
-        h = pd.util.hash_array(rows["cell_id"].astype(str).to_numpy(dtype=object))
-        rows = rows.loc[h < np.uint64(fraction * float(2**64 - 1))]
-    return rows[features]
+        h = pd.util.hash_array(feats["cell_id"].astype(str).to_numpy(dtype=object))
+        keep &= h < np.uint64(fraction * float(2**64 - 1))
+    return feats.loc[keep, features]
 
 
 def n_bins(cfg: GridConfig) -> int:
@@ -324,10 +328,11 @@ def training_rows(feats: pd.DataFrame, bins: FeatureBins | None, target: str, of
     """The training rows of a partition: its features as bin codes (``bins``) or its target
     minus ``offset`` (``bins=None``)."""
     keep = feats["in_training"].to_numpy() & feats[target].notna().to_numpy()
-    rows = feats.loc[keep]
+    index = feats.index[keep]
     if bins is None:
-        return rows[target].astype(float) - offset
-    return pd.DataFrame(bins.codes(rows), columns=bins.features, index=rows.index)
+        return pd.Series(feats[target].to_numpy(dtype=float)[keep] - offset, index=index, name=target)
+    # codes of the kept rows only: no copy of the whole partition
+    return pd.DataFrame(bins.codes(feats, keep), columns=bins.features, index=index)
 
 
 def target_sum(feats: pd.DataFrame, target: str) -> tuple[float, int]:

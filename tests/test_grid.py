@@ -234,7 +234,9 @@ def test_engines_give_the_same_rankings(runs):
     """Both engines train on the same bin codes (FeatureBins), so data-parallel LightGBM on
     the 2-worker cluster grows the serial trees: the same predictions up to the order of the
     histogram sums, hence the same ranking up to ties. Without the shared codes the engines
-    agreed to Spearman 0.98 only (each worker found its features' bins on its own rows)."""
+    agreed to Spearman 0.98 only (each worker found its features' bins on its own rows). On
+    far larger grids two features can tie exactly on a split and each engine may pick another
+    (docs/GRID.md); this grid has no such tie."""
     local, dask = runs
     a, b = local.predictions, dask.predictions
     np.testing.assert_allclose(a, b, rtol=0, atol=1e-9)
