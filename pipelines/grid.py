@@ -11,9 +11,10 @@
    cell ids alone (the lattice graph of all keys, gathered once: 8 bytes a cell), each
    partition exports those cells' indicator values, and every partition computes its
    features with that **halo**. The features are bit-for-bit those of the local engine.
-3. **Model.** LightGBM with the parameters of ``conf/grid.yml``: ``lightgbm.LGBMRegressor``
-   locally, ``lightgbm.dask.DaskLGBMRegressor`` on the cluster (data-parallel training on
-   the partitions where they live). Departments drawn with the seed (``holdout_fraction``)
+3. **Models.** LightGBM with the parameters of ``conf/grid.yml``: ``lightgbm.LGBMRegressor``
+   (and ``LGBMClassifier`` for the deteriorating cells) locally, ``lightgbm.dask.DaskLGBMRegressor``
+   (and ``DaskLGBMClassifier``) on the cluster (data-parallel training on the partitions where
+   they live). Departments drawn with the seed (``holdout_fraction``)
    are held out of training; metrics are computed on them. Both engines train on the same
    **bin codes** (:class:`FeatureBins`: quantile edges found once on a hashed sample of the
    training cells, forced on LightGBM), so the Dask model is the local one.
@@ -32,7 +33,8 @@ Outputs (``--out DIR``)
 ``grid_cells.parquet``
     one row per cell: ``cell_id, parent_commune, department, in_training``, the target,
     ``prediction``, ``priority_rank`` (1 = largest predicted rise; ties share the lower
-    rank), ``base_value``, ``model_output``, ``shap_<domain>`` (contributions summed per
+    rank), ``p_deteriorating`` (the classifier's probability that the cell is among the
+    ``deteriorating_quantile`` largest rises), ``base_value``, ``model_output``, ``shap_<domain>`` (contributions summed per
     domain: with the base they add up to the output), ``location_share`` (share of |SHAP|
     carried by the surroundings: neighbour cells, commune, department), ``top_feature_1..k``
     and ``source`` (the synthetic label when the grid is synthetic).
@@ -41,10 +43,11 @@ Outputs (``--out DIR``)
     column per feature), per partition.
 ``grid_features/part-NNNNN.parquet`` (with ``write_features``)
     the feature matrix, per partition.
-``grid_features_meta.csv``, ``grid_model.txt``, ``grid_bins.json``, ``grid_run.json``
-    feature metadata (registry indicator, domain, lever, transform), the LightGBM booster
-    (text; it reads bin codes, not raw features: ``FeatureBins.read(...).codes(X)`` first),
+``grid_features_meta.csv``, ``grid_model.txt``, ``grid_classifier.txt``, ``grid_bins.json``, ``grid_run.json``
+    feature metadata (registry indicator, domain, lever, transform), the LightGBM boosters
+    (text; they read bin codes, not raw features: ``FeatureBins.read(...).codes(X)`` first),
     the bin edges, and the run record: engine, scheduler, workers, partitions, parameters, metrics
+    (the classifier's: base rate, Brier score, ROC AUC)
     on the held-out departments, largest SHAP additivity gap, timings (``cluster``: starting
     and closing the LocalCluster or connecting to the scheduler).
 """
@@ -114,6 +117,9 @@ class GridConfig(BaseModel):
     holdout_fraction: float = Field(0.2, ge=0, lt=1)
     rows_per_partition: int = Field(250_000, ge=1)
     top_features: int = Field(3, ge=0)
+    # share of the training cells with the largest target values called "deteriorating"; a
+    # classifier predicts p_deteriorating for every cell (0: no classifier)
+    deteriorating_quantile: float = Field(0.10, ge=0, lt=0.5)
     model: GridModelParams = Field(default_factory=GridModelParams)
 
 
@@ -335,6 +341,17 @@ def training_rows(feats: pd.DataFrame, bins: FeatureBins | None, target: str, of
     return pd.DataFrame(bins.codes(feats, keep), columns=bins.features, index=index)
 
 
+def deteriorating_rows(feats: pd.DataFrame, target: str, threshold: float) -> pd.Series:
+    """The classifier's labels on a partition's training rows: 1 above ``threshold``."""
+    return (training_rows(feats, None, target) > threshold).astype(np.int64)
+
+
+def deterioration_threshold(targets: np.ndarray, quantile: float) -> float:
+    """The target value above which a training cell is "deteriorating" (the ``quantile``
+    share of the largest values)."""
+    return float(np.quantile(targets, 1.0 - quantile))
+
+
 def target_sum(feats: pd.DataFrame, target: str) -> tuple[float, int]:
     """Sum and count of a partition's training targets."""
     y = training_rows(feats, None, target)
@@ -366,15 +383,19 @@ class ExplainSpec:
     bins: FeatureBins
 
 
-def explain_part(feats: pd.DataFrame, part_no: int, model: str, spec: ExplainSpec) -> dict:
+def explain_part(feats: pd.DataFrame, part_no: int, model: str, spec: ExplainSpec,
+                 classifier: str | None = None) -> dict:
     """Predict and explain one partition; write its parts; return its predictions.
 
-    ``model`` is the booster as LightGBM text. Writes ``cells/part-NNNNN.parquet`` and
+    ``model`` is the booster as LightGBM text (``classifier``: the deterioration classifier's,
+    whose probability is added as ``p_deteriorating``). Writes ``cells/part-NNNNN.parquet`` and
     ``shap/part-NNNNN.parquet`` (and ``features/`` with ``spec.write_features``) under
     ``spec.folder``.
     """
     booster = lgb.Booster(model_str=model)
     X = spec.bins.codes(feats)
+    p_det = (lgb.Booster(model_str=classifier).predict(X, num_threads=spec.threads)
+             if classifier is not None else None)
     raw = booster.predict(X, pred_contrib=True, num_threads=spec.threads)
     phi, base = raw[:, :-1], raw[:, -1]
     output = booster.predict(X, num_threads=spec.threads)
@@ -390,6 +411,8 @@ def explain_part(feats: pd.DataFrame, part_no: int, model: str, spec: ExplainSpe
     _write_part(shap, folder / "shap" / name)
     cells = feats[ID_COLUMNS + ([spec.target] if spec.target else [])].copy()
     cells["prediction"] = output
+    if p_det is not None:
+        cells["p_deteriorating"] = p_det
     cells["base_value"] = base
     cells["model_output"] = output
     fd = np.asarray(spec.feature_domain)
@@ -409,7 +432,7 @@ def explain_part(feats: pd.DataFrame, part_no: int, model: str, spec: ExplainSpe
     _write_part(cells, folder / "cells" / name)
     if spec.write_features:
         _write_part(feats, folder / "features" / name)
-    return {"part": part_no, "rows": len(feats), "prediction": output, "gap": gap}
+    return {"part": part_no, "rows": len(feats), "prediction": output, "gap": gap, "p_deteriorating": p_det}
 
 
 def _write_part(df: pd.DataFrame, path: Path) -> None:
@@ -436,6 +459,22 @@ class GridResult:
     features: pd.DataFrame | None = None
     meta: pd.DataFrame | None = None
     run: dict = field(default_factory=dict)
+    classifier: lgb.Booster | None = None
+    p_deteriorating: np.ndarray | None = None
+
+
+def _classifier_metrics(y: np.ndarray, threshold: float, p: np.ndarray) -> dict:
+    """Base rate, mean probability, Brier score (and the base rate's) and ROC AUC."""
+    from sklearn.metrics import roc_auc_score
+
+    ok = ~np.isnan(y)
+    label, p = (y[ok] > threshold).astype(float), p[ok]
+    if len(label) < 3:
+        return {"n": int(len(label))}
+    rate = float(label.mean())
+    return {"n": int(len(label)), "base_rate": rate, "mean_p": float(p.mean()),
+            "brier": float(((p - label) ** 2).mean()), "brier_base_rate": float(((rate - label) ** 2).mean()),
+            "roc_auc": float(roc_auc_score(label, p)) if 0 < rate < 1 else float("nan")}
 
 
 def _metrics(y: np.ndarray, pred: np.ndarray) -> dict:
@@ -641,7 +680,7 @@ def run_grid(
         else:
             res = _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, console,
                             keep_features, scheduler, n_workers, client)
-        booster, bins, outcomes, features, scheduler_name, workers = res
+        booster, classifier, threshold, bins, outcomes, features, scheduler_name, workers = res
         t = time.perf_counter()
         outcomes = sorted(outcomes, key=lambda o: o["part"])
         pred = np.concatenate([o["prediction"] for o in outcomes])
@@ -652,6 +691,10 @@ def run_grid(
         paths["model"] = write_atomic(out_dir / "grid_model.txt",
                                       lambda tmp: tmp.write_text(model_text, encoding="utf-8"))
         paths["bins"] = write_json(bins.to_json(), out_dir / "grid_bins.json")
+        if classifier is not None:
+            classifier_text = classifier.model_to_string()
+            paths["classifier"] = write_atomic(out_dir / "grid_classifier.txt",
+                                               lambda tmp: tmp.write_text(classifier_text, encoding="utf-8"))
         timings["assemble"] = time.perf_counter() - t
     finally:
         shutil.rmtree(work, ignore_errors=True)
@@ -661,6 +704,11 @@ def run_grid(
     metrics = {"holdout_departments": sorted(holdout),
                "holdout": _metrics(test[target].to_numpy(float)[held], test["prediction"].to_numpy()[held]),
                "training": _metrics(test[target].to_numpy(float)[~held], test["prediction"].to_numpy()[~held])}
+    p_det = np.concatenate([o["p_deteriorating"] for o in outcomes]) if classifier is not None else None
+    if p_det is not None:
+        metrics["deteriorating"] = {
+            "quantile": cfg.deteriorating_quantile, "threshold": threshold,
+            "holdout": _classifier_metrics(test[target].to_numpy(float)[held], threshold, p_det[held])}
     timings["total"] = time.perf_counter() - t0
     synthetic = bool("source" in cells.columns and cells["source"].astype(str).str.startswith("synthetic").any())
     run = {
@@ -676,7 +724,7 @@ def run_grid(
     }
     paths["run"] = write_json(run, out_dir / "grid_run.json")
     return GridResult(out_dir, engine, int(len(pred)), len(outcomes), pred, metrics, gap, timings, paths,
-                      booster, bins, features, meta, run)
+                      booster, bins, features, meta, run, classifier, p_det)
 
 
 def _explain_spec(spec_kw: dict, work: Path, threads: int, bins: FeatureBins) -> ExplainSpec:
@@ -702,26 +750,35 @@ def _run_local(cells, indicators, cfg, holdout, target, spec_kw, work, timings, 
     console.log(f"training LightGBM on {n_train:,} cells")
     total, count = target_sum(feats, target)
     mean = total / max(count, 1)
-    model = lgb.LGBMRegressor(**lgbm_params(cfg, n_jobs=threads, forced_bins=_forced_bins_file(bins, work)))
-    model.fit(training_rows(feats, bins, target), training_rows(feats, None, target, mean))
+    params = lgbm_params(cfg, n_jobs=threads, forced_bins=_forced_bins_file(bins, work))
+    X = training_rows(feats, bins, target)
+    model = lgb.LGBMRegressor(**params)
+    model.fit(X, training_rows(feats, None, target, mean))
     booster = add_to_first_tree(model.booster_, mean)
+    classifier = threshold = None
+    if cfg.deteriorating_quantile > 0:
+        threshold = deterioration_threshold(training_rows(feats, None, target).to_numpy(), cfg.deteriorating_quantile)
+        console.log(f"training the deterioration classifier (target above {threshold:.4g})")
+        classifier = lgb.LGBMClassifier(**params).fit(X, deteriorating_rows(feats, target, threshold)).booster_
+    del X
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
     part = plan_partitions(feats["department"].to_numpy(), cfg.rows_per_partition)
     bounds = np.flatnonzero(np.diff(np.r_[-1, part, part[-1] + 1]))
     spec = _explain_spec(spec_kw, work, threads=threads, bins=bins)
     model_text = booster.model_to_string()
+    classifier_text = classifier.model_to_string() if classifier is not None else None
     console.log(f"SHAP of every cell, {len(bounds) - 1} partitions")
-    outcomes = [explain_part(feats.iloc[a:b].reset_index(drop=True), p, model_text, spec)
+    outcomes = [explain_part(feats.iloc[a:b].reset_index(drop=True), p, model_text, spec, classifier_text)
                 for p, (a, b) in enumerate(zip(bounds[:-1], bounds[1:]))]
     timings["shap"] = time.perf_counter() - t
-    return booster, bins, outcomes, (feats if keep_features else None), None, 1
+    return booster, classifier, threshold, bins, outcomes, (feats if keep_features else None), None, 1
 
 
 def _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, console,
               keep_features, scheduler, n_workers, client):
     import dask.dataframe as dd
-    from lightgbm.dask import DaskLGBMRegressor
+    from lightgbm.dask import DaskLGBMClassifier, DaskLGBMRegressor
 
     own_client = client is None
     cluster = None
@@ -779,16 +836,31 @@ def _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, c
             # n_jobs is not passed; lightgbm.dask warns about its scikit-learn default anyway
             warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
             model.fit(X, y)
-        del xs, ys, X, y
         booster = add_to_first_tree(model.booster_, mean)
+        classifier = threshold = None
+        if cfg.deteriorating_quantile > 0:
+            targets = client.gather([on(p, training_rows, f, None, target) for p, f in enumerate(feats)])
+            threshold = deterioration_threshold(pd.concat(targets).to_numpy(), cfg.deteriorating_quantile)
+            del targets
+            console.log(f"training the deterioration classifier (target above {threshold:.4g})")
+            labels = [on(p, deteriorating_rows, f, target, threshold) for p, f in enumerate(feats)]
+            yc = dd.from_delayed(labels, meta=pd.Series(dtype=np.int64, name=target), verify_meta=False)
+            with warnings.catch_warnings():
+                warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
+                classifier = DaskLGBMClassifier(client=client, **params).fit(X, yc).booster_
+            del labels, yc
+        del xs, ys, X, y
         timings["train"] = time.perf_counter() - t
         t = time.perf_counter()
         spec = _explain_spec(spec_kw, work, threads=1, bins=bins)
         model_text = client.scatter(booster.model_to_string(), broadcast=True)
-        outcomes = client.gather([on(p, explain_part, f, p, model_text, spec) for p, f in enumerate(feats)])
+        classifier_text = (client.scatter(classifier.model_to_string(), broadcast=True)
+                           if classifier is not None else None)
+        outcomes = client.gather([on(p, explain_part, f, p, model_text, spec, classifier_text)
+                                  for p, f in enumerate(feats)])
         timings["shap"] = time.perf_counter() - t
         features = pd.concat(client.gather(feats), ignore_index=True) if keep_features else None
-        return booster, bins, outcomes, features, sched, workers
+        return booster, classifier, threshold, bins, outcomes, features, sched, workers
     finally:
         if own_client:
             t = time.perf_counter()
@@ -853,6 +925,11 @@ def summary_lines(res: GridResult) -> list[str]:
         + (f" ({res.run.get('scheduler')})" if res.engine == "dask" else ""),
         f"held-out departments ({len(res.metrics['holdout_departments'])}): R² {m.get('r2', float('nan')):.3f}, "
         f"Spearman {m.get('spearman', float('nan')):.3f}, MAE {m.get('mae', float('nan')):.3f}",
+        *([f"deteriorating (top {res.metrics['deteriorating']['quantile']:.0%} of rises): held-out ROC AUC "
+           f"{res.metrics['deteriorating']['holdout'].get('roc_auc', float('nan')):.3f}, Brier "
+           f"{res.metrics['deteriorating']['holdout'].get('brier', float('nan')):.4f} (base rate's "
+           f"{res.metrics['deteriorating']['holdout'].get('brier_base_rate', float('nan')):.4f})"]
+          if "deteriorating" in res.metrics else []),
         f"SHAP for every cell: largest additivity gap {res.max_additivity_gap:.2e} (tolerance {ADDITIVITY_TOL:g})",
         "timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()),
     ]

@@ -14,6 +14,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 import pytest
+from scipy.stats import spearmanr
 
 from territoria.errors import DataError
 from territoria.features.grid import (
@@ -252,6 +253,41 @@ def test_engines_give_the_same_rankings(runs):
     np.testing.assert_array_equal(ca["priority_rank"].to_numpy()[clear], cb["priority_rank"].to_numpy()[clear])
     assert local.metrics["holdout"]["r2"] == pytest.approx(dask.metrics["holdout"]["r2"], abs=1e-9)
     assert local.booster.num_trees() == dask.booster.num_trees()
+    # the deterioration classifier (LGBMClassifier vs DaskLGBMClassifier) is close, not equal:
+    # for the log loss LightGBM checks min_child_samples on leaf counts it estimates from
+    # hessians, differently on one machine and on several (docs/GRID.md)
+    pa, pb = local.p_deteriorating, dask.p_deteriorating
+    assert spearmanr(pa, pb).statistic > 0.95 and np.abs(pa - pb).mean() < 0.03
+    assert np.array_equal(ca["p_deteriorating"].to_numpy(), pa) and np.array_equal(cb["p_deteriorating"].to_numpy(), pb)
+
+
+def test_deterioration_classifier_ranks_the_largest_rises(runs, cells, small_conf, tmp_path):
+    """p_deteriorating is the probability of being among the 10 % largest rises of the
+    target: on the held-out departments it beats the base rate (Brier) and ranks (AUC)."""
+    local, _ = runs
+    det = local.metrics["deteriorating"]
+    train_y = local.features.loc[local.features["in_training"], TARGET].dropna()
+    assert det["quantile"] == 0.10
+    assert (train_y > det["threshold"]).mean() == pytest.approx(0.10, abs=0.002)
+    held = det["holdout"]
+    assert held["n"] == int((~local.features["in_training"] & local.features[TARGET].notna()).sum())
+    assert held["roc_auc"] > 0.8 and 0 <= held["brier"] < 0.25
+    p = local.p_deteriorating
+    assert ((p > 0) & (p < 1)).all()
+    # on the training cells the probabilities average to the share of deteriorating cells
+    assert p[local.features["in_training"].to_numpy() & local.features[TARGET].notna().to_numpy()].mean() == \
+        pytest.approx(0.10, abs=0.02)
+    # cells with the largest predicted rises are the likeliest to deteriorate
+    assert spearmanr(p, local.predictions).statistic > 0.7
+    assert (local.out_dir / "grid_classifier.txt").read_text().startswith("tree")
+    # 0 turns it off: no column, no model file
+    conf = tmp_path / "grid.yml"
+    conf.write_text(small_conf.read_text() + "deteriorating_quantile: 0\n", encoding="utf-8")
+    deps = cells["department"].unique()[:2]
+    off = run_grid(tmp_path / "off", cells=cells[cells["department"].isin(deps)], engine="local", conf=conf, threads=1)
+    assert off.classifier is None and "deteriorating" not in off.metrics
+    assert "p_deteriorating" not in pd.read_parquet(off.paths["cells"]).columns
+    assert not (tmp_path / "off" / "grid_classifier.txt").exists()
 
 
 def test_both_engines_split_between_bin_codes(runs):
