@@ -71,7 +71,8 @@ _SCENARIO_LOCK = threading.Lock()
 @st.cache_resource(show_spinner=False)
 def _engine_future(run_dir: str) -> Future:
     """The run's engine, loaded in the background once the first page is drawn: rebuilding
-    the features takes a minute or two, which a planner spends on the map and the table."""
+    the features from the run's parsed sources takes about 20 s for all communes on two
+    cores, which a planner spends on the map and the table."""
     # import the scientific stack here first: two threads importing sklearn at once can see
     # it partially initialised
     import territoria.pipelines.build_features  # noqa: F401
