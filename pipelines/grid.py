@@ -152,8 +152,9 @@ class FeatureBins:
     engines therefore train on bin codes: 0 for a missing value, then 1, 2, ... for the
     quantile intervals of ``edges`` (``edges[k-1] < x <= edges[k]``), with LightGBM's bin
     bounds forced at the half-integers. Every bin then holds one code whatever rows a worker
-    sees, and the Dask model equals the local one (tested). The codes keep the order of the
-    values, so SHAP contributions stay those of the features; the booster must be given codes.
+    sees, and the Dask regressor equals the local one (tested; up to exact ties between two
+    features, docs/GRID.md). The codes keep the order of the values, so SHAP contributions
+    stay those of the features; the booster must be given codes.
 
     Examples
     --------
