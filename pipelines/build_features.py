@@ -147,9 +147,9 @@ def run_build_features(
     timings: dict[str, float] = {}
     sources = {name: cls(data_dir) for name, cls in all_sources().items()}
     cache_dir = Path(out_dir) / ".cache" if (cache and out_dir is not None) else None
-    write_cache = source_cache is None
-    if source_cache is not None and cache_dir is None and Path(source_cache).is_dir():
-        cache_dir = Path(source_cache)
+    write_cache = True
+    if cache_dir is None and source_cache is not None and Path(source_cache).is_dir():
+        cache_dir, write_cache = Path(source_cache), False
 
     def step(label: str):
         console.log(label)

@@ -130,7 +130,7 @@ def load_grid_config(path: Path | str | None = None) -> GridConfig:
 def lgbm_params(cfg: GridConfig, n_jobs: int, forced_bins: str | None = None) -> dict:
     """Keyword arguments of ``LGBMRegressor`` and ``DaskLGBMRegressor`` (identical but threads).
 
-    ``forced_bins``: the path of :meth:`FeatureBins.write_forced_bins`'s file.
+    ``forced_bins``: the path of a file of :meth:`FeatureBins.forced_bins` (``_forced_bins_file``).
     """
     p = cfg.model.model_dump()
     # boost_from_average off: on several machines LightGBM starts from the mean of the
@@ -207,10 +207,15 @@ class FeatureBins:
         return cls(doc["features"], [np.asarray(e, dtype=float) for e in doc["edges"]])
 
 
+def training_mask(feats: pd.DataFrame, target: str) -> np.ndarray:
+    """The training cells of a partition: outside the held-out departments, with a target."""
+    return feats["in_training"].to_numpy() & feats[target].notna().to_numpy()
+
+
 def bin_sample(feats: pd.DataFrame, features: list[str], target: str, fraction: float) -> pd.DataFrame:
     """The training cells of a partition whose id hashes below ``fraction``: the same cells
     whatever the partitioning, hence the same bins for both engines."""
-    keep = feats["in_training"].to_numpy() & feats[target].notna().to_numpy()
+    keep = training_mask(feats, target)
     if fraction < 1.0:
         h = pd.util.hash_array(feats["cell_id"].astype(str).to_numpy(dtype=object))
         keep &= h < np.uint64(fraction * float(2**64 - 1))
@@ -220,10 +225,6 @@ def bin_sample(feats: pd.DataFrame, features: list[str], target: str, fraction: 
 def n_bins(cfg: GridConfig) -> int:
     # codes 0..n_bins, LightGBM's zero bound and its last (infinite) bound fit in max_bin
     return cfg.model.max_bin - 4
-
-
-def part_training_count(feats: pd.DataFrame, target: str) -> int:
-    return int((feats["in_training"].to_numpy() & feats[target].notna().to_numpy()).sum())
 
 
 # ----------------------------------------------------------------------------- partitions
@@ -334,7 +335,7 @@ def part_features(cells: pd.DataFrame, halo: pd.DataFrame | None, indicators: li
 def training_rows(feats: pd.DataFrame, bins: FeatureBins | None, target: str, offset: float = 0.0):
     """The training rows of a partition: its features as bin codes (``bins``) or its target
     minus ``offset`` (``bins=None``)."""
-    keep = feats["in_training"].to_numpy() & feats[target].notna().to_numpy()
+    keep = training_mask(feats, target)
     index = feats.index[keep]
     if bins is None:
         return pd.Series(feats[target].to_numpy(dtype=float)[keep] - offset, index=index, name=target)
@@ -351,12 +352,6 @@ def deterioration_threshold(targets: np.ndarray, quantile: float) -> float:
     """The target value above which a training cell is "deteriorating" (the ``quantile``
     share of the largest values)."""
     return float(np.quantile(targets, 1.0 - quantile))
-
-
-def target_sum(feats: pd.DataFrame, target: str) -> tuple[float, int]:
-    """Sum and count of a partition's training targets."""
-    y = training_rows(feats, None, target)
-    return float(y.sum()), len(y)
 
 
 def add_to_first_tree(booster: lgb.Booster, value: float) -> lgb.Booster:
@@ -745,12 +740,11 @@ def _run_local(cells, indicators, cfg, holdout, target, spec_kw, work, timings, 
     timings["features"] = time.perf_counter() - t
     t = time.perf_counter()
     names = spec_kw["features"]
-    n_train = part_training_count(feats, target)
-    bins = FeatureBins.find(bin_sample(feats, names, target, min(1.0, BIN_SAMPLE / max(n_train, 1))),
+    y = training_rows(feats, None, target).to_numpy()
+    mean = float(y.mean()) if len(y) else 0.0
+    bins = FeatureBins.find(bin_sample(feats, names, target, min(1.0, BIN_SAMPLE / max(len(y), 1))),
                             names, n_bins(cfg))
-    console.log(f"training LightGBM on {n_train:,} cells")
-    total, count = target_sum(feats, target)
-    mean = total / max(count, 1)
+    console.log(f"training LightGBM on {len(y):,} cells")
     params = lgbm_params(cfg, n_jobs=threads, forced_bins=_forced_bins_file(bins, work))
     X = training_rows(feats, bins, target)
     model = lgb.LGBMRegressor(**params)
@@ -758,7 +752,7 @@ def _run_local(cells, indicators, cfg, holdout, target, spec_kw, work, timings, 
     booster = add_to_first_tree(model.booster_, mean)
     classifier = threshold = None
     if cfg.deteriorating_quantile > 0:
-        threshold = deterioration_threshold(training_rows(feats, None, target).to_numpy(), cfg.deteriorating_quantile)
+        threshold = deterioration_threshold(y, cfg.deteriorating_quantile)
         console.log(f"training the deterioration classifier (target above {threshold:.4g})")
         classifier = lgb.LGBMClassifier(**params).fit(X, deteriorating_rows(feats, target, threshold)).booster_
     del X
@@ -818,16 +812,19 @@ def _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, c
         timings["features"] = time.perf_counter() - t
         t = time.perf_counter()
         names = spec_kw["features"]
-        n_train = sum(client.gather([on(p, part_training_count, f, target) for p, f in enumerate(feats)]))
-        fraction = min(1.0, BIN_SAMPLE / max(n_train, 1))
+        # the training targets (8 bytes a cell), in partition order: the table's order, so the
+        # mean and the threshold are computed as the local engine computes them
+        train_y = np.concatenate([s.to_numpy() for s in client.gather(
+            [on(p, training_rows, f, None, target) for p, f in enumerate(feats)])])
+        mean = float(train_y.mean()) if len(train_y) else 0.0
+        fraction = min(1.0, BIN_SAMPLE / max(len(train_y), 1))
         sample = client.gather([on(p, bin_sample, f, names, target, fraction) for p, f in enumerate(feats)])
         bins = FeatureBins.find(pd.concat(sample, ignore_index=True), names, n_bins(cfg))
         del sample
-        sums = client.gather([on(p, target_sum, f, target) for p, f in enumerate(feats)])
-        mean = sum(t for t, _ in sums) / max(sum(c for _, c in sums), 1)
         xs = [on(p, training_rows, f, bins, target) for p, f in enumerate(feats)]
         ys = [on(p, training_rows, f, None, target, mean) for p, f in enumerate(feats)]
-        X = dd.from_delayed(xs, meta=pd.DataFrame({n: pd.Series(dtype=float) for n in names}), verify_meta=False)
+        X = dd.from_delayed(xs, meta=pd.DataFrame({n: pd.Series(dtype=np.float32) for n in names}),
+                            verify_meta=False)
         y = dd.from_delayed(ys, meta=pd.Series(dtype=float, name=target), verify_meta=False)
         # lightgbm.dask gives each worker as many LightGBM threads as it has Dask threads
         params = {k: v for k, v in lgbm_params(cfg, n_jobs=1, forced_bins=_forced_bins_file(bins, work)).items()
@@ -840,9 +837,7 @@ def _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, c
         booster = add_to_first_tree(model.booster_, mean)
         classifier = threshold = None
         if cfg.deteriorating_quantile > 0:
-            targets = client.gather([on(p, training_rows, f, None, target) for p, f in enumerate(feats)])
-            threshold = deterioration_threshold(pd.concat(targets).to_numpy(), cfg.deteriorating_quantile)
-            del targets
+            threshold = deterioration_threshold(train_y, cfg.deteriorating_quantile)
             console.log(f"training the deterioration classifier (target above {threshold:.4g})")
             labels = [on(p, deteriorating_rows, f, target, threshold) for p, f in enumerate(feats)]
             yc = dd.from_delayed(labels, meta=pd.Series(dtype=np.int64, name=target), verify_meta=False)
@@ -850,7 +845,7 @@ def _run_dask(cells, indicators, cfg, holdout, target, spec_kw, work, timings, c
                 warnings.filterwarnings("ignore", message="Parameter n_jobs will be ignored")
                 classifier = DaskLGBMClassifier(client=client, **params).fit(X, yc).booster_
             del labels, yc
-        del xs, ys, X, y
+        del xs, ys, X, y, train_y
         timings["train"] = time.perf_counter() - t
         t = time.perf_counter()
         spec = _explain_spec(spec_kw, work, threads=1, bins=bins)
@@ -926,14 +921,15 @@ def summary_lines(res: GridResult) -> list[str]:
         + (f" ({res.run.get('scheduler')})" if res.engine == "dask" else ""),
         f"held-out departments ({len(res.metrics['holdout_departments'])}): R² {m.get('r2', float('nan')):.3f}, "
         f"Spearman {m.get('spearman', float('nan')):.3f}, MAE {m.get('mae', float('nan')):.3f}",
-        *([f"deteriorating (top {res.metrics['deteriorating']['quantile']:.0%} of rises): held-out ROC AUC "
-           f"{res.metrics['deteriorating']['holdout'].get('roc_auc', float('nan')):.3f}, Brier "
-           f"{res.metrics['deteriorating']['holdout'].get('brier', float('nan')):.4f} (base rate's "
-           f"{res.metrics['deteriorating']['holdout'].get('brier_base_rate', float('nan')):.4f})"]
-          if "deteriorating" in res.metrics else []),
         f"SHAP for every cell: largest additivity gap {res.max_additivity_gap:.2e} (tolerance {ADDITIVITY_TOL:g})",
         "timings: " + ", ".join(f"{k} {v:.1f} s" for k, v in t.items()),
     ]
+    det = res.metrics.get("deteriorating")
+    if det:
+        h = det["holdout"]
+        lines.insert(2, f"deteriorating (top {det['quantile']:.0%} of rises): held-out ROC AUC "
+                        f"{h.get('roc_auc', float('nan')):.3f}, Brier {h.get('brier', float('nan')):.4f} "
+                        f"(base rate's {h.get('brier_base_rate', float('nan')):.4f})")
     if res.run.get("synthetic"):
         lines.append("the grid is SYNTHETIC (territoria.features.synthetic_grid): not real data")
     return lines
