@@ -51,6 +51,8 @@ _TRANSFORM_LABELS = {
     "gap_nbr": (" (gap to neighbours)", " (écart aux voisines)"),
     "gap_epci": (" (gap to EPCI)", " (écart à l'EPCI)"),
     "gap_dep": (" (gap to department)", " (écart au département)"),
+    "gap_commune": (" (gap to the commune's median IRIS)", " (écart à l'IRIS médian de la commune)"),
+    "commune": (" (commune)", " (commune)"),
 }
 
 
@@ -91,14 +93,15 @@ class FeatureSet:
         return META_SCHEMA.validate(pd.DataFrame(self.meta))
 
 
-def commune_cube(panel: pd.DataFrame, t: int) -> pd.DataFrame:
-    """Commune measures dated <= t as one wide table: zone × (measure, period).
+def zone_cube(panel: pd.DataFrame, t: int, level: str = "commune") -> pd.DataFrame:
+    """Measures of the zones of one level (communes or IRIS) dated <= t as one wide table:
+    zone × (measure, period).
 
     Built once so that every feature family reads columns instead of filtering the long panel.
     Zones and columns are sorted. The panel has one value per zone, measure and period
     (checked by :func:`~territoria.features.panel.build_panel`).
     """
-    com = ((panel["level"] == "commune") & (panel["period"] <= t)).to_numpy(bool)
+    com = ((panel["level"] == level) & (panel["period"] <= t)).to_numpy(bool)
     # scatter into a numpy array on integer codes: a pivot on string keys costs seconds
     zone_id, zones = pd.factorize(panel["zone_code"][com], sort=True)
     measure_id, measures = pd.factorize(panel["measure"][com], sort=True)

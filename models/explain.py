@@ -29,7 +29,7 @@ from territoria.models.trajectory import HurdleRegressor
 
 #: transforms describing the zone's surroundings rather than the zone itself
 LOCATION_TRANSFORMS = frozenset(
-    {"nbr_mean", "gap_nbr", "gap_epci", "gap_dep", "change_annual_nbr_mean",
+    {"nbr_mean", "gap_nbr", "gap_epci", "gap_dep", "gap_commune", "commune", "change_annual_nbr_mean",
      "change_annual_mean_nbr_mean", "change_annual_dep_mean"}
 )
 SURVEY_FEATURE = "repeated_survey_probability"

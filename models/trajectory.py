@@ -32,7 +32,7 @@ from sklearn.preprocessing import LabelEncoder
 from sklearn.utils.multiclass import check_classification_targets
 from sklearn.utils.validation import _check_sample_weight, check_is_fitted, validate_data
 
-from territoria.features.build import commune_cube
+from territoria.features.build import zone_cube
 from territoria.features.spatial import neighbour_mean
 from territoria.models.validation import group_validation_split
 
@@ -402,7 +402,7 @@ def history_features(
     Returns the features (indexed like ``identity``) and their metadata (same columns as
     ``features_meta.csv``; ``period_to`` <= origin by construction).
     """
-    cube = commune_cube(panel, origin)
+    cube = zone_cube(panel, origin)
     index = identity.index
     cols: dict[str, pd.Series] = {}
     meta: list[dict] = []

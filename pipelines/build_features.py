@@ -112,7 +112,7 @@ def build_feature_matrix(
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Wide feature matrix (identity columns first) and its metadata, for reference period t."""
     fs = fb.FeatureSet(identity.index)
-    cube = fb.commune_cube(panel, t)
+    cube = fb.zone_cube(panel, t)
     levels = fb.add_levels_and_changes(fs, cube, registry)
     fb.add_access(fs, cube, townhalls, points, registry, params.features, t)
     fb.add_iris_contrasts(fs, panel, registry, params.features, t)

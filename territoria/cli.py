@@ -75,11 +75,35 @@ def run(
     models_conf: ModelsConfOpt = None,
     retrain: Annotated[bool, typer.Option(
         "--retrain", help="Train even when --out holds models of the same data and configuration.")] = False,
+    level: Annotated[str, typer.Option(
+        "--level", help="Zones ranked: commune (every commune) or iris (the IRIS of the communes divided "
+                        "into IRIS; outputs in <out>/iris).")] = "commune",
+    iris_contours: Annotated[Optional[Path], typer.Option(
+        "--iris-contours", help="IGN CONTOURS-IRIS file (.gpkg or .shp) to draw the IRIS on the IRIS map "
+                                "(default: the communes divided into IRIS).")] = None,
+    iris_conf: Annotated[Optional[Path], typer.Option(
+        "--iris-conf", help="IRIS level parameters (default conf/iris.yml).")] = None,
 ) -> None:
     """Main job on the bundled real data: features, index, backtest, models, forecasts,
     priorities, clusters and explanations; ``run.json`` and ``manifest.json`` at the end.
-    Models of a previous run in --out are reused when data, configuration and code are unchanged."""
+    Models of a previous run in --out are reused when data, configuration and code are unchanged.
+    With ``--level iris``: the same for the IRIS, under ``<out>/iris``."""
     from territoria.pipelines.main import run_main
+
+    if level not in ("commune", "iris"):
+        raise DataError("--level", f"unknown level '{level}' (commune or iris)")
+    if lang not in ("fr", "en"):
+        raise DataError("--lang", f"unknown language '{lang}' (fr or en)")
+    if level == "iris":
+        from territoria.pipelines.iris import run_iris
+
+        console.rule("[bold]features")
+        fb = _features(data, out, conf, as_of, no_cache)
+        console.rule("[bold]IRIS level")
+        res = run_iris(fb, out, config=iris_conf, lang=lang, contours=iris_contours, data_dir=data,
+                       console=console)
+        _print_iris_summary(res, lang)
+        return
 
     res = run_main(out, data_dir=data, conf=conf, as_of=as_of, cache=not no_cache,
                    tracking_uri=tracking_uri, lang=lang, models_conf=models_conf, retrain=retrain,
@@ -219,6 +243,24 @@ def _print_priority_summary(pri, out: Path, lang: str) -> None:
     n = int(pri["priority_flag"].sum())
     console.print(f"{n:,} priority zones; outputs: {out / 'priorities.csv'}, {out / 'priorities.gpkg'}, "
                   f"{out / 'explanations.parquet'}")
+
+
+def _print_iris_summary(res, lang: str) -> None:
+    fr = lang == "fr"
+    console.print((res.out_dir / "backtest_table.txt").read_text(encoding="utf-8"))
+    table = Table(title="IRIS prioritaires" if fr else "Priority IRIS")
+    for col in ("rang", "IRIS", "code", "dép.", "score", "intervalle 80 %", "leviers") if fr else \
+            ("rank", "IRIS", "code", "dept", "score", "80 % interval", "levers"):
+        table.add_column(col, overflow="fold")
+    for r in res.priorities.head(10).itertuples():
+        table.add_row(str(int(r.priority_rank)), str(r.zone_name), r.zone_code, str(r.department),
+                      f"{r.priority_score:.1f}", f"{r.priority_score_low:.1f}–{r.priority_score_high:.1f}",
+                      str(getattr(r, f"top_levers_{lang}") or "")[:90])
+    console.print(table)
+    total = sum(res.timings.values())
+    console.print(f"{int(res.priorities['priority_flag'].sum()):,} priority IRIS of "
+                  f"{len(res.priorities):,}; outputs in {res.out_dir} (priorities.csv, map.html, zones/, "
+                  f"metrics.json); IRIS stage {total:.0f} s")
 
 
 @app.command()

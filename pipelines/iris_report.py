@@ -1,0 +1,261 @@
+"""What planners see at IRIS level: ``iris/map.html`` and the IRIS cards ``iris/zones/<code>.html``.
+
+The bundle carries no IRIS contours, so by default the map draws the communes divided into
+IRIS: each is coloured by its most urgent IRIS, and its tooltip names that IRIS, its rank and
+how many of the commune's IRIS are flagged. With the IGN CONTOURS-IRIS file
+(``territoria run --level iris --iris-contours FILE``), read by :func:`read_iris_contours`,
+every IRIS is drawn. Both maps use the commune map's template
+(:func:`~territoria.pipelines.report.render_map`).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from territoria.errors import DataError
+from territoria.io import write_atomic
+from territoria.pipelines.report import (
+    SIMPLIFY_TOLERANCE, _adapters, _env, _num, _short, _text, department_names, domain_label, indicator_label,
+    indicator_unit, interval_bar, bar_chart, render_map, svg_bars, svg_interval, svg_waterfall, waterfall,
+)
+
+#: accepted names of the IRIS code column of IGN CONTOURS-IRIS (editions up to 2023, then 2024+)
+CONTOUR_CODE_COLUMNS = ("CODE_IRIS", "code_iris")
+
+TEXT = {
+    "fr": {
+        "card_title": "Fiche IRIS", "commune": "Commune", "rank_commune": "Rang dans la commune",
+        "forecast": "Prévision", "forecast_of": "Évolution prévue de la part des allocataires au RSA",
+        "points": "points", "index": "Indice de privation (IRIS)", "levers": "Leviers principaux",
+        "indicators": "Indicateurs de l'IRIS", "commune_median": "IRIS médian de la commune",
+        "value": "valeur", "vintage": "millésime", "sources": "Sources", "producer": "producteur",
+        "waterfall_iris": "De quoi est faite la prévision (points de part RSA, TreeSHAP)",
+        "base_iris": "IRIS moyen (point de départ)", "final_iris": "prévision",
+        "coverage": "Couverture des intervalles (backtest)", "model_note":
+        "Prévision LightGBM entraînée sur l'évolution {o}→{e} (IRIS d'au moins {m} allocataires), "
+        "évaluée par validation croisée par départements : Spearman {s} contre {b} pour la meilleure référence.",
+        "map_commune_note": "{name} : IRIS le plus prioritaire {iris} (rang {rank}) ; {nf} IRIS prioritaires sur {n}",
+        "no_contours": "Communes découpées en IRIS, colorées par leur IRIS le plus prioritaire",
+    },
+    "en": {
+        "card_title": "IRIS card", "commune": "Commune", "rank_commune": "Rank in the commune",
+        "forecast": "Forecast", "forecast_of": "Forecast change of the share of CAF recipients on RSA",
+        "points": "points", "index": "Deprivation index (IRIS)", "levers": "Main levers",
+        "indicators": "Indicators of the IRIS", "commune_median": "median IRIS of the commune",
+        "value": "value", "vintage": "vintage", "sources": "Sources", "producer": "producer",
+        "waterfall_iris": "What the forecast is made of (points of RSA share, TreeSHAP)",
+        "base_iris": "average IRIS (starting point)", "final_iris": "forecast",
+        "coverage": "Interval coverage (backtest)", "model_note":
+        "LightGBM forecast trained on the {o}→{e} change (IRIS with at least {m} recipients), "
+        "evaluated by department-blocked cross-validation: Spearman {s} against {b} for the best baseline.",
+        "map_commune_note": "{name}: most urgent IRIS {iris} (rank {rank}); {nf} flagged IRIS of {n}",
+        "no_contours": "Communes divided into IRIS, coloured by their most urgent IRIS",
+    },
+}
+
+
+def _t(lang: str) -> dict:
+    return {**_text(lang), **TEXT[lang]}
+
+
+# --------------------------------------------------------------------------- contours
+def read_iris_contours(path: Path | str) -> pd.Series:
+    """IRIS polygons (WGS84) by IRIS code from an IGN CONTOURS-IRIS file (GeoPackage or
+    shapefile, any edition: ``CODE_IRIS`` or ``code_iris``); invalid polygons are repaired."""
+    import pyogrio
+    import shapely
+
+    path = Path(path)
+    if not path.exists():
+        raise DataError(path, "IRIS contours file not found (IGN CONTOURS-IRIS, .gpkg or .shp)")
+    try:
+        info = pyogrio.read_info(path)
+    except Exception as exc:  # noqa: BLE001 - any unreadable file gets the same message
+        raise DataError(path, f"not a readable GeoPackage or shapefile ({exc})") from exc
+    fields = list(info["fields"])
+    code = next((c for c in CONTOUR_CODE_COLUMNS if c in fields), None)
+    if code is None:
+        raise DataError(path, f"no IRIS code column ({' or '.join(CONTOUR_CODE_COLUMNS)}); columns: {fields}")
+    g = pyogrio.read_dataframe(path, columns=[code])
+    if g.empty:
+        raise DataError(path, "the IRIS contours file is empty")
+    if g.crs is None:
+        raise DataError(path, "the IRIS contours have no coordinate system (.prj missing?)")
+    geoms = np.asarray(g.geometry.array, dtype=object)
+    bad = ~shapely.is_valid(geoms)
+    if bad.any():
+        geoms[bad] = shapely.make_valid(geoms[bad])
+    g = g.set_geometry(list(geoms), crs=g.crs).to_crs("EPSG:4326")
+    codes = g[code].astype(str).str.strip()
+    out = pd.Series(np.asarray(g.geometry.array, dtype=object), index=codes)
+    return out[~out.index.duplicated()]
+
+
+def _commune_polygons(codes: pd.Series, data_dir: Path | None) -> np.ndarray:
+    from territoria.features.sources.geometries import CommuneGeometries
+
+    import shapely
+
+    g = CommuneGeometries(data_dir).load().drop_duplicates("zone_code").set_index("zone_code")
+    g = g.to_crs("EPSG:4326") if g.crs is not None and g.crs.to_epsg() != 4326 else g
+    geoms = pd.Series(np.asarray(g.geometry.array, dtype=object), index=g.index).reindex(codes.astype(str))
+    arr = geoms.to_numpy(dtype=object)
+    ok = pd.notna(arr)
+    out = np.full(len(arr), None, dtype=object)
+    out[ok] = shapely.simplify(arr[ok].astype(object), SIMPLIFY_TOLERANCE, preserve_topology=True)
+    return out
+
+
+def commune_rows(pri: pd.DataFrame, lang: str) -> pd.DataFrame:
+    """One map row per commune divided into IRIS: its most urgent IRIS's figures, named in the
+    tooltip with its rank and the number of flagged IRIS of the commune."""
+    T = _t(lang)
+    ranked = pri.dropna(subset=["priority_rank"]).sort_values(["priority_rank", "zone_code"])
+    top = ranked.drop_duplicates("parent_commune").copy()
+    n_flag = pri.groupby("parent_commune")["priority_flag"].sum()
+    n_iris = pri.groupby("parent_commune").size()
+    top["zone_name"] = [
+        T["map_commune_note"].format(name=r.commune_name, iris=r.zone_code, rank=int(r.priority_rank),
+                                     nf=int(n_flag[r.parent_commune]), n=int(n_iris[r.parent_commune]))
+        for r in top.itertuples()]
+    return top.reset_index(drop=True)
+
+
+def write_iris_map(pri: pd.DataFrame, path: Path | str, lang: str = "fr", contours: Path | str | None = None,
+                   data_dir: Path | None = None) -> Path:
+    """``iris/map.html``: IRIS polygons when ``contours`` is given, else the communes divided into IRIS."""
+    if contours is not None:
+        polys = read_iris_contours(contours)
+        rows = pri[pri["zone_code"].isin(polys.index)].reset_index(drop=True)
+        if rows.empty:
+            raise DataError(contours, "none of the run's IRIS codes is in the contours file "
+                                      "(an edition of another IRIS geography?)")
+        import shapely
+
+        geoms = shapely.simplify(polys.reindex(rows["zone_code"]).to_numpy(dtype=object), SIMPLIFY_TOLERANCE / 4,
+                                 preserve_topology=True)
+    else:
+        rows = commune_rows(pri, lang)
+        geoms = _commune_polygons(rows["parent_commune"], data_dir)
+    html = render_map(rows, geoms, lang, department_names(str(data_dir) if data_dir else None))
+    return write_atomic(Path(path), lambda tmp: tmp.write_text(html, encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- cards
+def _fmt(x, lang: str, digits: int = 1) -> str:
+    return "–" if x is None or pd.isna(x) else _num(float(x), lang, digits)
+
+
+def card_inputs(own: pd.DataFrame, meta: pd.DataFrame, lang: str) -> dict:
+    """What every card reads, computed once: the IRIS indicator levels, their commune medians,
+    feature labels and the sources of the IRIS indicators."""
+    from territoria.registry import load_registry
+
+    reg = load_registry()
+    adapters = _adapters()
+    levels = meta[(meta["transform"] == "level") & ~meta["feature"].str.startswith("commune__")
+                  & meta["feature"].isin(own.columns)]
+    values = own[list(levels["feature"])]
+    medians = values.groupby(own["parent_commune"]).median()
+    sources = {}
+    for name in levels["indicator"]:
+        src = reg.indicator(name).source if name in reg.indicators else None
+        if src in adapters:
+            sources[src] = adapters[src]
+    return {"levels": levels, "values": values, "medians": medians,
+            "labels": meta.drop_duplicates("feature").set_index("feature")[f"label_{lang}"],
+            "sources": [{"producer": p, "dataset": d, "vintage": v} for p, d, v in sources.values()]}
+
+
+def card_context(row: pd.Series, expl: pd.DataFrame, inputs: dict, n_ranked: int, metrics: dict,
+                 lang: str) -> dict:
+    """Template context of one IRIS card (pure): ``expl`` holds the IRIS's explanation rows,
+    ``inputs`` comes from :func:`card_inputs`."""
+    T = _t(lang)
+    measure = metrics["target"]["measure"]
+    pred = f"pred_{measure}"
+    score = float(row["priority_score"]) if pd.notna(row["priority_score"]) else None
+    doms = [(domain_label(c[7:], lang), float(row[c])) for c in row.index
+            if c.startswith("domain_") and c.count("_") == 1 and pd.notna(row[c])]
+    domains = svg_bars(bar_chart(doms), [_fmt(v, lang, 2) for _, v in doms], T["domains"]) if doms else ""
+    # waterfall of the forecast: the largest contributions, the rest in one bar
+    wf = None
+    if len(expl):
+        base, final = float(expl["base_value"].iloc[0]), float(expl["model_output"].iloc[0])
+        named = expl[expl["feature"] != "(other features)"]
+        named = named.loc[named["contribution"].abs().sort_values(ascending=False).index].head(8)
+        labels = inputs["labels"]
+        items = [(_short(str(labels.get(f, f)), 46), float(c), "lever" if lv else "context")
+                 for f, c, lv in zip(named["feature"], named["contribution"], named["is_lever"])]
+        items.append(("…", final - base - sum(p for _, p, _ in items), "context"))
+        wf = waterfall(base, items, final)
+        for b in wf["bars"]:
+            b["text"] = _num(b["value"], lang, 2) if b["kind"] in ("base", "final") else \
+                (("+" if b["value"] > 0 else "") + _num(b["value"], lang, 2))
+        wf = svg_waterfall(wf, {**T, "waterfall": T["waterfall_iris"], "base": T["base_iris"],
+                                "final": T["final_iris"]})
+    # the IRIS's own indicators, against the commune's median IRIS
+    code, commune = row["zone_code"], row["parent_commune"]
+    indicators = []
+    for r in inputs["levels"].itertuples():
+        v = inputs["values"].at[code, r.feature]
+        if pd.isna(v):
+            continue
+        indicators.append({"label": indicator_label(r.indicator, lang), "value": _fmt(v, lang),
+                           "median": _fmt(inputs["medians"].at[commune, r.feature], lang),
+                           "unit": indicator_unit(r.indicator),
+                           "vintage": "" if pd.isna(r.period_to) else str(int(r.period_to))})
+    cv = {m["model"]: m for m in metrics["cross_validation"]}
+    best = max((m["spearman"] for k, m in cv.items() if k != "lightgbm" and pd.notna(m["spearman"])), default=np.nan)
+    lo, hi = row.get(f"{pred}_low_80"), row.get(f"{pred}_high_80")
+    return {
+        "code": row["zone_code"], "name": row["zone_name"], "commune": row["commune_name"],
+        "commune_code": row["parent_commune"], "department": row["department"],
+        "score": _fmt(score, lang), "low": _fmt(row["priority_score_low"], lang),
+        "high": _fmt(row["priority_score_high"], lang),
+        "score_bar": svg_interval(interval_bar(score, float(row["priority_score_low"]),
+                                               float(row["priority_score_high"])) if score is not None else None,
+                                  T["interval"]),
+        "rank": "–" if pd.isna(row["priority_rank"]) else int(row["priority_rank"]), "n": n_ranked,
+        "rank_commune": "–" if pd.isna(row["rank_in_commune"]) else int(row["rank_in_commune"]),
+        "n_commune": int(row["iris_in_commune"]), "flag": bool(row["priority_flag"]),
+        "index": _fmt(row.get("deprivation_index"), lang), "domains": domains,
+        "forecast": _fmt(row[pred], lang, 2), "forecast_low": _fmt(lo, lang, 2), "forecast_high": _fmt(hi, lang, 2),
+        "span": f"{int(row['origin'])}–{int(row['horizon_end'])}",
+        "levers": [s for s in str(row.get(f"top_levers_{lang}") or "").split("; ") if s],
+        "waterfall": wf, "indicators": indicators,
+        "sources": inputs["sources"],
+        "model_note": T["model_note"].format(o=metrics["target"]["origin"], e=metrics["target"]["end"],
+                                             m=int(metrics["min_recipients"]),
+                                             s=_fmt(cv["lightgbm"]["spearman"], lang, 3), b=_fmt(best, lang, 3)),
+    }
+
+
+def write_iris_cards(pri: pd.DataFrame, explanations: pd.DataFrame, meta: pd.DataFrame, own: pd.DataFrame,
+                     folder: Path, lang: str, metrics: dict, zones: list[str] | None = None) -> list[Path]:
+    """Write the card of every flagged IRIS (or of ``zones``); cards of IRIS no longer flagged
+    are removed."""
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    T = _t(lang)
+    tpl = _env().get_template("iris_card.html.j2")
+    codes = zones if zones is not None else pri.loc[pri["priority_flag"], "zone_code"].tolist()
+    rows = pri.set_index("zone_code", drop=False)
+    expl = dict(tuple(explanations[explanations["zone_code"].isin(codes)].groupby("zone_code", sort=False)))
+    none = explanations.iloc[:0]
+    inputs = card_inputs(own, meta, lang)
+    n_ranked = int(pri["priority_rank"].notna().sum())
+    written = []
+    for code in codes:
+        ctx = card_context(rows.loc[code], expl.get(code, none), inputs, n_ranked, metrics, lang)
+        text = tpl.render(z=ctx, t=T)
+        written.append(write_atomic(folder / f"{code}.html", lambda tmp, s=text: tmp.write_text(s, encoding="utf-8")))
+    if zones is None:
+        keep = {p.name for p in written}
+        for old in folder.glob("*.html"):
+            if old.name not in keep:
+                old.unlink()
+    return written
