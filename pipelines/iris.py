@@ -29,6 +29,7 @@ from __future__ import annotations
 import time
 import warnings
 from dataclasses import dataclass, field
+from datetime import datetime, timezone
 from pathlib import Path
 
 import numpy as np
@@ -45,10 +46,12 @@ from territoria.models.index import DeprivationIndex
 from territoria.models.intervals import SplitConformal, coverage_table, cross_conformal_intervals, level_suffix
 from territoria.models.metrics import regression_metrics
 from territoria.models.targets import change, indicator_sign, measure_at, measure_periods
+from territoria.models.tracking import default_tracking_uri, log_training, register_champion
 from territoria.models.trajectory import TrajectoryRegressor
 from territoria.models.validation import SpatialGroupKFold
 from territoria.registry import load_registry
 from territoria.settings import load_config
+from territoria.verify import git_commit, package_versions
 
 
 # --------------------------------------------------------------------------- configuration
@@ -173,6 +176,27 @@ def baseline_predictions(panel: pd.DataFrame, spec: IrisTransition, identity: pd
     return out
 
 
+def transitions_upto(config: IrisConfig, panel: pd.DataFrame, reference: int) -> tuple[IrisTransition,
+                                                                                        IrisTransition | None]:
+    """The target and temporal-fit transitions, moved back so that they end by ``reference``
+    (``--as-of``): the latest vintage <= min(end, reference) and the same horizon. The temporal
+    backtest is dropped (``None``) when its earlier transition has no vintages."""
+    spec = config.target
+    have = measure_periods(panel, spec.measure, upto=min(spec.end, reference))
+    ends = [p for p in have if p - spec.horizon in have]
+    if not ends:
+        raise DataError("conf/iris.yml", f"no two vintages of '{spec.measure}' {spec.horizon} years apart "
+                                         f"up to {reference} (has {have})")
+    shift = spec.end - ends[-1]
+    target = IrisTransition(measure=spec.measure, origin=spec.origin - shift, end=spec.end - shift)
+    fit = config.temporal_fit
+    if fit is not None:
+        fit = IrisTransition(measure=fit.measure, origin=fit.origin - shift, end=fit.end - shift)
+        if not {fit.origin, fit.end} <= set(have):
+            fit = None
+    return target, fit
+
+
 # --------------------------------------------------------------------------- evaluation
 def _regressor(config: IrisConfig) -> TrajectoryRegressor:
     return TrajectoryRegressor(**{**config.model, "random_state": config.seed})
@@ -196,10 +220,10 @@ def cross_validate(X: pd.DataFrame, table: pd.DataFrame, groups: np.ndarray, con
     return pd.DataFrame(rows).set_index("model"), oof, fold
 
 
-def temporal_backtest(features: IrisFeatures, panel: pd.DataFrame, config: IrisConfig, sign: int) -> pd.DataFrame:
-    """Fit on ``temporal_fit`` (features at its origin), score the target transition
-    (features at the target's origin) against the same baselines."""
-    fit_spec, spec = config.temporal_fit, config.target
+def temporal_backtest(features: IrisFeatures, panel: pd.DataFrame, config: IrisConfig, sign: int,
+                      fit_spec: IrisTransition, spec: IrisTransition) -> pd.DataFrame:
+    """Fit on ``fit_spec`` (features at its origin), score the transition ``spec`` (features at
+    its origin) against the same baselines."""
     fit_table = iris_target(panel, fit_spec, config, features.identity.index)
     F0, M0 = features(fit_spec.origin)
     X0 = iris_design(F0, M0).reindex(fit_table.index)
@@ -303,12 +327,15 @@ class IrisResult:
 
 
 def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None = None, lang: str = "fr",
-             contours: Path | str | None = None, data_dir: Path | None = None,
+             contours: Path | str | None = None, data_dir: Path | None = None, tracking_uri: str | None = None,
              console: Console | None = None) -> IrisResult:
     """The IRIS level end to end on a commune feature build ``fb``; outputs in ``out_dir/iris``.
 
     ``contours`` is an IGN CONTOURS-IRIS file (GeoPackage or shapefile) for an IRIS map;
-    without it the map shows the communes divided into IRIS with their IRIS ranks.
+    without it the map shows the communes divided into IRIS with their IRIS ranks. The model
+    is logged to MLflow (the embedded store of ``out_dir`` unless ``tracking_uri``) and
+    registered as ``territoria-iris-<measure>`` with the alias ``champion``. With a build
+    ``as of`` an earlier year, the target transition moves back to end by then.
     """
     from territoria.pipelines.iris_report import write_iris_cards, write_iris_map
 
@@ -316,7 +343,7 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
     cfg = config if isinstance(config, IrisConfig) else load_iris_config(config)
     folder = Path(out_dir) / "iris"
     timings: dict[str, float] = {}
-    spec = cfg.target
+    spec, fit_spec = transitions_upto(cfg, fb.panel, fb.reference_period)
     sign = indicator_sign(spec.measure)
 
     def step(label: str) -> float:
@@ -354,7 +381,7 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
     levels = tuple(cfg.interval_levels)
     oof_iv = cross_conformal_intervals(table["y"], oof["lightgbm"], fold, levels)
     coverage = coverage_table(table["y"].to_numpy(float), oof_iv)
-    temporal = temporal_backtest(features, fb.panel, cfg, sign) if cfg.temporal_fit else None
+    temporal = temporal_backtest(features, fb.panel, cfg, sign, fit_spec, spec) if fit_spec else None
     timings["backtest"] = time.perf_counter() - t0
 
     t0 = step(f"final model and forecasts {origin}→{origin + spec.horizon}")
@@ -398,7 +425,7 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
     timings["prioritise"] = time.perf_counter() - t0
 
     metrics = {
-        "target": spec.model_dump(), "forecast": {"origin": origin, "end": origin + spec.horizon},
+        "target": spec.model_dump(), "temporal_fit": fit_spec.model_dump() if fit_spec else None, "forecast": {"origin": origin, "end": origin + spec.horizon},
         "zones": int(len(identity)), "communes": int(identity["parent_commune"].nunique()),
         "training_zones": int(len(table)), "min_recipients": cfg.min_recipients,
         "cross_validation": cv.round(6).reset_index().to_dict("records"),
@@ -425,10 +452,29 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
     write_iris_map(pri, folder / "map.html", lang=lang, contours=contours, data_dir=data_dir)
     write_iris_cards(pri, explanations, M, F.set_index("zone_code"), folder / "zones", lang=lang, metrics=metrics)
     timings["write"] = time.perf_counter() - t0
-    write_json({"timings_s": {k: round(v, 2) for k, v in timings.items()}, "lang": lang,
-                "contours": str(contours) if contours else None, "config": cfg.model_dump(mode="json"),
-                "reference_period": fb.reference_period, "data_files": fb.file_hashes},
-               folder / "iris_run.json")
+
+    t0 = step("MLflow run and champion")
+    run_id = log_training(
+        out_dir=out_dir if tracking_uri is None else None, tracking_uri=tracking_uri,
+        run_name=f"iris-{spec.measure}_{spec.origin}_{spec.end}",
+        params={"level": "iris", "target": spec.model_dump(), "model": cfg.model, "seed": cfg.seed,
+                "min_recipients": cfg.min_recipients, "reference_period": fb.reference_period},
+        metrics={"cv": cv.to_dict("index"), **({"temporal": temporal.to_dict("index")} if temporal is not None else {})},
+        features=M[M["feature"].isin(X_train.columns)], data_hashes=fb.file_hashes, model=booster,
+        shap_values=contrib, tags={"level": "iris", "measure": spec.measure})
+    register_champion(run_id, f"territoria-iris-{spec.measure}", out_dir=out_dir if tracking_uri is None else None,
+                      tracking_uri=tracking_uri)
+    timings["mlflow"] = time.perf_counter() - t0
+    write_json({
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), "level": "iris",
+        "territoria": package_versions(), "git_commit": git_commit(), "lang": lang,
+        "contours": str(contours) if contours else None, "config": cfg.model_dump(mode="json"),
+        "target": spec.model_dump(), "temporal_fit": fit_spec.model_dump() if fit_spec else None,
+        "reference_period": fb.reference_period, "data_files": fb.file_hashes, "mlflow_run": run_id,
+        "tracking_uri": tracking_uri or default_tracking_uri(out_dir),
+        "timings_s": {k: round(v, 2) for k, v in timings.items()},
+        "zones": int(len(pri)), "priority_zones": int(pri["priority_flag"].sum()),
+    }, folder / "iris_run.json")
     return IrisResult(pri, metrics, folder, timings)
 
 

@@ -101,7 +101,7 @@ def run(
         fb = _features(data, out, conf, as_of, no_cache)
         console.rule("[bold]IRIS level")
         res = run_iris(fb, out, config=iris_conf, lang=lang, contours=iris_contours, data_dir=data,
-                       console=console)
+                       tracking_uri=tracking_uri, console=console)
         _print_iris_summary(res, lang)
         return
 

@@ -15,10 +15,9 @@ from typer.testing import CliRunner
 from territoria.cli import app
 from territoria.errors import DataError
 from territoria.features.iris import COMMUNE_PREFIX, iris_design
-from territoria.models.explain import tree_contributions
 from territoria.paths import conf_dir
 from territoria.pipelines.iris import (
-    IrisFeatures, cross_validate, iris_target, load_iris_config, priority_table, run_iris,
+    IrisFeatures, cross_validate, iris_target, load_iris_config, priority_table, run_iris, transitions_upto,
 )
 from territoria.pipelines.iris_report import read_iris_contours, write_iris_map
 
@@ -261,3 +260,24 @@ def test_unknown_level_is_a_one_line_error():
     res = CliRunner().invoke(app, ["run", "--level", "grid"])
     assert res.exit_code != 0
     assert "unknown level 'grid'" in str(res.exception) or "unknown level" in res.output
+
+
+def test_as_of_moves_the_target_back_before_the_reference(iris_features, fast_iris_conf):
+    cfg = load_iris_config(fast_iris_conf)
+    panel = iris_features.fb.panel
+    assert transitions_upto(cfg, panel, 2021) == (cfg.target, cfg.temporal_fit)
+    target, fit = transitions_upto(cfg, panel, 2019)
+    assert (target.origin, target.end) == (2017, 2019)
+    assert fit is None  # CNAF files start in 2016: no 2015 -> 2017 transition
+    with pytest.raises(DataError, match="no two vintages"):
+        transitions_upto(cfg, panel, 2017)
+
+
+def test_run_record_and_mlflow_champion(iris_run):
+    from territoria.models.tracking import load_champion
+
+    record = json.loads((iris_run.out_dir / "iris_run.json").read_text(encoding="utf-8"))
+    assert record["level"] == "iris" and record["mlflow_run"] and record["data_files"]
+    assert {"features", "backtest", "train", "prioritise", "write", "mlflow"} <= set(record["timings_s"])
+    champion = load_champion("territoria-iris-caf_rsa_share", out_dir=iris_run.out_dir.parent)
+    assert champion.run_id == record["mlflow_run"]
