@@ -10,7 +10,9 @@ feature build of the same run provides the commune context. Parameters: ``conf/i
 Outputs under ``<out_dir>/iris/`` (written atomically):
 
 ``features.parquet``, ``features_meta.csv``
-    the IRIS feature matrix at the forecast origin and its metadata.
+    the IRIS feature matrix at the reference period and its metadata (what the index and the
+    cards read); ``forecast_features.parquet`` and its ``_meta.csv``: the same at the
+    forecast origin (the forecast's input).
 ``index.parquet``
     the IRIS deprivation index and its domain scores at the reference period.
 ``metrics.json``, ``backtest_table.txt``
@@ -49,6 +51,7 @@ from territoria.models.targets import change, indicator_sign, measure_at, measur
 from territoria.models.tracking import default_tracking_uri, log_training, register_champion
 from territoria.models.trajectory import TrajectoryRegressor
 from territoria.models.validation import SpatialGroupKFold
+from territoria.pipelines.report import _num
 from territoria.registry import load_registry
 from territoria.settings import load_config
 from territoria.verify import git_commit, package_versions
@@ -311,8 +314,8 @@ def lever_texts(contrib: pd.DataFrame, X: pd.DataFrame, meta: pd.DataFrame, sign
     V = X.reindex(columns=contrib.columns).to_numpy(float)
     texts = []
     for i, cols in enumerate(order):
-        parts = [f"{labels[j]} = {'–' if np.isnan(V[i, j]) else f'{V[i, j]:.3g}'} (+{C[i, j]:.2f} {unit})"
-                 for j in cols if C[i, j] > 0]
+        parts = [f"{labels[j]} = {'–' if np.isnan(V[i, j]) else _num(V[i, j], lang, 2)} "
+                 f"(+{_num(C[i, j], lang, 2)} {unit})" for j in cols if C[i, j] > 0]
         texts.append("; ".join(parts))
     return pd.Series(texts, index=contrib.index)
 
@@ -406,8 +409,8 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
         columns={"departement": "department"})
     pri = pri.join(index[["deprivation_index", "index_rank"] + [c for c in index.columns
                                                                if c.startswith("domain_") and c.count("_") == 1]])
-    pri[cfg.weight_measure] = F.set_index("zone_code")[cfg.weight_measure].reindex(pri.index) \
-        if cfg.weight_measure in F.columns else np.nan
+    pri[cfg.weight_measure] = F_ref.set_index("zone_code")[cfg.weight_measure].reindex(pri.index) \
+        if cfg.weight_measure in F_ref.columns else np.nan
     pred_col = f"pred_{spec.measure}"
     pri[pred_col] = forecast["prediction"]
     for lv in levels:
@@ -439,8 +442,10 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
     }
 
     t0 = step(f"writing the IRIS outputs to {folder}")
-    write_parquet(F, folder / "features.parquet")
-    write_csv(M, folder / "features_meta.csv")
+    write_parquet(F_ref, folder / "features.parquet")
+    write_csv(M_ref, folder / "features_meta.csv")
+    write_parquet(F, folder / "forecast_features.parquet")
+    write_csv(M, folder / "forecast_features_meta.csv")
     write_parquet(index.reset_index(names="zone_code"), folder / "index.parquet")
     write_json(metrics, folder / "metrics.json")
     write_atomic(folder / "backtest_table.txt",
@@ -450,7 +455,8 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
     booster = model.booster_
     write_atomic(folder / "model.txt", lambda tmp: booster.save_model(str(tmp)))
     write_iris_map(pri, folder / "map.html", lang=lang, contours=contours, data_dir=data_dir)
-    write_iris_cards(pri, explanations, M, F.set_index("zone_code"), folder / "zones", lang=lang, metrics=metrics)
+    write_iris_cards(pri, explanations, M_ref, F_ref.set_index("zone_code"), M, folder / "zones", lang=lang,
+                     metrics=metrics)
     timings["write"] = time.perf_counter() - t0
 
     t0 = step("MLflow run and champion")

@@ -149,9 +149,10 @@ def _fmt(x, lang: str, digits: int = 1) -> str:
     return "–" if x is None or pd.isna(x) else _num(float(x), lang, digits)
 
 
-def card_inputs(own: pd.DataFrame, meta: pd.DataFrame, lang: str) -> dict:
-    """What every card reads, computed once: the IRIS indicator levels, their commune medians,
-    feature labels and the sources of the IRIS indicators."""
+def card_inputs(own: pd.DataFrame, meta: pd.DataFrame, model_meta: pd.DataFrame, lang: str) -> dict:
+    """What every card reads, computed once: the IRIS indicator levels of ``own`` (the feature
+    matrix at the reference period, described by ``meta``), their commune medians, the labels
+    of the model's features (``model_meta``) and the sources of the IRIS indicators."""
     from territoria.registry import load_registry
 
     reg = load_registry()
@@ -166,7 +167,7 @@ def card_inputs(own: pd.DataFrame, meta: pd.DataFrame, lang: str) -> dict:
         if src in adapters:
             sources[src] = adapters[src]
     return {"levels": levels, "values": values, "medians": medians,
-            "labels": meta.drop_duplicates("feature").set_index("feature")[f"label_{lang}"],
+            "labels": model_meta.drop_duplicates("feature").set_index("feature")[f"label_{lang}"],
             "sources": [{"producer": p, "dataset": d, "vintage": v} for p, d, v in sources.values()]}
 
 
@@ -235,9 +236,11 @@ def card_context(row: pd.Series, expl: pd.DataFrame, inputs: dict, n_ranked: int
 
 
 def write_iris_cards(pri: pd.DataFrame, explanations: pd.DataFrame, meta: pd.DataFrame, own: pd.DataFrame,
-                     folder: Path, lang: str, metrics: dict, zones: list[str] | None = None) -> list[Path]:
+                     model_meta: pd.DataFrame, folder: Path, lang: str, metrics: dict,
+                     zones: list[str] | None = None) -> list[Path]:
     """Write the card of every flagged IRIS (or of ``zones``); cards of IRIS no longer flagged
-    are removed."""
+    are removed. ``own``/``meta``: the IRIS features at the reference period and their
+    metadata (indexed by IRIS code); ``model_meta``: the metadata of the forecast's features."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     T = _t(lang)
@@ -246,7 +249,7 @@ def write_iris_cards(pri: pd.DataFrame, explanations: pd.DataFrame, meta: pd.Dat
     rows = pri.set_index("zone_code", drop=False)
     expl = dict(tuple(explanations[explanations["zone_code"].isin(codes)].groupby("zone_code", sort=False)))
     none = explanations.iloc[:0]
-    inputs = card_inputs(own, meta, lang)
+    inputs = card_inputs(own, meta, model_meta, lang)
     n_ranked = int(pri["priority_rank"].notna().sum())
     written = []
     for code in codes:
@@ -259,3 +262,71 @@ def write_iris_cards(pri: pd.DataFrame, explanations: pd.DataFrame, meta: pd.Dat
             if old.name not in keep:
                 old.unlink()
     return written
+
+
+# --------------------------------------------------------------------------- one IRIS on demand
+IRIS_CODE = r"\d[\dAB]\d{7}"
+
+_EXPLAIN = {
+    "fr": "{name} ({code}) — commune {commune}, département {dep}\n"
+          "Score de priorité : {score} (intervalle 80 % : {low} – {high}) ; rang {rank} sur {n}, "
+          "{rank_c} sur {n_c} dans la commune ; IRIS prioritaire : {flag}\n"
+          "Indice de privation : {index} ; évolution prévue de la part RSA {span} : {pred} points "
+          "[{plo} ; {phi}]\nPrincipaux leviers : {levers}",
+    "en": "{name} ({code}) — commune {commune}, department {dep}\n"
+          "Priority score: {score} (80 % interval: {low} – {high}); rank {rank} of {n}, "
+          "{rank_c} of {n_c} in the commune; priority IRIS: {flag}\n"
+          "Deprivation index: {index}; forecast change of the RSA share {span}: {pred} points "
+          "[{plo} ; {phi}]\nTop levers: {levers}",
+}
+
+
+def _iris_outputs(out_dir: Path | str) -> tuple[Path, pd.DataFrame, dict]:
+    import json
+
+    folder = Path(out_dir) / "iris"
+    path = folder / "priorities.csv"
+    if not path.exists():
+        raise DataError(path, "no IRIS run here: run `territoria run --level iris --out DIR` first")
+    pri = pd.read_csv(path, dtype={"zone_code": str, "parent_commune": str, "department": str, "epci": str})
+    metrics = json.loads((folder / "metrics.json").read_text(encoding="utf-8"))
+    return folder, pri, metrics
+
+
+def _iris_row(pri: pd.DataFrame, code: str, path: Path) -> pd.Series:
+    rows = pri[pri["zone_code"] == code]
+    if rows.empty:
+        raise DataError(path, f"no IRIS '{code}' in this run (an IRIS of a commune divided into IRIS, "
+                              "e.g. 591720101)")
+    return rows.iloc[0]
+
+
+def iris_explanation(out_dir: Path | str, code: str, lang: str = "fr") -> str:
+    """One IRIS's score, ranks, forecast and levers from a finished IRIS run, as text."""
+    folder, pri, metrics = _iris_outputs(out_dir)
+    r = _iris_row(pri, str(code).strip(), folder / "priorities.csv")
+    pred = f"pred_{metrics['target']['measure']}"
+    T = _t(lang)
+    return _EXPLAIN[lang].format(
+        name=r["zone_name"], code=r["zone_code"], commune=r["commune_name"], dep=r["department"],
+        score=_fmt(r["priority_score"], lang), low=_fmt(r["priority_score_low"], lang),
+        high=_fmt(r["priority_score_high"], lang), n=int(pri["priority_rank"].notna().sum()),
+        rank="–" if pd.isna(r["priority_rank"]) else int(r["priority_rank"]),
+        rank_c="–" if pd.isna(r["rank_in_commune"]) else int(r["rank_in_commune"]), n_c=int(r["iris_in_commune"]),
+        flag=T["yes"] if bool(r["priority_flag"]) else T["no"], index=_fmt(r["deprivation_index"], lang),
+        span=f"{int(r['origin'])}–{int(r['horizon_end'])}", pred=_fmt(r[pred], lang, 2),
+        plo=_fmt(r[f"{pred}_low_80"], lang, 2), phi=_fmt(r[f"{pred}_high_80"], lang, 2),
+        levers=r.get(f"top_levers_{lang}") if isinstance(r.get(f"top_levers_{lang}"), str) else "–")
+
+
+def write_iris_card(out_dir: Path | str, code: str, lang: str = "fr") -> Path:
+    """Write the card of any IRIS of a finished IRIS run (``<out>/iris/zones/<code>.html``)."""
+    folder, pri, metrics = _iris_outputs(out_dir)
+    code = str(code).strip()
+    _iris_row(pri, code, folder / "priorities.csv")
+    ex = pd.read_parquet(folder / "explanations.parquet", filters=[("zone_code", "==", code)])
+    meta = pd.read_csv(folder / "features_meta.csv")
+    own = pd.read_parquet(folder / "features.parquet").set_index("zone_code")
+    model_meta = pd.read_csv(folder / "forecast_features_meta.csv")
+    (path,) = write_iris_cards(pri, ex, meta, own, model_meta, folder / "zones", lang, metrics, zones=[code])
+    return path

@@ -265,14 +265,25 @@ def _print_iris_summary(res, lang: str) -> None:
 
 @app.command()
 def explain(
-    code: Annotated[str, typer.Argument(help="Zone code (INSEE commune code, COG of the run).")],
+    code: Annotated[str, typer.Argument(
+        help="Zone code: an INSEE commune code (COG of the run) or a 9-character IRIS code (IRIS run).")],
     out: OutOpt = Path("out"),
     lang: LangOpt = "fr",
-    html: Annotated[bool, typer.Option("--html", help="Write the zone's card <out>/zones/<code>.html.")] = False,
+    html: Annotated[bool, typer.Option("--html", help="Write the zone's card <out>/zones/<code>.html "
+                                                      "(<out>/iris/zones/ for an IRIS).")] = False,
 ) -> None:
     """A zone's priority score, rank, interval and top levers, from a finished run; with
-    ``--html``, its zone card (any zone, flagged or not)."""
+    ``--html``, its zone card (any zone, flagged or not). IRIS codes read ``<out>/iris``."""
+    import re
+
     from territoria.pipelines.explain_zone import zone_explanation
+    from territoria.pipelines.iris_report import IRIS_CODE, iris_explanation, write_iris_card
+
+    if re.fullmatch(IRIS_CODE, code.strip()):
+        console.print(iris_explanation(out, code, lang=lang))
+        if html:
+            console.print(f"IRIS card: {write_iris_card(out, code, lang=lang)}")
+        return
 
     console.print(zone_explanation(out, code, lang=lang))
     if html:

@@ -119,8 +119,8 @@ def test_tree_contributions_of_the_saved_booster_match(iris_run):
     import lightgbm as lgb
 
     booster = lgb.Booster(model_file=str(iris_run.out_dir / "model.txt"))
-    F = pd.read_parquet(iris_run.out_dir / "features.parquet")
-    M = pd.read_csv(iris_run.out_dir / "features_meta.csv")
+    F = pd.read_parquet(iris_run.out_dir / "forecast_features.parquet")
+    M = pd.read_csv(iris_run.out_dir / "forecast_features_meta.csv")
     X = iris_design(F, M).reindex(columns=booster.feature_name())
     X = X[X["caf_rsa_share"].notna()].head(200)
     pri = iris_run.priorities.set_index("zone_code")
@@ -185,9 +185,12 @@ def test_english_cards(iris_run):
     ex = pd.read_parquet(folder / "explanations.parquet")
     M = pd.read_csv(folder / "features_meta.csv")
     F = pd.read_parquet(folder / "features.parquet").set_index("zone_code")
-    (path,) = write_iris_cards(pri, ex, M, F, folder / "en", "en", iris_run.metrics, zones=[code])
+    Mf = pd.read_csv(folder / "forecast_features_meta.csv")
+    (path,) = write_iris_cards(pri, ex, M, F, Mf, folder / "en", "en", iris_run.metrics, zones=[code])
     text = path.read_text(encoding="utf-8")
     assert "IRIS card" in text and "Fiche IRIS" not in text and 'lang="en"' in text
+    # the indicators are those of the reference period: Filosofi IRIS 2021 included
+    assert "Low declared income rate (IRIS)" in text and "2021" in text
 
 
 def test_iris_contours_draw_every_iris(iris_run, tmp_path):
@@ -254,6 +257,16 @@ def test_bad_iris_configuration_names_the_file(tmp_path):
     path.write_text(yaml.safe_dump(doc), encoding="utf-8")
     with pytest.raises(DataError, match="iris.yml"):
         load_iris_config(path)
+
+
+def test_explain_an_iris_from_the_command_line(iris_run):
+    out = iris_run.out_dir.parent
+    code = iris_run.priorities["zone_code"].iloc[-1]  # not flagged: its card is made on demand
+    res = CliRunner().invoke(app, ["explain", code, "--out", str(out), "--html", "--lang", "en"])
+    assert res.exit_code == 0, res.output
+    assert "Priority score" in res.output and (iris_run.out_dir / "zones" / f"{code}.html").exists()
+    res = CliRunner().invoke(app, ["explain", "599990104", "--out", str(out)])
+    assert res.exit_code != 0 and "no IRIS '599990104'" in str(res.exception)
 
 
 def test_unknown_level_is_a_one_line_error():
