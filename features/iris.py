@@ -59,15 +59,20 @@ def iris_identity(universe: pd.DataFrame, commune_identity: pd.DataFrame) -> pd.
     """Identity columns of the IRIS, from their commune (name, department, region, EPCI).
 
     An IRIS is named after its commune and its four-digit IRIS number (the bundled sources
-    carry no IRIS names). IRIS whose commune is not in the study are left out.
+    carry no IRIS names), with the commune code of its IRIS code when that differs (Paris
+    arrondissements, former communes). IRIS whose commune is not in the study are left out.
     """
     com = commune_identity.set_index("zone_code")
     known = universe["parent_commune"].isin(com.index)
     uni = universe[known]
     parent = com.loc[uni["parent_commune"]]
+    # Paris, Lyon and Marseille IRIS, and those of merged communes, carry another commune code
+    # (arrondissement, former commune): shown so that "IRIS 0101" is not ambiguous
+    prefix, number = uni["zone_code"].str[:5].to_numpy(), uni["zone_code"].str[5:].to_numpy()
     ident = pd.DataFrame({
         "zone_code": uni["zone_code"].to_numpy(),
-        "zone_name": parent["zone_name"].astype(str).to_numpy() + " – IRIS " + uni["zone_code"].str[-4:].to_numpy(),
+        "zone_name": parent["zone_name"].astype(str).to_numpy() + np.where(
+            prefix == uni["parent_commune"].to_numpy(), "", " (" + prefix + ")") + " – IRIS " + number,
         "parent_commune": uni["parent_commune"].to_numpy(),
         "commune_name": parent["zone_name"].to_numpy(),
         "departement": parent["departement"].to_numpy(),

@@ -23,7 +23,9 @@ Outputs under ``<out_dir>/iris/`` (written atomically):
 ``explanations.parquet``
     TreeSHAP of the forecast for every IRIS (top 20 features plus ``(other features)``).
 ``model.txt``
-    the LightGBM booster; ``map.html``, ``zones/<code>.html`` (flagged IRIS); ``iris_run.json``.
+    the LightGBM booster; ``map.html``, ``report.html`` (priority IRIS by commune and department,
+    pockets hidden by the commune average, backtests and limits), ``zones/<code>.html``
+    (flagged IRIS); ``iris_run.json`` (versions, configuration, data hashes, MLflow run, timings).
 """
 
 from __future__ import annotations
@@ -340,7 +342,7 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
     registered as ``territoria-iris-<measure>`` with the alias ``champion``. With a build
     ``as of`` an earlier year, the target transition moves back to end by then.
     """
-    from territoria.pipelines.iris_report import write_iris_cards, write_iris_map
+    from territoria.pipelines.iris_report import write_iris_cards, write_iris_map, write_iris_report
 
     console = console or Console(quiet=True)
     cfg = config if isinstance(config, IrisConfig) else load_iris_config(config)
@@ -455,6 +457,7 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
     booster = model.booster_
     write_atomic(folder / "model.txt", lambda tmp: booster.save_model(str(tmp)))
     write_iris_map(pri, folder / "map.html", lang=lang, contours=contours, data_dir=data_dir)
+    write_iris_report(pri, metrics, folder / "report.html", lang=lang)
     write_iris_cards(pri, explanations, M_ref, F_ref.set_index("zone_code"), M, folder / "zones", lang=lang,
                      metrics=metrics)
     timings["write"] = time.perf_counter() - t0

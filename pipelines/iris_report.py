@@ -39,6 +39,26 @@ TEXT = {
         "évaluée par validation croisée par départements : Spearman {s} contre {b} pour la meilleure référence.",
         "map_commune_note": "{name} : IRIS le plus prioritaire {iris} (rang {rank}) ; {nf} IRIS prioritaires sur {n}",
         "no_contours": "Communes découpées en IRIS, colorées par leur IRIS le plus prioritaire",
+        "report_title": "IRIS prioritaires", "n_iris": "IRIS classés", "n_flag": "IRIS prioritaires",
+        "n_communes": "communes découpées en IRIS", "n_communes_flag": "communes ayant au moins un IRIS prioritaire",
+        "by_dep": "IRIS prioritaires par département", "dep": "département", "most_urgent": "IRIS le plus prioritaire",
+        "by_commune": "Communes qui concentrent des IRIS prioritaires", "flagged_of": "IRIS prioritaires / IRIS",
+        "best_rank": "meilleur rang", "pockets": "Poches cachées par la moyenne communale",
+        "pockets_note": "IRIS prioritaires dont la commune a un IRIS médian sous la médiane nationale "
+                        "(score de l'IRIS médian < 50) : la moyenne de la commune les masque.",
+        "median_score": "score de l'IRIS médian de la commune", "model": "Modèle et limites",
+        "cv": "Validation croisée par départements (IRIS d'un département retenus ensemble)",
+        "temporal": "Backtest temporel (entraîné sur la transition précédente)",
+        "coverage_t": "Couverture des intervalles de prévision", "limits": "Limites",
+        "limit_list": [
+            "Périmètre : les IRIS des communes découpées en IRIS publiés par Filosofi IRIS et la CNAF ; "
+            "les communes non découpées sont classées au niveau communal.",
+            "La prévision porte sur la part des allocataires CNAF au RSA, pas sur toute la population ; "
+            "un IRIS dont la part est secrète n'a pas de prévision (score sur l'indice, intervalle élargi).",
+            "L'indice IRIS ne couvre que les domaines que les sources IRIS mesurent (économie, logement).",
+            "Sans contours IRIS (IGN CONTOURS-IRIS, --iris-contours), la carte montre les communes.",
+        ],
+        "indicators_t": "Indicateurs de l'indice IRIS", "domains_t": "domaines",
     },
     "en": {
         "card_title": "IRIS card", "commune": "Commune", "rank_commune": "Rank in the commune",
@@ -53,6 +73,26 @@ TEXT = {
         "evaluated by department-blocked cross-validation: Spearman {s} against {b} for the best baseline.",
         "map_commune_note": "{name}: most urgent IRIS {iris} (rank {rank}); {nf} flagged IRIS of {n}",
         "no_contours": "Communes divided into IRIS, coloured by their most urgent IRIS",
+        "report_title": "Priority IRIS", "n_iris": "IRIS ranked", "n_flag": "priority IRIS",
+        "n_communes": "communes divided into IRIS", "n_communes_flag": "communes with at least one priority IRIS",
+        "by_dep": "Priority IRIS by department", "dep": "department", "most_urgent": "most urgent IRIS",
+        "by_commune": "Communes where priority IRIS concentrate", "flagged_of": "priority IRIS / IRIS",
+        "best_rank": "best rank", "pockets": "Pockets hidden by the commune average",
+        "pockets_note": "Priority IRIS whose commune's median IRIS is below the national median "
+                        "(median IRIS score < 50): the commune's average hides them.",
+        "median_score": "score of the commune's median IRIS", "model": "Model and limits",
+        "cv": "Department-blocked cross-validation (the IRIS of a department held out together)",
+        "temporal": "Temporal backtest (trained on the previous transition)",
+        "coverage_t": "Coverage of the forecast intervals", "limits": "Limits",
+        "limit_list": [
+            "Scope: the IRIS of the communes divided into IRIS that Filosofi IRIS and CNAF publish; "
+            "undivided communes are ranked at commune level.",
+            "The forecast is of the share of CNAF recipients on RSA, not of the whole population; an IRIS "
+            "whose share is secret gets no forecast (scored on its index, with a wider interval).",
+            "The IRIS index covers only the domains the IRIS sources measure (economic, housing).",
+            "Without IRIS contours (IGN CONTOURS-IRIS, --iris-contours), the map shows communes.",
+        ],
+        "indicators_t": "Indicators of the IRIS index", "domains_t": "domains",
     },
 }
 
@@ -330,3 +370,53 @@ def write_iris_card(out_dir: Path | str, code: str, lang: str = "fr") -> Path:
     model_meta = pd.read_csv(folder / "forecast_features_meta.csv")
     (path,) = write_iris_cards(pri, ex, meta, own, model_meta, folder / "zones", lang, metrics, zones=[code])
     return path
+
+
+# --------------------------------------------------------------------------- report.html
+def report_context(pri: pd.DataFrame, metrics: dict, lang: str = "fr", top: int = 30) -> dict:
+    """Figures of ``iris/report.html`` (pure): by department, by commune, hidden pockets, model."""
+    ranked = pri.dropna(subset=["priority_rank"]).sort_values("priority_rank")
+    flagged = ranked[ranked["priority_flag"]]
+    first = flagged.drop_duplicates("department")
+    by_dep = (flagged.groupby("department").size().rename("n").to_frame()
+              .join(first.set_index("department")[["zone_code", "zone_name", "priority_rank"]])
+              .sort_values(["n", "priority_rank"], ascending=[False, True]).reset_index())
+    n_iris = pri.groupby("parent_commune").size()
+    by_com = (flagged.groupby(["parent_commune", "commune_name", "department"])
+              .agg(n=("zone_code", "size"), best=("priority_rank", "min")).reset_index())
+    by_com["of"] = by_com["parent_commune"].map(n_iris)
+    by_com = by_com.sort_values(["n", "best"], ascending=[False, True]).head(top)
+    median = ranked.groupby("parent_commune")["priority_score"].median()
+    pockets = flagged.assign(median_score=flagged["parent_commune"].map(median))
+    pockets = pockets[pockets["median_score"] < 50].head(top)
+
+    def table(records):
+        return pd.DataFrame(records).set_index("model")[["spearman", "r2", "mae", "precision_at_10", "n"]]
+
+    cv = table(metrics["cross_validation"])
+    temporal = table(metrics["temporal_backtest"]) if metrics.get("temporal_backtest") else None
+    cov = [r for r in metrics["interval_coverage"] if r["grouping"] == "all"]
+    return {
+        "n": int(len(ranked)), "k": int(len(flagged)), "communes": int(pri["parent_commune"].nunique()),
+        "communes_flag": int(flagged["parent_commune"].nunique()),
+        "by_dep": by_dep.to_dict("records"), "by_commune": by_com.to_dict("records"),
+        "pockets": pockets.to_dict("records"), "cards": set(flagged["zone_code"]),
+        "cv": [(m, *(_fmt(v, lang, 3) for v in r[:-1]), int(r.iloc[-1])) for m, r in cv.iterrows()],
+        "temporal": None if temporal is None else
+        [(m, *(_fmt(v, lang, 3) for v in r[:-1]), int(r.iloc[-1])) for m, r in temporal.iterrows()],
+        "coverage": [(f"{int(r['level'] * 100)} %", _fmt(r["coverage"], lang, 3), _fmt(r["mean_width"], lang, 2))
+                     for r in cov],
+        "target": metrics["target"], "forecast": metrics["forecast"],
+        "indicators": [indicator_label(i, lang) for i in metrics["index"]["indicators"]],
+        "domains": [domain_label(d, lang) for d in metrics["index"]["domains"]],
+        "model_note": _t(lang)["model_note"].format(
+            o=metrics["target"]["origin"], e=metrics["target"]["end"], m=int(metrics["min_recipients"]),
+            s=_fmt(cv.loc["lightgbm", "spearman"], lang, 3),
+            b=_fmt(cv.drop(index="lightgbm")["spearman"].max(), lang, 3)),
+    }
+
+
+def write_iris_report(pri: pd.DataFrame, metrics: dict, path: Path | str, lang: str = "fr") -> Path:
+    """``iris/report.html``: the planner's summary of an IRIS run."""
+    html = _env().get_template("iris_report.html.j2").render(r=report_context(pri, metrics, lang), t=_t(lang))
+    return write_atomic(Path(path), lambda tmp: tmp.write_text(html, encoding="utf-8"))

@@ -54,7 +54,9 @@ def test_universe_is_the_iris_of_divided_communes(iris_features, feature_build):
     assert len(denain) >= 5 and denain["zone_name"].str.startswith("Denain – IRIS").all()
     assert (denain["departement"] == "59").all()
     # Paris IRIS are coded by arrondissement and belong to the commune of Paris
-    assert (ident.loc[ident["zone_code"].str.startswith("751"), "parent_commune"] == "75056").all()
+    paris = ident[ident["zone_code"].str.startswith("751")]
+    assert (paris["parent_commune"] == "75056").all()
+    assert paris.loc["751135013", "zone_name"] == "Paris (75113) – IRIS 5013"
 
 
 def test_features_at_an_origin_use_no_later_data(iris_features):
@@ -174,6 +176,9 @@ def test_map_and_cards_cover_the_divided_communes_and_flagged_iris(iris_run):
     code = pri.loc[pri["priority_flag"], "zone_code"].iloc[0]
     card = (folder / "zones" / f"{code}.html").read_text(encoding="utf-8")
     assert "Fiche IRIS" in card and "<svg" in card and "INSEE" in card and "CNAF" in card.upper()
+    report = (folder / "report.html").read_text(encoding="utf-8")
+    assert "Poches cachées par la moyenne communale" in report and f"zones/{code}.html" in report
+    assert "Validation croisée par départements" in report
 
 
 def test_english_cards(iris_run):
