@@ -18,7 +18,7 @@ import pandas as pd
 from territoria.errors import DataError
 from territoria.io import write_atomic
 from territoria.pipelines.report import (
-    SIMPLIFY_TOLERANCE, _adapters, _env, _num, _short, _text, department_names, domain_label, indicator_label,
+    SIMPLIFY_TOLERANCE, _adapters, _env, _num, _short, _text, department_names, domain_label, fmt_value, indicator_label,
     indicator_unit, interval_bar, bar_chart, render_map, svg_bars, svg_interval, svg_waterfall, waterfall,
 )
 
@@ -27,7 +27,7 @@ CONTOUR_CODE_COLUMNS = ("CODE_IRIS", "code_iris")
 
 TEXT = {
     "fr": {
-        "card_title": "Fiche IRIS", "commune": "Commune", "rank_commune": "Rang dans la commune",
+        "card_title": "Fiche IRIS", "commune": "Commune", "other_features": "autres variables", "rank_commune": "Rang dans la commune",
         "forecast": "Prévision", "forecast_of": "Évolution prévue de la part des allocataires au RSA",
         "points": "points", "index": "Indice de privation (IRIS)", "levers": "Leviers principaux",
         "indicators": "Indicateurs de l'IRIS", "commune_median": "IRIS médian de la commune",
@@ -61,7 +61,7 @@ TEXT = {
         "indicators_t": "Indicateurs de l'indice IRIS", "domains_t": "domaines",
     },
     "en": {
-        "card_title": "IRIS card", "commune": "Commune", "rank_commune": "Rank in the commune",
+        "card_title": "IRIS card", "commune": "Commune", "other_features": "other features", "rank_commune": "Rank in the commune",
         "forecast": "Forecast", "forecast_of": "Forecast change of the share of CAF recipients on RSA",
         "points": "points", "index": "Deprivation index (IRIS)", "levers": "Main levers",
         "indicators": "Indicators of the IRIS", "commune_median": "median IRIS of the commune",
@@ -231,7 +231,7 @@ def card_context(row: pd.Series, expl: pd.DataFrame, inputs: dict, n_ranked: int
         labels = inputs["labels"]
         items = [(_short(str(labels.get(f, f)), 46), float(c), "lever" if lv else "context")
                  for f, c, lv in zip(named["feature"], named["contribution"], named["is_lever"])]
-        items.append(("…", final - base - sum(p for _, p, _ in items), "context"))
+        items.append((T["other_features"], final - base - sum(p for _, p, _ in items), "context"))
         wf = waterfall(base, items, final)
         for b in wf["bars"]:
             b["text"] = _num(b["value"], lang, 2) if b["kind"] in ("base", "final") else \
@@ -245,9 +245,9 @@ def card_context(row: pd.Series, expl: pd.DataFrame, inputs: dict, n_ranked: int
         v = inputs["values"].at[code, r.feature]
         if pd.isna(v):
             continue
-        indicators.append({"label": indicator_label(r.indicator, lang), "value": _fmt(v, lang),
-                           "median": _fmt(inputs["medians"].at[commune, r.feature], lang),
-                           "unit": indicator_unit(r.indicator),
+        unit = indicator_unit(r.indicator)
+        indicators.append({"label": indicator_label(r.indicator, lang), "value": fmt_value(v, unit, lang),
+                           "median": fmt_value(inputs["medians"].at[commune, r.feature], unit, lang), "unit": unit,
                            "vintage": "" if pd.isna(r.period_to) else str(int(r.period_to))})
     cv = {m["model"]: m for m in metrics["cross_validation"]}
     best = max((m["spearman"] for k, m in cv.items() if k != "lightgbm" and pd.notna(m["spearman"])), default=np.nan)
