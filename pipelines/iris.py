@@ -25,7 +25,8 @@ Outputs under ``<out_dir>/iris/`` (written atomically):
 ``model.txt``
     the LightGBM booster; ``map.html``, ``report.html`` (priority IRIS by commune and department,
     pockets hidden by the commune average, backtests and limits), ``zones/<code>.html``
-    (flagged IRIS); ``iris_run.json`` (versions, configuration, data hashes, MLflow run, timings).
+    (flagged IRIS); ``iris_run.json`` (versions, configuration, data hashes, MLflow run, timings)
+    and ``manifest.json`` (hashes of every input and output: ``territoria verify <out>/iris``).
 """
 
 from __future__ import annotations
@@ -56,7 +57,7 @@ from territoria.models.validation import SpatialGroupKFold
 from territoria.pipelines.report import _num
 from territoria.registry import load_registry
 from territoria.settings import load_config
-from territoria.verify import git_commit, package_versions
+from territoria.verify import git_commit, package_versions, write_manifest
 
 
 # --------------------------------------------------------------------------- configuration
@@ -245,6 +246,17 @@ def temporal_backtest(features: IrisFeatures, panel: pd.DataFrame, config: IrisC
     return pd.DataFrame(rows).set_index("model")
 
 
+def coverage_groups(identity: pd.DataFrame, table: pd.DataFrame) -> pd.DataFrame:
+    """Groups the interval coverage is reported by: mainland / overseas, and the number of
+    CNAF recipients (the size of the share's denominator), one row per training IRIS."""
+    zone = identity["zone"].reindex(table.index)
+    return pd.DataFrame({
+        "territory": np.where(zone.eq("drom"), "overseas", "mainland"),
+        "recipients": pd.cut(table["recipients"], [-np.inf, 300, 600, np.inf], right=False,
+                             labels=["<300", "300-600", "600+"]).astype(str).to_numpy(),
+    })
+
+
 # --------------------------------------------------------------------------- scoring
 def percentile(values: pd.Series) -> pd.Series:
     """Percentile (0-100] of each value among the non-missing values (mid-rank for ties)."""
@@ -385,7 +397,7 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
     cv, oof, fold = cross_validate(X_train, table, groups, cfg, base, sign)
     levels = tuple(cfg.interval_levels)
     oof_iv = cross_conformal_intervals(table["y"], oof["lightgbm"], fold, levels)
-    coverage = coverage_table(table["y"].to_numpy(float), oof_iv)
+    coverage = coverage_table(table["y"].to_numpy(float), oof_iv, coverage_groups(identity, table))
     temporal = temporal_backtest(features, fb.panel, cfg, sign, fit_spec, spec) if fit_spec else None
     timings["backtest"] = time.perf_counter() - t0
 
@@ -484,6 +496,8 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
         "timings_s": {k: round(v, 2) for k, v in timings.items()},
         "zones": int(len(pri)), "priority_zones": int(pri["priority_flag"].sum()),
     }, folder / "iris_run.json")
+    outputs = sorted(p for p in folder.rglob("*") if p.is_file() and p.name != "manifest.json")
+    write_manifest(folder, fb.file_hashes, outputs, data_dir=data_dir)
     return IrisResult(pri, metrics, folder, timings)
 
 

@@ -157,6 +157,9 @@ def test_metrics_report_backtests_against_baselines(iris_run):
     assert {r["model"] for r in m["temporal_backtest"]} >= {"lightgbm", "persistence_zero", "last_trend"}
     cov = {r["level"]: r["coverage"] for r in m["interval_coverage"] if r["grouping"] == "all"}
     assert abs(cov[0.8] - 0.8) < 0.03 and abs(cov[0.9] - 0.9) < 0.03
+    groups = {(r["grouping"], r["group"]) for r in m["interval_coverage"]}
+    assert {("territory", "mainland"), ("territory", "overseas"), ("recipients", "<300"),
+            ("recipients", "600+")} <= groups
     assert "lightgbm" in (iris_run.out_dir / "backtest_table.txt").read_text(encoding="utf-8")
 
 
@@ -272,6 +275,22 @@ def test_explain_an_iris_from_the_command_line(iris_run):
     assert "Priority score" in res.output and (iris_run.out_dir / "zones" / f"{code}.html").exists()
     res = CliRunner().invoke(app, ["explain", "599990104", "--out", str(out)])
     assert res.exit_code != 0 and "no IRIS '599990104'" in str(res.exception)
+
+
+def test_manifest_verifies_the_iris_outputs(iris_run, tmp_path):
+    import shutil
+
+    from territoria.verify import verify_run
+
+    folder = tmp_path / "iris"
+    shutil.copytree(iris_run.out_dir, folder)
+    report = verify_run(folder)
+    outputs = [c for c in report.checks if c.kind == "output"]
+    assert {c.name for c in outputs} >= {"priorities.csv", "map.html", "metrics.json", "model.txt"}
+    assert all(c.status == "ok" for c in report.checks)
+    (folder / "priorities.csv").write_text("edited", encoding="utf-8")
+    bad = {c.name: c.status for c in verify_run(folder).checks if c.status != "ok"}
+    assert bad == {"priorities.csv": "modified"}
 
 
 def test_unknown_level_is_a_one_line_error():
