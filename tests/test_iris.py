@@ -308,6 +308,10 @@ def test_as_of_moves_the_target_back_before_the_reference(iris_features, fast_ir
     assert fit is None  # CNAF files start in 2016: no 2015 -> 2017 transition
     with pytest.raises(DataError, match="no two vintages"):
         transitions_upto(cfg, panel, 2017)
+    # a data folder without the CNAF files: the error names the configuration and the measure
+    no_caf = panel[panel["source"] != "caf_iris"]
+    with pytest.raises(DataError, match="iris.yml.*caf_rsa_share"):
+        transitions_upto(cfg, no_caf, 2021)
 
 
 def test_run_record_and_mlflow_champion(iris_run):
