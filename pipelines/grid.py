@@ -583,6 +583,8 @@ def run_grid(
     write_features: bool = False,
     keep_features: bool = False,
     client=None,
+    join_communes: bool | None = None,
+    data_dir: Path | str | None = None,
     console: Console | None = None,
 ) -> GridResult:
     """Features, model, SHAP and outputs for every cell of a grid (see the module doc).
@@ -616,6 +618,12 @@ def run_grid(
         Return the feature matrix (with identity columns) in the result (tests, small grids).
     client : distributed.Client, optional
         Use this client instead of connecting (tests).
+    join_communes : bool, optional
+        Give each cell the commune containing its centre (:mod:`territoria.features.grid_join`,
+        dask-geopandas with the Dask engine). By default only when the input has no
+        ``parent_commune`` or ``department`` column; ``True`` replaces the input's codes.
+    data_dir : path, optional
+        Data folder whose commune polygons the join reads (default: the bundled data).
     console : rich Console, optional
         Progress messages.
 
@@ -653,6 +661,19 @@ def run_grid(
         source_name = "synthetic grid"
     else:
         source_name = "grid"
+    joined = None
+    if join_communes or (join_communes is None and not {"parent_commune", "department"} <= set(cells.columns)):
+        from territoria.features.grid_join import assign_communes, commune_polygons
+
+        t1 = time.perf_counter()
+        console.log(f"parent communes of {len(cells):,} cells: spatial join of their centres on the commune "
+                    f"polygons ({'dask-geopandas' if engine == 'dask' else 'geopandas'})")
+        cells, left_out = assign_communes(cells, commune_polygons(data_dir), engine=engine,
+                                          npartitions=max(2, n_workers))
+        joined = {"engine": "dask-geopandas" if engine == "dask" else "geopandas", "cells_left_out": left_out}
+        if left_out:
+            console.log(f"{left_out:,} cells whose centre is over 1 km from every commune are left out")
+        timings["spatial_join"] = time.perf_counter() - t1
     target = cfg.target if cfg.target in cells.columns else None
     if target is None:
         raise DataError(source_name, "missing target column", column=cfg.target)
@@ -717,6 +738,7 @@ def run_grid(
         "n_trees": int(booster.num_trees()), "metrics": metrics, "max_additivity_gap": gap,
         "additivity_tolerance": ADDITIVITY_TOL, "timings_s": {k: round(v, 3) for k, v in timings.items()},
         "partitions": [{"part": o["part"], "rows": o["rows"]} for o in outcomes],
+        "spatial_join": joined,
     }
     paths["run"] = write_json(run, out_dir / "grid_run.json")
     return GridResult(out_dir, engine, int(len(pred)), len(outcomes), pred, metrics, gap, timings, paths,

@@ -467,6 +467,11 @@ def grid(
     conf: Annotated[Optional[Path], typer.Option("--conf", help="Grid configuration (default conf/grid.yml).")] = None,
     write_features: Annotated[bool, typer.Option(
         "--write-features", help="Also write the feature matrix per partition (grid_features/).")] = False,
+    join_communes: Annotated[Optional[bool], typer.Option(
+        "--join-communes/--no-join-communes",
+        help="Give each cell the commune containing its centre (spatial join on the commune polygons of "
+             "--data; default: only when the input has no parent_commune/department columns).")] = None,
+    data: DataOpt = None,
 ) -> None:
     """200 m grid: features, LightGBM and SHAP for every cell, locally or on a Dask cluster."""
     import os
@@ -478,7 +483,7 @@ def grid(
 
     res = run_grid(out, input_path=input_path, n_cells=cells, engine=engine, scheduler=scheduler,
                    n_workers=workers, threads=threads, seed=seed, conf=conf, write_features=write_features,
-                   console=console)
+                   join_communes=join_communes, data_dir=data, console=console)
     for line in summary_lines(res):
         console.print(line, highlight=False)
     console.print(f"outputs: {res.paths['cells']}, {res.paths['shap']}/, {res.paths['run']}", highlight=False)

@@ -16,6 +16,8 @@ MODULES = [
     "territoria.features.sources.filosofi",
     "territoria.models.explain",
     "territoria.models.clusters",
+    "territoria.features.iris",
+    "territoria.features.grid_join",
 ]
 
 
