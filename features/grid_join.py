@@ -26,7 +26,6 @@ Examples
 from __future__ import annotations
 
 import geopandas as gpd
-import numpy as np
 import pandas as pd
 
 from territoria.errors import DataError
