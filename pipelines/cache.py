@@ -1,4 +1,5 @@
-"""Cache of parsed sources, keyed by the files' content and the adapter's code.
+"""Cache of parsed sources, keyed by the files' content and the adapter's code; and
+:class:`ResultCache`, results computed from exactly identified inputs.
 
 Reading the official formats (xlsx crosstabs, zipped CSV, French numbers) is the slowest part
 of a run. A source's validated output is stored as (Geo)Parquet under the cache folder and
@@ -18,13 +19,14 @@ from multiprocessing import get_context
 from pathlib import Path
 
 import geopandas as gpd
+import numpy as np
 import pandas as pd
 
 import territoria
 from territoria import readers
 from territoria.features.sources import base
 from territoria.features.sources.base import Source, file_sha256
-from territoria.io import write_parquet
+from territoria.io import write_atomic, write_parquet
 
 
 def cache_key(src: Source, vintages: list[int]) -> str:
@@ -125,3 +127,81 @@ def _is_geo(path: Path) -> bool:
     import pyarrow.parquet as pq
 
     return b"geo" in (pq.read_schema(path).metadata or {})
+
+
+class ResultCache:
+    """Arrays computed from exactly identified inputs, stored as ``.npz`` files in a folder.
+
+    A rerun on unchanged models and features (``territoria run`` reusing its champions) reads
+    the SHAP values and the bootstrap forecasts instead of recomputing them: the key is a
+    digest of everything the result depends on (a model's text, a design matrix's values and
+    columns, parameters, code version). ``folder=None`` computes every time.
+    :meth:`prune` removes the entries no lookup of this run asked for.
+
+    Examples
+    --------
+    >>> import tempfile, numpy as np
+    >>> cache = ResultCache(Path(tempfile.mkdtemp()))
+    >>> key = cache.key("model text", pd.DataFrame({"x": [1.0, 2.0]}))
+    >>> calls = []
+    >>> compute = lambda: calls.append(1) or {"phi": np.array([0.5, 1.5])}
+    >>> cache.get("shap", key, compute)["phi"].tolist(), cache.get("shap", key, compute)["phi"].tolist(), len(calls)
+    ([0.5, 1.5], [0.5, 1.5], 1)
+    """
+
+    def __init__(self, folder: Path | None) -> None:
+        self.folder = Path(folder) if folder is not None else None
+        self.used: set[str] = set()
+        self.hits = 0
+
+    @staticmethod
+    def key(*parts) -> str:
+        """Digest of strings, bytes, numbers, arrays and DataFrames (values, index and columns)."""
+        h = hashlib.sha256(f"{territoria.__version__}".encode())
+        for p in parts:
+            if isinstance(p, pd.DataFrame):
+                h.update(repr(list(p.columns)).encode())
+                h.update(pd.util.hash_pandas_object(p, index=True).to_numpy().tobytes())
+            elif isinstance(p, (pd.Series, pd.Index)):
+                h.update(pd.util.hash_pandas_object(p, index=False).to_numpy().tobytes())
+            elif isinstance(p, np.ndarray):
+                h.update(f"{p.dtype}{p.shape}".encode())
+                h.update(np.ascontiguousarray(p).tobytes() if p.dtype != object else repr(p.tolist()).encode())
+            elif isinstance(p, bytes):
+                h.update(p)
+            else:
+                h.update(repr(p).encode())
+            h.update(b"|")
+        return h.hexdigest()[:24]
+
+    def get(self, name: str, key: str, compute) -> dict[str, np.ndarray]:
+        """``compute()`` (a dict of arrays), read from the folder when an entry has this key."""
+        if self.folder is None:
+            return compute()
+        path = self.folder / f"{name}-{key}.npz"
+        self.used.add(path.name)
+        if path.exists():
+            try:
+                with np.load(path, allow_pickle=False) as f:
+                    out = {k: f[k] for k in f.files}
+                self.hits += 1
+                return out
+            except (OSError, ValueError):
+                path.unlink(missing_ok=True)  # a damaged entry is recomputed, never trusted
+        out = compute()
+        self.folder.mkdir(parents=True, exist_ok=True)
+        write_atomic(path, lambda tmp: _save_npz(tmp, out))
+        return out
+
+    def prune(self) -> None:
+        """Remove the entries that no :meth:`get` of this cache asked for."""
+        if self.folder is None or not self.folder.is_dir():
+            return
+        for p in self.folder.glob("*.npz"):
+            if p.name not in self.used:
+                p.unlink(missing_ok=True)
+
+
+def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    with open(path, "wb") as f:  # a file object: np.savez would append ".npz" to the name
+        np.savez(f, **arrays)

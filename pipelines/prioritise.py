@@ -60,6 +60,8 @@ from territoria.models.scenarios import CAVEAT_EN, CAVEAT_FR, Scenario, apply_to
 from territoria.models.targets import ModelConfig, indicator_sign, load_model_config
 from territoria.models.trajectory import design_matrix
 from territoria.pipelines.build_features import FeatureBuild, build_feature_matrix
+from territoria.pipelines.cache import ResultCache
+from territoria.verify import git_commit
 from territoria.registry import load_registry
 
 N_TOP_FEATURES = 20
@@ -174,20 +176,45 @@ class PriorityEngine:
 
 
 # --------------------------------------------------------------------------- explanations
-def explain(engine: PriorityEngine, scored: Scored) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
+def model_fingerprint(model) -> list:
+    """What a trajectory model's predictions and SHAP values depend on: its boosters' text and
+    best iterations (the regressor's, and the classifier's for a hurdle model)."""
+    import lightgbm
+
+    parts = [lightgbm.__version__]
+    for est in (getattr(model, "regressor_", model), getattr(model, "classifier_", None)):
+        if est is not None:
+            parts += [est.booster_.model_to_string(), getattr(est, "best_iteration_", None)]
+    return parts
+
+
+def _contributions(model, X: pd.DataFrame, cache: ResultCache) -> tuple[pd.DataFrame, np.ndarray, np.ndarray]:
+    """:func:`tree_contributions`, read from ``cache`` for the same model and design matrix."""
+    def compute():
+        phi, base, out = tree_contributions(model, X)
+        return {"phi": phi.to_numpy(float), "columns": np.asarray(phi.columns, dtype=str), "base": base, "out": out}
+
+    r = cache.get("shap", cache.key(*model_fingerprint(model), X), compute)
+    return pd.DataFrame(r["phi"], index=X.index, columns=list(r["columns"])), r["base"], r["out"]
+
+
+def explain(engine: PriorityEngine, scored: Scored, cache: ResultCache | None = None
+            ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
     """TreeSHAP of every model for every zone (checked additive), and score points per indicator.
 
     Returns ``(explanations, points, contributions)``: the tidy ``explanations.parquet`` rows,
     the score in points per zone and indicator, and each model's full contribution matrix
-    (measure → zones × features) for the global views.
+    (measure → zones × features) for the global views. ``cache`` keeps the contributions of
+    unchanged models on unchanged features for a rerun.
     """
+    cache = cache or ResultCache(None)
     t = scored.table
     pf = t["population_factor"]
     comp = t.filter(regex=r"^(z_|certainty_)")
     factors = score_factors(comp, pf, engine.config, engine.norms, engine.signs)
     tidy, points, phis = [], [], {}
     for measure, (X, M) in scored.designs.items():
-        phi, base, out = tree_contributions(engine.trained[measure].model, X)
+        phi, base, out = _contributions(engine.trained[measure].model, X, cache)
         phis[measure] = phi
         pred = scored.predictions.loc[scored.predictions["target"] == measure].set_index("zone_code")["prediction"]
         check_additivity(phi, base, pred.reindex(X.index).to_numpy())
@@ -240,6 +267,8 @@ class PriorityResult:
     clusters: pd.DataFrame
     engine: PriorityEngine
     timings: dict[str, float]
+    #: SHAP matrices and bootstrap refits read back from ``<out>/.cache/results`` (a rerun)
+    results_reused: int = 0
 
 
 OUTPUT_COLUMNS = [
@@ -276,8 +305,11 @@ def run_prioritise(
     timings["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
+    # SHAP values and bootstrap refits of unchanged models on unchanged features are read back
+    # on a rerun (keyed by the models' text and the matrices' values)
+    results = ResultCache(out_dir / ".cache" / "results")
     console.log(f"TreeSHAP explanations of {len(trained)} models for {len(scored.table):,} zones")
-    explanations, points, phis = explain(engine, scored)
+    explanations, points, phis = explain(engine, scored, results)
     levers = {lg: top_levers(points, scored.features, scored.meta, fb.identity, engine.registry, lang=lg)
               for lg in ("fr", "en")}
     timings["explain"] = time.perf_counter() - t0
@@ -301,8 +333,11 @@ def run_prioritise(
     settings = stability_settings(engine.config)
     if settings.replicates > 0:
         console.log(f"stability: {settings.replicates} replicates of the scoring with perturbed inputs")
-        stability = stability_audit(engine, scored, settings, model_config=model_config, console=console)
+        stability = stability_audit(engine, scored, settings, model_config=model_config, console=console,
+                                    cache=results)
     timings["stability"] = time.perf_counter() - t0
+    if results.hits:
+        console.log(f"{results.hits} SHAP or refit results read back from {results.folder} (unchanged inputs)")
 
     pri = assemble(fb, scored, stats, perim, covered, levers, lang)
     if stability is not None:
@@ -333,7 +368,8 @@ def run_prioritise(
     console.log("global explanations: importance by domain, dependence plots, interaction hints")
     global_views(scored, phis, out_dir / "explain")
     timings["global_views"] = time.perf_counter() - t0
-    return PriorityResult(pri, explanations, points, gaps, summary, engine, timings)
+    results.prune()
+    return PriorityResult(pri, explanations, points, gaps, summary, engine, timings, results.hits)
 
 
 def stability_settings(config: PriorityConfig) -> stab.StabilitySettings:
@@ -342,14 +378,17 @@ def stability_settings(config: PriorityConfig) -> stab.StabilitySettings:
 
 
 def bootstrap_refits(engine: PriorityEngine, scored: Scored, refits: int, seed: int,
-                     model_config: ModelConfig | None = None, console: Console | None = None) -> BootstrapForecasts:
+                     model_config: ModelConfig | None = None, console: Console | None = None,
+                     cache: ResultCache | None = None) -> BootstrapForecasts:
     """Forecasts of every zone by each trajectory model refitted ``refits`` times on
     department-block bootstrap samples of its training zones (:mod:`territoria.models.bootstrap`),
-    with the models' own configuration and procedure."""
+    with the models' own configuration and procedure. ``cache`` keeps them for a rerun on the
+    same training data, forecast rows, parameters and code."""
     config = model_config or load_model_config()
     features = FeatureCache.of(engine.fb)
     targets = {}
-    for measure, trained in engine.trained.items():
+    # sorted: the same layout whatever order the models were trained or loaded in (the cache key)
+    for measure, trained in sorted(engine.trained.items()):
         data = prepare_target(engine.fb, trained.spec, config, features, engine.registry, config.cv.groups)
         t = data.table
         zero = t["repeated_survey"].to_numpy()
@@ -360,12 +399,24 @@ def bootstrap_refits(engine: PriorityEngine, scored: Scored, refits: int, seed: 
 
         targets[measure] = (make_regressor(trained.spec, config.model), data.X.reindex(columns=trained.columns),
                             t["y"].to_numpy(), t["weight"].to_numpy(), data.groups, X_forecast, fit)
-    return bootstrap_forecasts(targets, refits=refits, seed=seed, log=console.log if console else None)
+    cache = cache or ResultCache(None)
+    key = cache.key(git_commit(), refits, seed, config.model, *(
+        part for measure, (_, X, y, w, g, X_forecast, _) in targets.items()
+        for part in (measure, engine.trained[measure].spec.model_dump_json(), X, y, w, g, X_forecast)))
+    result = cache.get("refits", key, lambda: _refit_arrays(
+        bootstrap_forecasts(targets, refits=refits, seed=seed, log=console.log if console else None)))
+    return BootstrapForecasts([str(m) for m in result["measures"]], pd.Index(result["zones"]),
+                              result["predictions"], int(result["seed"]))
+
+
+def _refit_arrays(b: BootstrapForecasts) -> dict[str, np.ndarray]:
+    return {"measures": np.asarray(b.measures, dtype=str), "zones": np.asarray(b.zones, dtype=str),
+            "predictions": b.predictions, "seed": np.asarray(b.seed)}
 
 
 def stability_audit(engine: PriorityEngine, scored: Scored,
                     settings: stab.StabilitySettings | None = None, model_config: ModelConfig | None = None,
-                    console: Console | None = None) -> stab.StabilityResult:
+                    console: Console | None = None, cache: ResultCache | None = None) -> stab.StabilityResult:
     """Replicates of the baseline scoring with perturbed inputs and, with
     ``settings.bootstrap_refits``, models refitted on bootstrap samples (see
     :mod:`territoria.models.stability`); checks that the unperturbed replicate reproduces the
@@ -376,7 +427,7 @@ def stability_audit(engine: PriorityEngine, scored: Scored,
     refits = None
     if settings.bootstrap_refits > 0 and engine.trained:
         refits = bootstrap_refits(engine, scored, settings.bootstrap_refits, settings.seed,
-                                  model_config=model_config, console=console)
+                                  model_config=model_config, console=console, cache=cache)
     problem = stab.problem_from_run(
         engine.index_model, scored.features, t, scored.predictions, engine.config, engine.signs, engine.norms,
         worst_share=dcfg.cumulated.worst_share, min_domains=dcfg.cumulated.min_domains,
