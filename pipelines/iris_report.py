@@ -388,7 +388,9 @@ def report_context(pri: pd.DataFrame, metrics: dict, lang: str = "fr", top: int 
     by_com = by_com.sort_values(["n", "best"], ascending=[False, True]).head(top)
     median = ranked.groupby("parent_commune")["priority_score"].median()
     pockets = flagged.assign(median_score=flagged["parent_commune"].map(median))
-    pockets = pockets[pockets["median_score"] < 50].head(top)
+    pockets = pockets[pockets["median_score"] < 50].head(top).assign(
+        score_text=lambda d: [_fmt(v, lang) for v in d["priority_score"]],
+        median_text=lambda d: [_fmt(v, lang) for v in d["median_score"]])
 
     def table(records):
         return pd.DataFrame(records).set_index("model")[["spearman", "r2", "mae", "precision_at_10", "n"]]
