@@ -27,18 +27,18 @@ CONTOUR_CODE_COLUMNS = ("CODE_IRIS", "code_iris")
 
 TEXT = {
     "fr": {
-        "card_title": "Fiche IRIS", "commune": "Commune", "other_features": "autres variables", "rank_commune": "Rang dans la commune",
+        "card_title": "Fiche IRIS", "commune": "Commune", "other_features": "autres variables",
+        "rank_commune": "Rang dans la commune",
         "forecast": "Prévision", "forecast_of": "Évolution prévue de la part des allocataires au RSA",
         "points": "points", "index": "Indice de privation (IRIS)", "levers": "Leviers principaux",
         "indicators": "Indicateurs de l'IRIS", "commune_median": "IRIS médian de la commune",
-        "value": "valeur", "vintage": "millésime", "sources": "Sources", "producer": "producteur",
+        "value": "valeur", "vintage": "millésime", "sources": "Sources",
         "waterfall_iris": "De quoi est faite la prévision (points de part RSA, TreeSHAP)",
         "base_iris": "IRIS moyen (point de départ)", "final_iris": "prévision",
-        "coverage": "Couverture des intervalles (backtest)", "model_note":
+        "model_note":
         "Prévision LightGBM entraînée sur l'évolution {o}→{e} (IRIS d'au moins {m} allocataires), "
         "évaluée par validation croisée par départements : Spearman {s} contre {b} pour la meilleure référence.",
         "map_commune_note": "{name} : IRIS le plus prioritaire {iris} (rang {rank}) ; {nf} IRIS prioritaires sur {n}",
-        "no_contours": "Communes découpées en IRIS, colorées par leur IRIS le plus prioritaire",
         "report_title": "IRIS prioritaires", "n_iris": "IRIS classés", "n_flag": "IRIS prioritaires",
         "n_communes": "communes découpées en IRIS", "n_communes_flag": "communes ayant au moins un IRIS prioritaire",
         "by_dep": "IRIS prioritaires par département", "dep": "département", "most_urgent": "IRIS le plus prioritaire",
@@ -61,18 +61,18 @@ TEXT = {
         "indicators_t": "Indicateurs de l'indice IRIS", "domains_t": "domaines",
     },
     "en": {
-        "card_title": "IRIS card", "commune": "Commune", "other_features": "other features", "rank_commune": "Rank in the commune",
+        "card_title": "IRIS card", "commune": "Commune", "other_features": "other features",
+        "rank_commune": "Rank in the commune",
         "forecast": "Forecast", "forecast_of": "Forecast change of the share of CAF recipients on RSA",
         "points": "points", "index": "Deprivation index (IRIS)", "levers": "Main levers",
         "indicators": "Indicators of the IRIS", "commune_median": "median IRIS of the commune",
-        "value": "value", "vintage": "vintage", "sources": "Sources", "producer": "producer",
+        "value": "value", "vintage": "vintage", "sources": "Sources",
         "waterfall_iris": "What the forecast is made of (points of RSA share, TreeSHAP)",
         "base_iris": "average IRIS (starting point)", "final_iris": "forecast",
-        "coverage": "Interval coverage (backtest)", "model_note":
+        "model_note":
         "LightGBM forecast trained on the {o}→{e} change (IRIS with at least {m} recipients), "
         "evaluated by department-blocked cross-validation: Spearman {s} against {b} for the best baseline.",
         "map_commune_note": "{name}: most urgent IRIS {iris} (rank {rank}); {nf} flagged IRIS of {n}",
-        "no_contours": "Communes divided into IRIS, coloured by their most urgent IRIS",
         "report_title": "Priority IRIS", "n_iris": "IRIS ranked", "n_flag": "priority IRIS",
         "n_communes": "communes divided into IRIS", "n_communes_flag": "communes with at least one priority IRIS",
         "by_dep": "Priority IRIS by department", "dep": "department", "most_urgent": "most urgent IRIS",
@@ -135,9 +135,9 @@ def read_iris_contours(path: Path | str) -> pd.Series:
 
 
 def _commune_polygons(codes: pd.Series, data_dir: Path | None) -> np.ndarray:
-    from territoria.features.sources.geometries import CommuneGeometries
-
     import shapely
+
+    from territoria.features.sources.geometries import CommuneGeometries
 
     g = CommuneGeometries(data_dir).load().drop_duplicates("zone_code").set_index("zone_code")
     g = g.to_crs("EPSG:4326") if g.crs is not None and g.crs.to_epsg() != 4326 else g
