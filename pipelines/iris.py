@@ -442,7 +442,8 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
     timings["prioritise"] = time.perf_counter() - t0
 
     metrics = {
-        "target": spec.model_dump(), "temporal_fit": fit_spec.model_dump() if fit_spec else None, "forecast": {"origin": origin, "end": origin + spec.horizon},
+        "target": spec.model_dump(), "temporal_fit": fit_spec.model_dump() if fit_spec else None,
+        "forecast": {"origin": origin, "end": origin + spec.horizon},
         "zones": int(len(identity)), "communes": int(identity["parent_commune"].nunique()),
         "training_zones": int(len(table)), "min_recipients": cfg.min_recipients,
         "cross_validation": cv.round(6).reset_index().to_dict("records"),
@@ -480,7 +481,8 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
         run_name=f"iris-{spec.measure}_{spec.origin}_{spec.end}",
         params={"level": "iris", "target": spec.model_dump(), "model": cfg.model, "seed": cfg.seed,
                 "min_recipients": cfg.min_recipients, "reference_period": fb.reference_period},
-        metrics={"cv": cv.to_dict("index"), **({"temporal": temporal.to_dict("index")} if temporal is not None else {})},
+        metrics={"cv": cv.to_dict("index"),
+                 **({"temporal": temporal.to_dict("index")} if temporal is not None else {})},
         features=M[M["feature"].isin(X_train.columns)], data_hashes=fb.file_hashes, model=booster,
         shap_values=contrib, tags={"level": "iris", "measure": spec.measure})
     register_champion(run_id, f"territoria-iris-{spec.measure}", out_dir=out_dir if tracking_uri is None else None,
