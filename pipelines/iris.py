@@ -50,6 +50,7 @@ from territoria.models.explain import check_additivity, feature_info, tidy_contr
 from territoria.models.index import DeprivationIndex
 from territoria.models.intervals import SplitConformal, coverage_table, cross_conformal_intervals, level_suffix
 from territoria.models.metrics import regression_metrics
+from territoria.models.priority import ScoreWeights
 from territoria.models.targets import change, indicator_sign, measure_at, measure_periods
 from territoria.models.tracking import default_tracking_uri, log_training, register_champion
 from territoria.models.trajectory import TrajectoryRegressor
@@ -78,12 +79,6 @@ class IrisTransition(BaseModel):
         return self.end - self.origin
 
 
-class IrisWeights(BaseModel):
-    model_config = ConfigDict(extra="forbid")
-    level: float = Field(0.6, ge=0)
-    trajectory: float = Field(0.4, ge=0)
-
-
 class IrisConfig(BaseModel):
     """``conf/iris.yml``, typed."""
 
@@ -96,7 +91,7 @@ class IrisConfig(BaseModel):
     weight_measure: str = "caf_recipients"
     n_splits: int = Field(5, ge=2)
     interval_levels: list[float] = [0.8, 0.9]
-    weights: IrisWeights = IrisWeights()
+    weights: ScoreWeights = ScoreWeights()
     flag_share: float = Field(0.10, gt=0, lt=1)
     top_levers: int = Field(3, ge=1)
     model: dict = {}
@@ -227,19 +222,19 @@ def cross_validate(X: pd.DataFrame, table: pd.DataFrame, groups: np.ndarray, con
 
 
 def temporal_backtest(features: IrisFeatures, panel: pd.DataFrame, config: IrisConfig, sign: int,
-                      fit_spec: IrisTransition, spec: IrisTransition) -> pd.DataFrame:
-    """Fit on ``fit_spec`` (features at its origin), score the transition ``spec`` (features at
-    its origin) against the same baselines."""
+                      fit_spec: IrisTransition, spec: IrisTransition, table: pd.DataFrame,
+                      baselines: pd.DataFrame) -> pd.DataFrame:
+    """Fit on ``fit_spec`` (features at its origin), score the transition ``spec`` (its target
+    ``table``, features at its origin) against the same ``baselines``."""
     fit_table = iris_target(panel, fit_spec, config, features.identity.index)
     F0, M0 = features(fit_spec.origin)
     X0 = iris_design(F0, M0).reindex(fit_table.index)
     groups = features.identity["departement"].reindex(fit_table.index).astype(str).to_numpy()
     model = _regressor(config).fit(X0, fit_table["y"].to_numpy(float) * spec.horizon / fit_spec.horizon,
                                    fit_table["weight"].to_numpy(float), groups=groups)
-    table = iris_target(panel, spec, config, features.identity.index)
     F1, M1 = features(spec.origin)
     X1 = iris_design(F1, M1).reindex(index=table.index, columns=X0.columns)
-    preds = baseline_predictions(panel, spec, features.identity, table.index)
+    preds = baselines.reindex(table.index).copy()
     preds.insert(0, "lightgbm", model.predict(X1))
     y, w = table["y"].to_numpy(float), table["weight"].to_numpy(float)
     rows = [{"model": m, **regression_metrics(y, preds[m].to_numpy(float), sign, w)} for m in preds.columns]
@@ -398,7 +393,7 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
     levels = tuple(cfg.interval_levels)
     oof_iv = cross_conformal_intervals(table["y"], oof["lightgbm"], fold, levels)
     coverage = coverage_table(table["y"].to_numpy(float), oof_iv, coverage_groups(identity, table))
-    temporal = temporal_backtest(features, fb.panel, cfg, sign, fit_spec, spec) if fit_spec else None
+    temporal = temporal_backtest(features, fb.panel, cfg, sign, fit_spec, spec, table, base) if fit_spec else None
     timings["backtest"] = time.perf_counter() - t0
 
     t0 = step(f"final model and forecasts {origin}→{origin + spec.horizon}")
