@@ -412,7 +412,9 @@ def _unscored_predictions(data: TargetData, config: ModelConfig, scheme: str, fo
 
 
 def _spread_params(params: dict) -> dict:
-    return {k: params[k] for k in ("n_jobs", "random_state") if k in params}
+    """What the spread model takes from the trajectory model's parameters: its own shape stays
+    (small, regularised), but the histogram size and threads follow the run's settings."""
+    return {k: params[k] for k in ("n_jobs", "random_state", "max_bin") if k in params}
 
 
 def _coverage_groups(fb, idx, spec: TargetSpec, config: ModelConfig) -> pd.DataFrame:

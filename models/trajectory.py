@@ -57,6 +57,7 @@ class _LGBMBase(BaseEstimator):
         reg_lambda: float = 1.0,
         reg_alpha: float = 0.0,
         min_split_gain: float = 0.0,
+        max_bin: int = 255,
         objective: str | None = None,
         early_stopping_rounds: int | None = 30,
         validation_fraction: float = 0.15,
@@ -74,6 +75,7 @@ class _LGBMBase(BaseEstimator):
         self.reg_lambda = reg_lambda
         self.reg_alpha = reg_alpha
         self.min_split_gain = min_split_gain
+        self.max_bin = max_bin
         self.objective = objective
         self.early_stopping_rounds = early_stopping_rounds
         self.validation_fraction = validation_fraction
@@ -101,6 +103,7 @@ class _LGBMBase(BaseEstimator):
             "lambda_l2": self.reg_lambda,
             "lambda_l1": self.reg_alpha,
             "min_gain_to_split": self.min_split_gain,
+            "max_bin": self.max_bin,
             "num_threads": self.n_jobs,
             "seed": seed,
             "bagging_seed": seed + 1,
@@ -183,9 +186,10 @@ class TrajectoryRegressor(RegressorMixin, _LGBMBase):
     Parameters
     ----------
     n_estimators, learning_rate, num_leaves, max_depth, min_child_samples, subsample,
-    colsample_bytree, reg_lambda, reg_alpha, min_split_gain
+    colsample_bytree, reg_lambda, reg_alpha, min_split_gain, max_bin
         LightGBM parameters (subsample is ``bagging_fraction``, colsample_bytree
-        ``feature_fraction``).
+        ``feature_fraction``; ``max_bin`` is the number of histogram bins per feature, the
+        main cost of growing a tree).
     objective : str, optional
         LightGBM objective (default ``"regression"``, i.e. L2; ``"huber"`` is more robust).
     early_stopping_rounds : int or None

@@ -14,7 +14,8 @@ Wiring only; the node functions live in :mod:`territoria.models`. Outputs under 
     low_90, high_90`` for every commune.
 ``mlflow.db``, ``mlruns/``
     the embedded MLflow store (or ``--tracking-uri``): one run per target with parameters,
-    metrics, features, data hashes, the booster and SHAP values; the model is registered as
+    metrics, features, data hashes, the booster and the SHAP values of a seeded sample of
+    its training zones (:data:`SHAP_LOG_ZONES`); the model is registered as
     ``territoria-<measure>`` with the alias ``champion``.
 """
 
@@ -24,6 +25,7 @@ import time
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 from rich.console import Console
 
@@ -31,8 +33,14 @@ from territoria.io import write_csv, write_parquet
 from territoria.models.backtest import FeatureCache, backtest_oof, predict_target, run_backtest, train_target
 from territoria.models.index import DeprivationIndex
 from territoria.models.targets import ModelConfig, TargetSpec, load_model_config
-from territoria.models.tracking import log_training, register_champion
+from territoria.models.tracking import log_training, register_champion, shap_frame
 from territoria.pipelines.build_features import FeatureBuild
+
+
+#: training zones whose SHAP values each MLflow run carries (a seeded sample): enough for
+#: the global view (mean |SHAP| per feature) to be stable, while every zone's forecast is
+#: explained by the prioritise stage (``explanations.parquet``).
+SHAP_LOG_ZONES = 2000
 
 
 @dataclass
@@ -154,7 +162,7 @@ def run_train(
             if "feature" in trained.meta else trained.columns,
             data_hashes=fb.file_hashes,
             model=trained.booster(),
-            shap_values=_shap_values(fb, trained, features),
+            shap_values=_shap_values(fb, trained, features, sample=SHAP_LOG_ZONES, seed=config.seed),
             tags={"target": spec.name, "measure": spec.measure},
         )
         register_champion(run_id, f"territoria-{spec.measure}",
@@ -168,23 +176,18 @@ def run_train(
                        models=models, timings=timings)
 
 
-def _shap_values(fb: FeatureBuild, trained, features) -> pd.DataFrame:
-    """TreeSHAP contributions (LightGBM ``pred_contrib``) of the training zones, and the base value."""
+def _shap_values(fb: FeatureBuild, trained, features, sample: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """TreeSHAP contributions of the training zones (a seeded sample of ``sample`` of them, in
+    zone order) with the ``expected_value`` (:func:`~territoria.models.tracking.shap_frame`)."""
     X = _design_rows(fb, trained, features)
-    booster = trained.booster()
-    contrib = booster.predict(X.to_numpy(float), pred_contrib=True)
-    out = pd.DataFrame(contrib[:, :-1], index=X.index, columns=list(X.columns))
-    out["base_value"] = contrib[:, -1]
-    return out
+    if sample is not None and len(X) > sample:
+        keep = np.sort(np.random.default_rng(seed).choice(len(X), size=sample, replace=False))
+        X = X.iloc[keep]
+    return shap_frame(trained.booster(), X)
 
 
 def _design_rows(fb: FeatureBuild, trained, features) -> pd.DataFrame:
-    """The training design matrix (training zones × trained columns) to compute SHAP values on.
-
-    Only the zones the model was fitted on: explaining every commune at the origin as well
-    doubled the stage's SHAP time, and the forecasts of every zone are explained by the
-    prioritise stage (``explanations.parquet``).
-    """
+    """The training design matrix (training zones × trained columns)."""
     from territoria.models.trajectory import design_matrix
     from territoria.registry import load_registry
 

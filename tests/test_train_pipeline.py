@@ -62,6 +62,28 @@ def test_champion_registered_and_loadable(trained, feature_build):
     np.testing.assert_allclose(champion.predict(X), model.booster().predict(X.to_numpy(float)), rtol=1e-9)
 
 
+def test_run_carries_shap_of_a_seeded_sample_of_training_zones(trained, feature_build, tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from territoria.models.backtest import FeatureCache
+    from territoria.models.tracking import default_tracking_uri
+    from territoria.pipelines.train import SHAP_LOG_ZONES, _design_rows
+
+    out, res = trained
+    model = res.models["population_2018_2021"]
+    client = MlflowClient(tracking_uri=default_tracking_uri(out))
+    path = client.download_artifacts(res.run_ids["population_2018_2021"], "shap/shap_values.parquet", str(tmp_path))
+    shap = pd.read_parquet(path).set_index("zone_code")
+    training_zones = set(model.oof["zone_code"])
+    assert len(training_zones) > SHAP_LOG_ZONES
+    assert len(shap) == SHAP_LOG_ZONES and shap.index.is_unique and set(shap.index) <= training_zones
+    assert shap.index.is_monotonic_increasing
+    # the logged contributions of each sampled zone add up to the champion's prediction
+    X = _design_rows(feature_build, model, FeatureCache.of(feature_build)).loc[shap.index]
+    total = shap.sum(axis=1)
+    np.testing.assert_allclose(total, model.booster().predict(X.to_numpy(float)), rtol=1e-7, atol=1e-9)
+
+
 # --------------------------------------------------------------------------- as of 2018
 @pytest.fixture(scope="module")
 def trained_as_of_2018(feature_build, fast_models_conf, tmp_path_factory):
