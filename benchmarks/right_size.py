@@ -33,7 +33,6 @@ DEFAULT_CANDIDATES = {
 
 def measure(fb, config, features, params: dict) -> dict:
     from territoria.models.backtest import run_backtest, train_target
-    from territoria.models.trajectory import design_matrix
     from territoria.registry import load_registry
 
     t0 = time.perf_counter()
@@ -48,9 +47,7 @@ def measure(fb, config, features, params: dict) -> dict:
         t0 = time.perf_counter()
         trained = train_target(fb, spec, config, params=params, features=features)
         train_s += time.perf_counter() - t0
-        F, meta = features(spec.origin)
-        X, _ = design_matrix(F, meta, fb.panel, fb.graph, fb.identity, load_registry(), spec.measure,
-                             spec.origin, select=False)
+        X, _ = features.design(spec.measure, spec.origin, load_registry(), select=False)
         X = X.reindex(columns=trained.columns).to_numpy(float)
         booster = trained.booster()
         t0 = time.perf_counter()

@@ -34,6 +34,7 @@ How a target is scored (department-blocked CV by default):
 from __future__ import annotations
 
 import json
+from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -64,6 +65,7 @@ from territoria.models.trajectory import (
     HurdleRegressor,
     TrajectoryRegressor,
     design_matrix,
+    restrict_design,
 )
 from territoria.models.validation import SpatialGroupKFold
 from territoria.registry import load_registry
@@ -90,15 +92,22 @@ class TargetData:
 
 
 class FeatureCache:
-    """``features_at(t)`` of a FeatureBuild, computed once per origin.
+    """``features_at(t)`` of a FeatureBuild, computed once per origin, and the latest design
+    matrices of targets (:meth:`design`).
 
     :meth:`of` returns the cache attached to a build, so that every stage (backtest, train,
-    predict) of one process shares it.
+    predict, the stability refits) of one process shares it.
     """
+
+    #: design matrices kept (about 60 MB each for the communes): the three key targets at
+    #: their origins and at the reference period, which the backtest, the final models, the
+    #: forecasts and the stability refits all read
+    max_designs = 6
 
     def __init__(self, feature_build) -> None:
         self.fb = feature_build
         self._cache: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}
+        self._designs: OrderedDict[tuple, tuple] = OrderedDict()
 
     @classmethod
     def of(cls, feature_build) -> FeatureCache:
@@ -119,6 +128,24 @@ class FeatureCache:
                 self._cache[t] = self.fb.features_at(t)
         return self._cache[t]
 
+    def design(self, measure: str, origin: int, registry, rows=None, select: bool = True
+               ) -> tuple[pd.DataFrame, pd.DataFrame]:
+        """``design_matrix`` of ``measure`` at ``origin`` on ``rows`` (same arguments and
+        result), the full matrix computed once and kept among the :attr:`max_designs` latest."""
+        key = (measure, int(origin), id(registry))
+        # the registry itself is kept with the matrix: an id is only unique while it lives
+        if key in self._designs and self._designs[key][0] is registry:
+            self._designs.move_to_end(key)
+        else:
+            fb = self.fb
+            F, meta = self(origin)
+            self._designs[key] = (registry, *design_matrix(F, meta, fb.panel, fb.graph, fb.identity, registry,
+                                                           measure, origin, select=False))
+            while len(self._designs) > self.max_designs:
+                self._designs.popitem(last=False)
+        _, X, M = self._designs[key]
+        return restrict_design(X, M, rows, select)
+
 
 def prepare_target(
     fb, spec: TargetSpec, config: ModelConfig, features: FeatureCache, registry=None,
@@ -129,9 +156,7 @@ def prepare_target(
     registry = registry or load_registry()
     train_min = min(config.train_min_population, spec.min_population or 0)
     table = target_table(fb.panel, spec, config, registry, min_population=train_min)
-    F, meta = features(spec.origin)
-    X, M = design_matrix(F, meta, fb.panel, fb.graph, fb.identity, registry, spec.measure,
-                         spec.origin, rows=table.index)
+    X, M = features.design(spec.measure, spec.origin, registry, rows=table.index)
     groups = fb.identity[group_col].reindex(table.index).astype(str).to_numpy()
     scored = (table["population"] >= (spec.min_population or 0)).to_numpy()
     small = None
@@ -139,8 +164,7 @@ def prepare_target(
         every = target_table(fb.panel, spec, config, registry, min_population=0)
         every = every.loc[every.index.difference(table.index)]
         if len(every):
-            Xb, _ = design_matrix(F, meta, fb.panel, fb.graph, fb.identity, registry, spec.measure,
-                                  spec.origin, rows=every.index, select=False)
+            Xb, _ = features.design(spec.measure, spec.origin, registry, rows=every.index, select=False)
             small = (every, Xb.reindex(columns=X.columns),
                      fb.identity[group_col].reindex(every.index).astype(str).to_numpy())
     return TargetData(spec, table, X, M, groups, scored, small)
@@ -497,14 +521,10 @@ def run_backtest(
                                                  below=True)
         return prepared[spec.name]
 
-    for spec in specs if cv else []:
-        data = prep(spec)
-        log(f"cross-validating {spec.name}: {int(data.scored.sum())} zones scored, {data.X.shape[1]} features")
-        r, p, c, rl = cross_validate_target(feature_build, data, config, scheme_name, params, intervals, classifier)
-        rows += r
-        preds.append(p)
-        cov.append(c)
-        rel.append(rl)
+    # the temporal backtests run first so that the key targets' design matrices, which the
+    # final models and the forecasts read next, are the latest in the feature cache; their
+    # rows are reported after the cross-validation's
+    temporal_rows, temporal_preds = [], []
     if temporal:
         names = {s.name for s in specs}
         for pair in config.temporal_backtests:
@@ -513,8 +533,18 @@ def run_backtest(
             fit_spec, score_spec = config.targets[pair.fit], config.targets[pair.score]
             log(f"temporal backtest: fit {fit_spec.name}, score {score_spec.name}")
             r, p = temporal_backtest_target(feature_build, prep(fit_spec), prep(score_spec), config, params)
-            rows += r
-            preds.append(p)
+            temporal_rows += r
+            temporal_preds.append(p)
+    for spec in specs if cv else []:
+        data = prep(spec)
+        log(f"cross-validating {spec.name}: {int(data.scored.sum())} zones scored, {data.X.shape[1]} features")
+        r, p, c, rl = cross_validate_target(feature_build, data, config, scheme_name, params, intervals, classifier)
+        rows += r
+        preds.append(p)
+        cov.append(c)
+        rel.append(rl)
+    rows += temporal_rows
+    preds += temporal_preds
     metrics = pd.DataFrame(rows, columns=["target", "model", "scheme", "metric", "value"])
     return BacktestResult(
         metrics=metrics,
@@ -616,9 +646,7 @@ def predict_target(fb, trained: TrainedTarget, origin: int, horizon_end: int,
     """
     features = features or FeatureCache.of(fb)
     spec = trained.spec
-    F, meta = features(origin)
-    X, _ = design_matrix(F, meta, fb.panel, fb.graph, fb.identity, load_registry(), spec.measure,
-                         origin, select=False)
+    X, _ = features.design(spec.measure, origin, load_registry(), select=False)
     return predict_frame(trained, X.reindex(columns=trained.columns), origin, horizon_end)
 
 

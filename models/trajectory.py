@@ -506,14 +506,11 @@ def select_features(X: pd.DataFrame, max_missing: float = 0.95, corr_threshold: 
     ranks = sub.rank().fillna(sub.rank().mean())
     corr = np.abs(np.corrcoef(ranks.to_numpy().T))
     corr = np.nan_to_num(corr)
-    drop = set()
+    dropped = np.zeros(len(keep), bool)
     for i in range(len(keep)):
-        if keep[i] in drop:
-            continue
-        for j in range(i + 1, len(keep)):
-            if corr[i, j] > corr_threshold:
-                drop.add(keep[j])
-    return [c for c in keep if c not in drop]
+        if not dropped[i]:
+            dropped[i + 1:] |= corr[i, i + 1:] > corr_threshold
+    return [c for c, d in zip(keep, dropped) if not d]
 
 
 def fill_spatial_periods(meta: pd.DataFrame) -> pd.DataFrame:
@@ -559,6 +556,14 @@ def design_matrix(
         H = H.drop(columns=[c for c in H.columns if c in X.columns])
         X = pd.concat([X, H.reindex(X.index)], axis=1)
         M = pd.concat([M, HM[HM["feature"].isin(H.columns)]], ignore_index=True)
+    return restrict_design(X, M, rows, select)
+
+
+def restrict_design(X: pd.DataFrame, M: pd.DataFrame, rows=None, select: bool = True
+                    ) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """A design matrix on ``rows`` (zone codes; all when None), with the unsupervised
+    :func:`select_features` run on those rows when ``select``, and its metadata in the same
+    column order."""
     if rows is not None:
         X = X.reindex(pd.Index(rows))
     if select:

@@ -30,6 +30,7 @@ from __future__ import annotations
 
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -100,14 +101,21 @@ class PriorityEngine:
         self.period = int(self.fb.reference_period)
         self.signs = {m: indicator_sign(m, self.registry) for m in self.config.trajectory.measures}
 
-    def score(self, features: pd.DataFrame, meta: pd.DataFrame, panel: pd.DataFrame) -> Scored:
-        """Index, forecasts, priority table and diagnostics of every zone of ``features``."""
+    def score(self, features: pd.DataFrame, meta: pd.DataFrame, panel: pd.DataFrame,
+              design: Callable[[str], tuple[pd.DataFrame, pd.DataFrame]] | None = None) -> Scored:
+        """Index, forecasts, priority table and diagnostics of every zone of ``features``.
+
+        ``design(measure)`` gives a model's design matrix of these features (default: built
+        from ``features``, ``meta`` and ``panel``)."""
         F = features.set_index("zone_code")
         index = self.index_model.transform(F)
         forecasts, designs = [], {}
         for measure, trained in self.trained.items():
-            X, M = design_matrix(features, meta, panel, self.fb.graph, self.fb.identity, self.registry,
-                                 measure, self.period, select=False)
+            if design is not None:
+                X, M = design(measure)
+            else:
+                X, M = design_matrix(features, meta, panel, self.fb.graph, self.fb.identity, self.registry,
+                                     measure, self.period, select=False)
             X = X.reindex(columns=trained.columns)
             M = M.set_index("feature").reindex(trained.columns).rename_axis("feature").reset_index()
             designs[measure] = (X, M)
@@ -124,7 +132,10 @@ class PriorityEngine:
         return Scored(F, meta, index, predictions, table, designs, dflags)
 
     def baseline(self) -> Scored:
-        return self.score(self.fb.features, self.fb.meta, self.fb.panel)
+        # the run's own features: the design matrices the training stage built for its forecasts
+        cache = FeatureCache.of(self.fb)
+        return self.score(self.fb.features, self.fb.meta, self.fb.panel,
+                          lambda measure: cache.design(measure, self.period, self.registry, select=False))
 
     def scenario(self, sc: Scenario) -> tuple[Scored, pd.Index]:
         """Re-score every zone with the scenario applied to the panel (features rebuilt)."""

@@ -188,11 +188,9 @@ def _shap_values(fb: FeatureBuild, trained, features, sample: int | None = None,
 
 def _design_rows(fb: FeatureBuild, trained, features) -> pd.DataFrame:
     """The training design matrix (training zones × trained columns)."""
-    from territoria.models.trajectory import design_matrix
     from territoria.registry import load_registry
 
     spec = trained.spec
-    F, meta = features(spec.origin)
-    X, _ = design_matrix(F, meta, fb.panel, fb.graph, fb.identity, load_registry(), spec.measure,
-                         spec.origin, rows=pd.Index(trained.oof["zone_code"]), select=False)
+    X, _ = features.design(spec.measure, spec.origin, load_registry(), rows=pd.Index(trained.oof["zone_code"]),
+                           select=False)
     return X.reindex(columns=trained.columns)

@@ -147,6 +147,29 @@ def test_temporal_backtest_and_forecast(feature_build, small_config):
     assert FeatureCache.of(feature_build) is FeatureCache.of(feature_build)
 
 
+def test_feature_cache_design_is_design_matrix_computed_once(feature_build):
+    from territoria.models.trajectory import design_matrix
+    from territoria.registry import load_registry
+
+    registry = load_registry()
+    cache = FeatureCache(feature_build)
+    F, meta = cache(2018)
+    rows = pd.Index(sorted(feature_build.identity.index)[::7], name="zone_code")
+    for select in (True, False):
+        X, M = cache.design("population", 2018, registry, rows=rows, select=select)
+        X0, M0 = design_matrix(F, meta, feature_build.panel, feature_build.graph, feature_build.identity, registry,
+                               "population", 2018, rows=rows, select=select)
+        pd.testing.assert_frame_equal(X, X0)
+        pd.testing.assert_frame_equal(M, M0)
+    assert len(cache._designs) == 1  # one full matrix served both
+    # the latest max_designs matrices are kept, the least recently used one goes first
+    cache.max_designs = 2
+    cache.design("median_income", 2019, registry)
+    cache.design("population", 2018, registry)
+    cache.design("unemployment_rate", 2018, registry)
+    assert [k[:2] for k in cache._designs] == [("population", 2018), ("unemployment_rate", 2018)]
+
+
 def test_final_model_reuses_the_backtest_folds_and_gets_the_same_calibration(feature_build, small_config, backtest):
     """The final model's interval calibration needs out-of-fold predictions on the same
     department folds as the backtest's: reused, they give exactly what refitting the folds gives."""

@@ -122,6 +122,13 @@ def test_select_features_drops_constant_empty_and_duplicates():
     a = rng.normal(size=200)
     X = pd.DataFrame({"a": a, "a_copy": 3 * a + 1, "const": 1.0, "empty": np.nan, "b": rng.normal(size=200)})
     assert select_features(X) == ["a", "b"]
+    # a chain: b duplicates a and is dropped; c duplicates b but not a, so it stays
+    c = a + rng.normal(scale=0.6, size=200)
+    b = (a + c) / 2
+    X = pd.DataFrame({"a": a, "b": b, "c": c})
+    corr = X.rank().corr().abs()
+    assert corr.loc["a", "b"] > 0.9 and corr.loc["b", "c"] > 0.9 and corr.loc["a", "c"] < 0.9
+    assert select_features(X, corr_threshold=0.9) == ["a", "c"]
 
 
 # --------------------------------------------------------------------------- history features
