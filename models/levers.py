@@ -23,14 +23,16 @@ INDEX_MODEL = "deprivation_index"
 
 
 def index_points(index_model, X: pd.DataFrame, terms: pd.DataFrame, factor: pd.Series) -> pd.DataFrame:
-    """Score points of each (zone, indicator) through the composite index, long format.
+    """Score points of each (zone, indicator) through the composite index.
 
     ``terms`` are the index's domain terms (:func:`~territoria.models.priority.index_terms`)
-    and ``factor`` the score points per index point of each zone.
+    and ``factor`` the score points per index point of each zone. Wide: zones × (indicator,
+    is_location, domain) columns (see :func:`indicator_points`); every index indicator is
+    present for every zone (0 where it adds nothing).
     """
     z = index_model.normalise(X)
     ind = index_model.indicators_
-    frames = []
+    blocks, keys = [], []
     for d in terms.columns:
         names = list(ind.index[ind["domain"] == d])
         if not names:
@@ -45,23 +47,19 @@ def index_points(index_model, X: pd.DataFrame, terms: pd.DataFrame, factor: pd.S
         with np.errstate(invalid="ignore", divide="ignore"):
             share = np.where(stable, wz / total, np.abs(wz) / absolute)
         share = np.nan_to_num(share, nan=1.0 / len(names))
-        pts = share * t * factor.reindex(terms.index).to_numpy(float)[:, None]
-        frames.append(pd.DataFrame({
-            "zone_code": np.repeat(terms.index.to_numpy(), len(names)),
-            "indicator": np.tile(np.asarray(names, dtype=object), len(terms)),
-            "domain": d,
-            "points": pts.ravel(),
-        }))
-    out = pd.concat(frames, ignore_index=True)
-    out["source"] = INDEX_MODEL
-    out["is_location"] = False
-    return out
+        blocks.append(share * t * factor.reindex(terms.index).to_numpy(float)[:, None])
+        keys += [(n, False, d) for n in names]
+    # a zone without a term or factor has no points, but its indicators are still listed
+    values = np.nan_to_num(np.hstack(blocks)) if blocks else np.zeros((len(terms), 0))
+    return pd.DataFrame(values, index=terms.index, columns=_points_columns(keys))
 
 
-def model_points(measure: str, contributions: pd.DataFrame, meta: pd.DataFrame, factor: pd.Series) -> pd.DataFrame:
+def model_points(contributions: pd.DataFrame, meta: pd.DataFrame, factor: pd.Series) -> pd.DataFrame:
     """Score points of each (zone, indicator, own/location) through one trajectory model.
 
-    Groups that contribute exactly nothing (features the model never splits on) are left out.
+    Wide like :func:`index_points`; NaN where the model's features of the indicator contribute
+    exactly nothing (features the model never splits on), which :func:`indicator_points`
+    leaves out.
     """
     info = feature_info(meta, contributions.columns)
     key = pd.MultiIndex.from_arrays([info["indicator"].astype(str).to_numpy(), info["is_location"].to_numpy()])
@@ -69,24 +67,44 @@ def model_points(measure: str, contributions: pd.DataFrame, meta: pd.DataFrame, 
     onehot = np.zeros((len(codes), len(groups)))
     onehot[np.arange(len(codes)), codes] = 1.0
     pts = (np.nan_to_num(contributions.to_numpy(float)) @ onehot) * factor.reindex(contributions.index).to_numpy(float)[:, None]
-    zi, gi = np.nonzero(pts)
-    ind = np.asarray(groups.get_level_values(0), dtype=object)
-    loc = np.asarray(groups.get_level_values(1), dtype=bool)
     dom = info.drop_duplicates("indicator").set_index("indicator")["domain"]
-    return pd.DataFrame({
-        "zone_code": contributions.index.to_numpy()[zi],
-        "indicator": ind[gi],
-        "is_location": loc[gi],
-        "domain": pd.Series(ind[gi]).map(dom).fillna("context").to_numpy(),
-        "points": pts[zi, gi],
-        "source": measure,
-    })
+    keys = [(i, bool(loc), dom.get(i, "context")) for i, loc in groups]
+    return pd.DataFrame(np.where(pts != 0, pts, np.nan), index=contributions.index, columns=_points_columns(keys))
+
+
+def _points_columns(keys: list[tuple]) -> pd.MultiIndex:
+    return pd.MultiIndex.from_tuples(keys, names=["indicator", "is_location", "domain"])
 
 
 def indicator_points(frames: list[pd.DataFrame], registry) -> pd.DataFrame:
-    """All score points by zone and indicator (own vs location), with the lever flag."""
-    allp = pd.concat(frames, ignore_index=True)
-    out = allp.groupby(["zone_code", "indicator", "is_location", "domain"], as_index=False, observed=True)["points"].sum()
+    """All score points by zone and indicator (own vs location), with the lever flag.
+
+    ``frames`` are the wide points of each source (:func:`index_points`,
+    :func:`model_points`): their sum per zone and (indicator, is_location, domain), long, one
+    row per pair some source gives points to (NaN: none), sorted by zone then indicator. Summed
+    on dense matrices: the sources' long tables (about 3.5 million rows per model for the
+    communes) are never built.
+    """
+    zones = pd.Index(sorted(set().union(*(f.index for f in frames))), name="zone_code")
+    keys = sorted(set().union(*(f.columns for f in frames)))
+    total = np.zeros((len(zones), len(keys)))
+    present = np.zeros((len(zones), len(keys)), bool)
+    position = {k: i for i, k in enumerate(keys)}
+    for f in frames:
+        rows = np.ix_(zones.get_indexer(f.index), [position[k] for k in f.columns])
+        v = f.to_numpy(float)
+        given = ~np.isnan(v)
+        total[rows] += np.where(given, v, 0.0)
+        present[rows] |= given
+    zi, ki = np.nonzero(present)
+    indicator = np.array([k[0] for k in keys], dtype=object)
+    out = pd.DataFrame({
+        "zone_code": zones.to_numpy()[zi],
+        "indicator": indicator[ki],
+        "is_location": np.array([k[1] for k in keys], dtype=bool)[ki],
+        "domain": np.array([k[2] for k in keys], dtype=object)[ki],
+        "points": total[zi, ki],
+    })
     lever = {n: bool(i.lever) for n, i in registry.indicators.items()}
     out["is_lever"] = out["indicator"].map(lever).fillna(False).astype(bool) & ~out["is_location"]
     return out

@@ -24,6 +24,7 @@ from pathlib import Path
 from rich.console import Console
 
 from territoria.io import write_json
+from territoria.memory import release_free_memory
 from territoria.paths import conf_dir
 from territoria.settings import load_yaml
 from territoria.verify import git_commit, package_versions, sha256_of, write_manifest
@@ -148,6 +149,7 @@ def run_main(
     timings: dict[str, float] = {}
 
     def stage(name: str):
+        release_free_memory()  # the previous stage's freed temporaries
         console.rule(f"[bold]{name}")
         return time.perf_counter()
 

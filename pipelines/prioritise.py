@@ -231,7 +231,7 @@ def explain(engine: PriorityEngine, scored: Scored, cache: ResultCache | None = 
         check_additivity(phi, base, pred.reindex(X.index).to_numpy())
         tidy.append(tidy_contributions(measure, phi, X, base, out, M, top=N_TOP_FEATURES))
         if measure in factors:
-            points.append(model_points(measure, phi, M, factors[measure]))
+            points.append(model_points(phi, M, factors[measure]))
     terms, neutral = index_terms(engine.index_model, scored.features)
     idx = scored.index["deprivation_index"]
     dom = terms.stack().rename("contribution").reset_index()
