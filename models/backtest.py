@@ -128,6 +128,11 @@ class FeatureCache:
                 self._cache[t] = self.fb.features_at(t)
         return self._cache[t]
 
+    def clear(self) -> None:
+        """Forget every matrix (a stage that no longer needs them gives the memory back)."""
+        self._cache.clear()
+        self._designs.clear()
+
     def design(self, measure: str, origin: int, registry, rows=None, select: bool = True
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
         """``design_matrix`` of ``measure`` at ``origin`` on ``rows`` (same arguments and

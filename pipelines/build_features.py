@@ -175,6 +175,7 @@ def run_build_features(
 
     t0 = step(f"harmonising to the COG {params.target_cog} and computing indicators")
     panel, report = build_panel(tables, cog, registry, target_cog=params.target_cog)
+    del tables, loaded  # the tidy source tables live on in the panel only
     if as_of is not None:
         panel = panel[panel["period"] <= as_of].reset_index(drop=True)
     timings["panel"] = time.perf_counter() - t0

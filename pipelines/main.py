@@ -138,6 +138,7 @@ def run_main(
     same data (its outputs must already be in ``out_dir`` or are written there); ``retrain``
     trains even when ``out_dir`` holds reusable models of the same inputs.
     """
+    from territoria.models.backtest import FeatureCache
     from territoria.models.targets import load_model_config
     from territoria.pipelines.build_features import run_build_features
     from territoria.pipelines.prioritise import run_prioritise
@@ -178,6 +179,7 @@ def run_main(
                          model_config=config)
     timings.update({f"prioritise.{k}": v for k, v in pri.timings.items()})
     timings["prioritise"] = time.perf_counter() - t0
+    FeatureCache.of(fb).clear()  # the report reads the outputs back from disk
 
     t0 = stage("map, zone cards, report and audit")
     report_timings: dict[str, float] = {}
