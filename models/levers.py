@@ -97,17 +97,20 @@ def indicator_points(frames: list[pd.DataFrame], registry) -> pd.DataFrame:
         total[rows] += np.where(given, v, 0.0)
         present[rows] |= given
     zi, ki = np.nonzero(present)
-    indicator = np.array([k[0] for k in keys], dtype=object)
-    out = pd.DataFrame({
-        "zone_code": zones.to_numpy()[zi],
-        "indicator": indicator[ki],
-        "is_location": np.array([k[1] for k in keys], dtype=bool)[ki],
-        "domain": np.array([k[2] for k in keys], dtype=object)[ki],
+    del present
+    # string columns are taken from their few distinct values (Arrow takes): millions of
+    # Python strings would double the stage's peak memory
+    is_location = np.array([k[1] for k in keys], dtype=bool)
+    lever = np.array([bool(registry.indicators[k[0]].lever) if k[0] in registry.indicators else False
+                      for k in keys]) & ~is_location
+    return pd.DataFrame({
+        "zone_code": pd.array(zones, dtype="str").take(zi),
+        "indicator": pd.array([k[0] for k in keys], dtype="str").take(ki),
+        "is_location": is_location[ki],
+        "domain": pd.array([k[2] for k in keys], dtype="str").take(ki),
         "points": total[zi, ki],
+        "is_lever": lever[ki],
     })
-    lever = {n: bool(i.lever) for n, i in registry.indicators.items()}
-    out["is_lever"] = out["indicator"].map(lever).fillna(False).astype(bool) & ~out["is_location"]
-    return out
 
 
 def department_decile(values: pd.Series, departement: pd.Series, from_top: bool = True) -> pd.Series:

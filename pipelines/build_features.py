@@ -30,6 +30,7 @@ from territoria.features.sources.base import file_sha256
 from territoria.features.sources.cog import Cog, CogEpci
 from territoria.features.access import territory_of
 from territoria.features.spatial import build_commune_graph
+from territoria.errors import DataError
 from territoria.io import write_csv, write_json, write_parquet
 from territoria.paths import bundled_data_dir
 from territoria.registry import Registry, load_registry
@@ -54,6 +55,35 @@ class FeatureBuild:
     timings: dict[str, float] = field(default_factory=dict)
     report_lines: list[str] = field(default_factory=list)
     file_hashes: dict[str, str] = field(default_factory=dict)
+
+    def release_panel(self) -> bool:
+        """Free the in-memory panel (about 0.75 GB for all communes) when ``panel.parquet``
+        in ``out_dir`` holds it; the next use of ``panel`` reads the file back. Returns whether
+        it was freed.
+
+        The main job calls it before the report, which reads its inputs from disk.
+        """
+        path = self.out_dir / "panel.parquet" if self.out_dir is not None else None
+        if path is None or not path.exists() or "panel" not in self.__dict__:
+            return False
+        stat = path.stat()
+        self._panel_file = (path, stat.st_size, stat.st_mtime_ns)
+        del self.panel
+        return True
+
+    def __getattr__(self, name: str):
+        # only reached when normal lookup fails, i.e. after release_panel()
+        released = self.__dict__.get("_panel_file")
+        if name != "panel" or released is None:
+            raise AttributeError(f"{type(self).__name__!s} has no attribute {name!r}")
+        path, size, mtime = released
+        stat = path.stat() if path.exists() else None
+        if stat is None or (stat.st_size, stat.st_mtime_ns) != (size, mtime):
+            raise DataError(path, "the panel was released from memory and this file, which held it, "
+                                  "has since been removed or rewritten by another run: rebuild the "
+                                  "features (territoria features)")
+        self.panel = pd.read_parquet(path)
+        return self.panel
 
     def features_at(self, t: int) -> tuple[pd.DataFrame, pd.DataFrame]:
         """Feature matrix and metadata at another reference period, reusing the loaded data.

@@ -179,7 +179,10 @@ def run_main(
                          model_config=config)
     timings.update({f"prioritise.{k}": v for k, v in pri.timings.items()})
     timings["prioritise"] = time.perf_counter() - t0
-    FeatureCache.of(fb).clear()  # the report reads the outputs back from disk
+    # the report reads the outputs back from disk
+    FeatureCache.of(fb).clear()
+    if features is None:  # a caller's build is left whole
+        fb.release_panel()
 
     t0 = stage("map, zone cards, report and audit")
     report_timings: dict[str, float] = {}

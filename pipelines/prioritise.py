@@ -271,9 +271,11 @@ def global_views(scored: Scored, phis: dict, folder: Path) -> list[Path]:
 # --------------------------------------------------------------------------- the stage
 @dataclass
 class PriorityResult:
+    """What the stage produced. The explanations and score points, its largest tables, are
+    only in ``explanations.parquet`` and ``score_points.parquet``: they are written and freed
+    before the bootstrap refits."""
+
     priorities: pd.DataFrame
-    explanations: pd.DataFrame
-    points: pd.DataFrame
     gaps: pd.DataFrame
     clusters: pd.DataFrame
     engine: PriorityEngine
@@ -323,7 +325,24 @@ def run_prioritise(
     explanations, points, phis = explain(engine, scored, results)
     levers = {lg: top_levers(points, scored.features, scored.meta, fb.identity, engine.registry, lang=lg)
               for lg in ("fr", "en")}
+    location = (points.assign(a=points["points"].abs()).groupby(["zone_code", "is_location"])["a"].sum()
+                .unstack(fill_value=0.0))
+    location_share = (location[True] / location.sum(axis=1).where(lambda s: s > 0)
+                      if True in location.columns else None)
     timings["explain"] = time.perf_counter() - t0
+
+    # on disk and out of memory before the refits, which set the stage's peak memory
+    t0 = time.perf_counter()
+    console.log(f"writing explanations and score points to {out_dir}")
+    write_parquet(explanations, out_dir / "explanations.parquet")
+    write_parquet(points, out_dir / "score_points.parquet")
+    del explanations, points, location
+    timings["write"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    console.log("global explanations: importance by domain, dependence plots, interaction hints")
+    global_views(scored, phis, out_dir / "explain")
+    del phis
+    timings["global_views"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
     console.log("border-crossing clusters (Gi*, local Moran, FDR) and contiguous perimeters")
@@ -355,17 +374,13 @@ def run_prioritise(
         pri.insert(int(pri.columns.get_loc("priority_flag")) + 1, "p_priority",
                    stability.p_priority.reindex(pri["zone_code"]).to_numpy())
     gaps = prog.coverage_gaps(pri)
-    location = points.assign(a=points["points"].abs()).groupby(["zone_code", "is_location"])["a"].sum().unstack(fill_value=0.0)
-    if True in location.columns:
-        share = location[True] / location.sum(axis=1).where(lambda s: s > 0)
-        pri["location_share"] = share.reindex(pri["zone_code"]).to_numpy()
+    if location_share is not None:
+        pri["location_share"] = location_share.reindex(pri["zone_code"]).to_numpy()
 
     t0 = time.perf_counter()
-    console.log(f"writing priorities, explanations and models to {out_dir}")
+    console.log(f"writing priorities and models to {out_dir}")
     write_csv(csv_safe(pri), out_dir / "priorities.csv", float_format="%.6g")
     write_priorities_gpkg(pri, out_dir / "priorities.gpkg", data_dir)
-    write_parquet(explanations, out_dir / "explanations.parquet")
-    write_parquet(points, out_dir / "score_points.parquet")
     write_csv(csv_safe(gaps), out_dir / "coverage_gaps.csv")
     write_csv(csv_safe(summary), out_dir / "clusters.csv")
     write_json({"policy": engine.config.model_dump(), "norms": engine.norms, "period": engine.period,
@@ -374,13 +389,9 @@ def run_prioritise(
         save_trained(tr, out_dir / "models" / measure)
     if stability is not None:
         write_stability(stability, out_dir / "audit")
-    timings["write"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    console.log("global explanations: importance by domain, dependence plots, interaction hints")
-    global_views(scored, phis, out_dir / "explain")
-    timings["global_views"] = time.perf_counter() - t0
+    timings["write"] += time.perf_counter() - t0
     results.prune()
-    return PriorityResult(pri, explanations, points, gaps, summary, engine, timings, results.hits)
+    return PriorityResult(pri, gaps, summary, engine, timings, results.hits)
 
 
 def stability_settings(config: PriorityConfig) -> stab.StabilitySettings:

@@ -178,7 +178,7 @@ def run_train(
 
 def _shap_values(fb: FeatureBuild, trained, features, sample: int | None = None, seed: int = 0) -> pd.DataFrame:
     """TreeSHAP contributions of the training zones (a seeded sample of ``sample`` of them, in
-    zone order) with the ``expected_value`` (:func:`~territoria.models.tracking.shap_frame`)."""
+    zone order) with the ``base_value`` (:func:`~territoria.models.tracking.shap_frame`)."""
     X = _design_rows(fb, trained, features)
     if sample is not None and len(X) > sample:
         keep = np.sort(np.random.default_rng(seed).choice(len(X), size=sample, replace=False))

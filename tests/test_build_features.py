@@ -102,6 +102,23 @@ def test_iris_rows_know_their_commune(feature_build):
     assert denain_iris.zone_code.str.startswith("59172").all() and len(denain_iris) > 0
 
 
+def test_released_panel_is_read_back_identical_and_a_rewritten_file_is_refused(feature_build, tmp_path):
+    import dataclasses
+    import shutil
+
+    from territoria.errors import DataError
+
+    shutil.copy(feature_build.out_dir / "panel.parquet", tmp_path / "panel.parquet")
+    fb = dataclasses.replace(feature_build, out_dir=tmp_path)  # shares the frames, not the caller's object
+    assert fb.release_panel()
+    assert "panel" not in vars(fb) and not fb.release_panel()  # nothing left to free
+    pd.testing.assert_frame_equal(fb.panel, feature_build.panel)
+    assert fb.release_panel()
+    (tmp_path / "panel.parquet").write_bytes(b"another run's panel")
+    with pytest.raises(DataError, match="panel.parquet.*rewritten"):
+        fb.panel
+
+
 def test_census_totals_conserved_by_harmonisation():
     census = Comparateur().load()
     res = harmonise(census, code_mapping(Cog().read_vintage(2026)), load_registry(), target_cog=2026)

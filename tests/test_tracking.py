@@ -135,7 +135,7 @@ def test_artifacts_present(logged, tmp_path):
     )
     assert hashes["cog/b.csv"] == "cd" * 32
     shap = pd.read_parquet(client.download_artifacts(rid, "shap/shap_values.parquet", str(local)))
-    assert list(shap.columns) == ["zone_code", *logged["X"].columns, "expected_value"]
+    assert list(shap.columns) == ["zone_code", *logged["X"].columns, "base_value"]
     # TreeSHAP values add up to the prediction
     pred = logged["booster"].predict(logged["X"])
     np.testing.assert_allclose(

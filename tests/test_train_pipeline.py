@@ -78,6 +78,7 @@ def test_run_carries_shap_of_a_seeded_sample_of_training_zones(trained, feature_
     assert len(training_zones) > SHAP_LOG_ZONES
     assert len(shap) == SHAP_LOG_ZONES and shap.index.is_unique and set(shap.index) <= training_zones
     assert shap.index.is_monotonic_increasing
+    assert list(shap.columns) == [*model.columns, "base_value"]
     # the logged contributions of each sampled zone add up to the champion's prediction
     X = _design_rows(feature_build, model, FeatureCache.of(feature_build)).loc[shap.index]
     total = shap.sum(axis=1)
