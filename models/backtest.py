@@ -34,6 +34,7 @@ How a target is scored (department-blocked CV by default):
 from __future__ import annotations
 
 import json
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -105,9 +106,21 @@ class FeatureCache:
     max_designs = 6
 
     def __init__(self, feature_build) -> None:
-        self.fb = feature_build
+        # a weak reference: the build holds its cache (:meth:`of`), and a cycle would keep
+        # both, with their gigabyte of frames, until the next full garbage collection
+        try:
+            self._fb = weakref.ref(feature_build)
+        except TypeError:  # not weak-referenceable, so it cannot hold its cache either
+            self._fb = lambda: feature_build
         self._cache: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}
         self._designs: OrderedDict[tuple, tuple] = OrderedDict()
+
+    @property
+    def fb(self):
+        fb = self._fb()
+        if fb is None:
+            raise ReferenceError("the feature build of this cache was freed")
+        return fb
 
     @classmethod
     def of(cls, feature_build) -> FeatureCache:

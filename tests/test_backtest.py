@@ -170,6 +170,31 @@ def test_feature_cache_design_is_design_matrix_computed_once(feature_build):
     assert [k[:2] for k in cache._designs] == [("population", 2018), ("unemployment_rate", 2018)]
 
 
+def test_feature_cache_does_not_keep_its_build_alive():
+    """The build holds its cache; were the cache to hold the build back, both (a gigabyte of
+    frames for all communes) would outlive a run until the next full garbage collection."""
+    import gc
+    import weakref
+
+    class Build:  # what FeatureCache reads of a FeatureBuild
+        features = pd.DataFrame({"x": [1.0]}, index=pd.Index(["01001"], name="zone_code"))
+        meta = pd.DataFrame()
+        reference_period = 2021
+
+    build = Build()
+    cache = FeatureCache.of(build)
+    assert FeatureCache.of(build) is cache and cache(2021)[0] is Build.features
+    alive = weakref.ref(build)
+    gc.disable()
+    try:
+        del build
+        assert alive() is None  # freed by reference counting alone
+    finally:
+        gc.enable()
+    with pytest.raises(ReferenceError, match="freed"):
+        cache.fb
+
+
 def test_final_model_reuses_the_backtest_folds_and_gets_the_same_calibration(feature_build, small_config, backtest):
     """The final model's interval calibration needs out-of-fold predictions on the same
     department folds as the backtest's: reused, they give exactly what refitting the folds gives."""
