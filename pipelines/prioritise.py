@@ -40,6 +40,7 @@ from rich.console import Console
 
 from territoria.errors import DataError
 from territoria.io import write_atomic, write_csv, write_json, write_parquet
+from territoria.memory import release_free_memory
 from territoria.models import clusters as clu
 from territoria.models import diagnostics as diag
 from territoria.models import programmes as prog
@@ -342,6 +343,7 @@ def run_prioritise(
     console.log("global explanations: importance by domain, dependence plots, interaction hints")
     global_views(scored, phis, out_dir / "explain")
     del phis
+    release_free_memory()
     timings["global_views"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
