@@ -225,7 +225,8 @@ def explain(engine: PriorityEngine, scored: Scored, cache: ResultCache | None = 
     comp = t.filter(regex=r"^(z_|certainty_)")
     factors = score_factors(comp, pf, engine.config, engine.norms, engine.signs)
     tidy, points, phis = [], [], {}
-    for measure, (X, M) in scored.designs.items():
+    # sorted: the same files whether the models were just trained or loaded back (a rerun)
+    for measure, (X, M) in sorted(scored.designs.items()):
         phi, base, out = _contributions(engine.trained[measure].model, X, cache)
         phis[measure] = phi
         pred = scored.predictions.loc[scored.predictions["target"] == measure].set_index("zone_code")["prediction"]

@@ -97,8 +97,9 @@ def test_rerun_with_same_inputs_reuses_the_champions_and_gives_the_same_list(mai
     assert again.priorities.results_reused == len(main_run.train.models) + 1
     run = json.loads(again.run_json.read_text(encoding="utf-8"))
     assert run["training"] == "reused" and run["mlflow_runs"] == json.loads(main_run.run_json.read_text())["mlflow_runs"]
-    # idempotent: the same list, byte for byte, and a run that verifies
-    assert (out / "priorities.csv").read_bytes() == (src / "priorities.csv").read_bytes()
+    # idempotent: the same list and explanations, byte for byte, and a run that verifies
+    for name in ("priorities.csv", "explanations.parquet", "score_points.parquet"):
+        assert (out / name).read_bytes() == (src / name).read_bytes(), name
     assert verify_run(out).exit_code == 0
 
 
