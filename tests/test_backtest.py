@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import warnings
 
 import numpy as np
 import pandas as pd
@@ -209,3 +210,66 @@ def test_final_model_reuses_the_backtest_folds_and_gets_the_same_calibration(fea
                            oof=oof.iloc[1:] * 0.0)
     pd.testing.assert_frame_equal(refit.oof, partial.oof)
     assert backtest_oof(backtest, "population_2018_2021", "region") is None
+
+
+# --------------------------------------------------------------------------- ridge baseline
+def _sklearn_ridge(X, y, w, clip_quantile=0.005):
+    """The ridge baseline as scikit-learn's pipeline (clip, impute with indicators, scale,
+    RidgeCV): the reference the fast implementation must reproduce."""
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    from territoria.models.baselines import RIDGE_ALPHAS
+
+    X = np.asarray(X, float)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        lo = np.nan_to_num(np.nanquantile(X, clip_quantile, axis=0), nan=-np.inf)
+        hi = np.nan_to_num(np.nanquantile(X, 1 - clip_quantile, axis=0), nan=np.inf)
+    pipe = Pipeline([("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
+                     ("scale", StandardScaler()), ("ridge", RidgeCV(alphas=RIDGE_ALPHAS, gcv_mode="svd"))])
+    pipe.fit(np.clip(X, lo, hi), y, ridge__sample_weight=w)
+    return pipe[-1].alpha_, lambda Z: pipe.predict(np.clip(np.asarray(Z, float), lo, hi))
+
+
+def test_ridge_baseline_is_sklearn_ridgecv_on_the_real_design(feature_build):
+    from territoria.models.baselines import RidgeBaseline
+    from territoria.registry import load_registry
+
+    X, _ = FeatureCache.of(feature_build).design("median_income", 2019, load_registry())
+    panel = feature_build.panel
+    inc = panel[(panel["measure"] == "median_income")].pivot_table(index="zone_code", columns="period",
+                                                                     values="value")
+    y = (inc[2021] - inc[2019]).reindex(X.index)
+    ok = y.notna().to_numpy()
+    X, y = X[ok], y[ok].to_numpy()
+    rng = np.random.default_rng(0)
+    w = rng.uniform(1.0, 30.0, size=len(y))
+    train = rng.random(len(y)) < 0.7
+    alpha, reference = _sklearn_ridge(X[train], y[train], w[train])
+    model = RidgeBaseline().fit(X[train], y[train], sample_weight=w[train])
+    assert model.alpha_ == alpha
+    expected = reference(X[~train])
+    np.testing.assert_allclose(model.predict(X[~train]), expected, rtol=0, atol=1e-8 * np.abs(expected).max())
+
+
+def test_ridge_baseline_handles_empty_constant_and_gappy_columns_like_sklearn():
+    from territoria.models.baselines import RidgeBaseline
+
+    rng = np.random.default_rng(1)
+    n = 400
+    X = rng.normal(size=(n, 5))
+    X[:, 1] = 3.0                        # constant
+    X[:, 2] = np.nan                     # empty: imputed with 0, kept
+    X[rng.random(n) < 0.3, 3] = np.nan   # gappy: median and a missing indicator
+    y = X[:, 0] - 2 * np.nan_to_num(X[:, 3]) + rng.normal(scale=0.3, size=n)
+    w = rng.uniform(0.5, 2.0, size=n)
+    alpha, reference = _sklearn_ridge(X, y, w)
+    model = RidgeBaseline().fit(X, y, sample_weight=w)
+    assert model.alpha_ == alpha
+    Z = rng.normal(size=(50, 5))
+    Z[::3, 0] = np.nan                   # missing where training had none: imputed, no indicator
+    np.testing.assert_allclose(model.predict(Z), reference(Z), atol=1e-9)
+    np.testing.assert_allclose(RidgeBaseline().fit(X, y).predict(Z), _sklearn_ridge(X, y, None)[1](Z), atol=1e-9)
