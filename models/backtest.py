@@ -36,7 +36,7 @@ from __future__ import annotations
 import json
 import weakref
 from collections import OrderedDict
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 import numpy as np
@@ -104,6 +104,9 @@ class FeatureCache:
     #: their origins and at the reference period, which the backtest, the final models, the
     #: forecasts and the stability refits all read
     max_designs = 6
+    #: prepared targets kept (:func:`prepare_target`, about 25 MB each): the key targets',
+    #: which the backtest prepares last and the final models and stability refits read again
+    max_targets = 3
 
     def __init__(self, feature_build) -> None:
         # a weak reference: the build holds its cache (:meth:`of`), and a cycle would keep
@@ -114,6 +117,7 @@ class FeatureCache:
             self._fb = lambda: feature_build
         self._cache: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}
         self._designs: OrderedDict[tuple, tuple] = OrderedDict()
+        self._targets: OrderedDict[tuple, tuple] = OrderedDict()
 
     @property
     def fb(self):
@@ -145,6 +149,7 @@ class FeatureCache:
         """Forget every matrix (a stage that no longer needs them gives the memory back)."""
         self._cache.clear()
         self._designs.clear()
+        self._targets.clear()
 
     def design(self, measure: str, origin: int, registry, rows=None, select: bool = True
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -164,28 +169,54 @@ class FeatureCache:
         _, X, M = self._designs[key]
         return restrict_design(X, M, rows, select)
 
+    def target_data(self, key: tuple, registry) -> TargetData | None:
+        """The prepared target kept under ``key`` with this ``registry``, or None."""
+        kept = self._targets.get(key)
+        if kept is None or kept[0] is not registry:
+            return None
+        self._targets.move_to_end(key)
+        return kept[1]
+
+    def keep_target_data(self, key: tuple, registry, data: TargetData) -> TargetData:
+        """Keep a prepared target among the :attr:`max_targets` latest: the backtest, the
+        final model and the stability refits of a target fit on the same table and design
+        matrix."""
+        self._targets[key] = (registry, data)
+        self._targets.move_to_end(key)
+        while len(self._targets) > self.max_targets:
+            self._targets.popitem(last=False)
+        return data
+
 
 def prepare_target(
     fb, spec: TargetSpec, config: ModelConfig, features: FeatureCache, registry=None,
     group_col: str = "departement", below: bool = False,
 ) -> TargetData:
     """Target table, design matrix at the origin, groups and scored mask of one target
-    (and, with ``below``, the same for the zones under the training threshold)."""
+    (and, with ``below``, the same for the zones under the training threshold).
+
+    The target's own part is prepared once per feature cache and kept
+    (:meth:`FeatureCache.target_data`): callers read it, they never modify it.
+    """
     registry = registry or load_registry()
-    train_min = min(config.train_min_population, spec.min_population or 0)
-    table = target_table(fb.panel, spec, config, registry, min_population=train_min)
-    X, M = features.design(spec.measure, spec.origin, registry, rows=table.index)
-    groups = fb.identity[group_col].reindex(table.index).astype(str).to_numpy()
-    scored = (table["population"] >= (spec.min_population or 0)).to_numpy()
-    small = None
-    if below:
-        every = target_table(fb.panel, spec, config, registry, min_population=0)
-        every = every.loc[every.index.difference(table.index)]
-        if len(every):
-            Xb, _ = features.design(spec.measure, spec.origin, registry, rows=every.index, select=False)
-            small = (every, Xb.reindex(columns=X.columns),
-                     fb.identity[group_col].reindex(every.index).astype(str).to_numpy())
-    return TargetData(spec, table, X, M, groups, scored, small)
+    key = (spec.model_dump_json(), config.model_dump_json(), group_col)
+    data = features.target_data(key, registry)
+    if data is None:
+        train_min = min(config.train_min_population, spec.min_population or 0)
+        table = target_table(fb.panel, spec, config, registry, min_population=train_min)
+        X, M = features.design(spec.measure, spec.origin, registry, rows=table.index)
+        groups = fb.identity[group_col].reindex(table.index).astype(str).to_numpy()
+        scored = (table["population"] >= (spec.min_population or 0)).to_numpy()
+        data = features.keep_target_data(key, registry, TargetData(spec, table, X, M, groups, scored))
+    if not below:
+        return data
+    every = target_table(fb.panel, spec, config, registry, min_population=0)
+    every = every.loc[every.index.difference(data.table.index)]
+    if not len(every):
+        return data
+    Xb, _ = features.design(spec.measure, spec.origin, registry, rows=every.index, select=False)
+    return replace(data, below=(every, Xb.reindex(columns=data.X.columns),
+                                fb.identity[group_col].reindex(every.index).astype(str).to_numpy()))
 
 
 def make_regressor(spec: TargetSpec, params: dict | None = None):
@@ -530,18 +561,14 @@ def run_backtest(
     features = features or FeatureCache.of(feature_build)
     log = log or (lambda msg: None)
     rows, preds, cov, rel = [], [], [], []
-    prepared: dict[str, TargetData] = {}
 
-    def prep(spec):
-        if spec.name not in prepared:
-            log(f"design matrix of {spec.name} (origin {spec.origin})")
-            prepared[spec.name] = prepare_target(feature_build, spec, config, features, registry, group_col,
-                                                 below=True)
-        return prepared[spec.name]
+    def prep(spec, below=False):
+        log(f"design matrix of {spec.name} (origin {spec.origin})")
+        return prepare_target(feature_build, spec, config, features, registry, group_col, below=below)
 
-    # the temporal backtests run first so that the key targets' design matrices, which the
-    # final models and the forecasts read next, are the latest in the feature cache; their
-    # rows are reported after the cross-validation's
+    # the temporal backtests run first so that the key targets, which the final models, the
+    # forecasts and the stability refits read next, are the latest in the feature cache;
+    # their rows are reported after the cross-validation's
     temporal_rows, temporal_preds = [], []
     if temporal:
         names = {s.name for s in specs}
@@ -554,7 +581,7 @@ def run_backtest(
             temporal_rows += r
             temporal_preds.append(p)
     for spec in specs if cv else []:
-        data = prep(spec)
+        data = prep(spec, below=True)
         log(f"cross-validating {spec.name}: {int(data.scored.sum())} zones scored, {data.X.shape[1]} features")
         r, p, c, rl = cross_validate_target(feature_build, data, config, scheme_name, params, intervals, classifier)
         rows += r

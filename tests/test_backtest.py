@@ -196,6 +196,36 @@ def test_feature_cache_does_not_keep_its_build_alive():
         cache.fb
 
 
+def test_a_target_is_prepared_once_per_cache_and_kept_for_the_next_stages(feature_build, small_config):
+    """The backtest, the final model and the stability refits of a target read the same
+    prepared table and design: made once, the same as a fresh preparation, and a change of
+    configuration prepares it again."""
+    from territoria.models.backtest import prepare_target
+    from territoria.registry import load_registry
+
+    registry = load_registry()
+    cache = FeatureCache(feature_build)
+    spec = small_config.targets["population_2018_2021"]
+    with_below = prepare_target(feature_build, spec, small_config, cache, registry, below=True)
+    plain = prepare_target(feature_build, spec, small_config, cache, registry)
+    assert with_below.below is not None and plain.below is None
+    assert plain.X is with_below.X and plain.table is with_below.table  # not prepared twice
+    assert prepare_target(feature_build, spec, small_config, cache, registry) is plain
+    fresh = prepare_target(feature_build, spec, small_config, FeatureCache(feature_build), registry)
+    pd.testing.assert_frame_equal(plain.X, fresh.X)
+    pd.testing.assert_frame_equal(plain.table, fresh.table)
+    np.testing.assert_array_equal(plain.groups, fresh.groups)
+    other = small_config.model_copy(deep=True)
+    other.train_min_population = 1000
+    more = prepare_target(feature_build, spec, other, cache, registry)
+    assert len(more.table) > len(plain.table)
+    # the latest max_targets preparations are kept
+    for name in ("median_income_2019_2021", "unemployment_rate_2018_2021"):
+        prepare_target(feature_build, small_config.targets[name], small_config, cache, registry)
+    assert len(cache._targets) == cache.max_targets
+    assert prepare_target(feature_build, spec, small_config, cache, registry) is not plain
+
+
 def test_final_model_reuses_the_backtest_folds_and_gets_the_same_calibration(feature_build, small_config, backtest):
     """The final model's interval calibration needs out-of-fold predictions on the same
     department folds as the backtest's: reused, they give exactly what refitting the folds gives."""

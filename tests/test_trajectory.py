@@ -131,6 +131,21 @@ def test_select_features_drops_constant_empty_and_duplicates():
     assert select_features(X, corr_threshold=0.9) == ["a", "c"]
 
 
+def test_average_ranks_are_dataframe_rank_with_missing_at_the_mean_rank():
+    from territoria.models.trajectory import _average_ranks
+
+    rng = np.random.default_rng(2)
+    X = pd.DataFrame({
+        "ties": rng.integers(0, 5, size=300).astype(float),      # many ties: averaged
+        "gappy": np.where(rng.random(300) < 0.4, np.nan, rng.normal(size=300)),
+        "smooth": rng.normal(size=300),
+        "one_value": np.where(rng.random(300) < 0.5, np.nan, 2.0),
+    })
+    expected = X.rank()
+    expected = expected.fillna(expected.mean())
+    np.testing.assert_array_equal(_average_ranks(X.to_numpy()), expected.to_numpy())
+
+
 # --------------------------------------------------------------------------- history features
 def _toy_panel():
     zones = ["01001", "01002", "01003", "01004"]
