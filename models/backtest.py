@@ -42,6 +42,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from territoria.features.build import zone_cube
 from territoria.models import metrics as mx
 from territoria.models.baselines import RidgeBaseline, baseline_predictions
 from territoria.models.intervals import (
@@ -118,6 +119,7 @@ class FeatureCache:
         self._cache: dict[int, tuple[pd.DataFrame, pd.DataFrame]] = {}
         self._designs: OrderedDict[tuple, tuple] = OrderedDict()
         self._targets: OrderedDict[tuple, tuple] = OrderedDict()
+        self._cubes: OrderedDict[int, pd.DataFrame] = OrderedDict()
 
     @property
     def fb(self):
@@ -150,6 +152,7 @@ class FeatureCache:
         self._cache.clear()
         self._designs.clear()
         self._targets.clear()
+        self._cubes.clear()
 
     def design(self, measure: str, origin: int, registry, rows=None, select: bool = True
                ) -> tuple[pd.DataFrame, pd.DataFrame]:
@@ -163,11 +166,23 @@ class FeatureCache:
             fb = self.fb
             F, meta = self(origin)
             self._designs[key] = (registry, *design_matrix(F, meta, fb.panel, fb.graph, fb.identity, registry,
-                                                           measure, origin, select=False))
+                                                           measure, origin, select=False,
+                                                           cube=self.cube(origin)))
             while len(self._designs) > self.max_designs:
                 self._designs.popitem(last=False)
         _, X, M = self._designs[key]
         return restrict_design(X, M, rows, select)
+
+    def cube(self, t: int) -> pd.DataFrame:
+        """``zone_cube(panel, t)``, kept for the two latest ``t``: the designs of the three key
+        targets share their origin (2018 for two of them) and the reference period."""
+        if t in self._cubes:
+            self._cubes.move_to_end(t)
+        else:
+            self._cubes[t] = zone_cube(self.fb.panel, t)
+            while len(self._cubes) > 2:
+                self._cubes.popitem(last=False)
+        return self._cubes[t]
 
     def target_data(self, key: tuple, registry) -> TargetData | None:
         """The prepared target kept under ``key`` with this ``registry``, or None."""

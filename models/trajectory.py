@@ -388,6 +388,7 @@ def history_features(
     cross_measures: bool = True,
     min_coverage: float = 0.5,
     max_lags: int = 4,
+    cube: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
     """Target-specific history from the panel, every value dated <= ``origin``.
 
@@ -404,10 +405,12 @@ def history_features(
       more covering ``min_coverage`` of the communes (raw counts such as jobs and fiscal
       households included): its changes (up to ``max_lags``) and their neighbours' mean.
 
+    ``cube`` is ``zone_cube(panel, origin)`` when the caller has it (read, never modified).
+
     Returns the features (indexed like ``identity``) and their metadata (same columns as
     ``features_meta.csv``; ``period_to`` <= origin by construction).
     """
-    cube = zone_cube(panel, origin)
+    cube = zone_cube(panel, origin) if cube is None else cube
     index = identity.index
     cols: dict[str, pd.Series] = {}
     meta: list[dict] = []

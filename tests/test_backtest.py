@@ -163,6 +163,11 @@ def test_feature_cache_design_is_design_matrix_computed_once(feature_build):
         pd.testing.assert_frame_equal(X, X0)
         pd.testing.assert_frame_equal(M, M0)
     assert len(cache._designs) == 1  # one full matrix served both
+    # the panel's wide table at an origin is built once for the designs that share it
+    from territoria.features.build import zone_cube
+
+    assert cache.cube(2018) is cache.cube(2018)
+    pd.testing.assert_frame_equal(cache.cube(2018), zone_cube(feature_build.panel, 2018))
     # the latest max_designs matrices are kept, the least recently used one goes first
     cache.max_designs = 2
     cache.design("median_income", 2019, registry)
