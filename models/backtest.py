@@ -173,6 +173,10 @@ class FeatureCache:
         _, X, M = self._designs[key]
         return restrict_design(X, M, rows, select)
 
+    def forget_cubes(self) -> None:
+        """Forget the panel's wide tables (about 45 MB each), once every design is built."""
+        self._cubes.clear()
+
     def cube(self, t: int) -> pd.DataFrame:
         """``zone_cube(panel, t)``, kept for the two latest ``t``: the designs of the three key
         targets share their origin (2018 for two of them) and the reference period."""

@@ -42,7 +42,7 @@ class RidgeBaseline(RegressorMixin, BaseEstimator):
     ``RidgeCV(alphas, gcv_mode="svd")`` (same chosen penalty, predictions within 1e-8;
     tested). The leave-one-out errors of every penalty come from one eigendecomposition of
     the weighted Gram matrix and two matrix products, instead of one pass over the rows per
-    penalty: 0.2 x the time on a commune matrix (``benchmarks/backtest.py``).
+    penalty: 0.25 x the time on a commune matrix (``benchmarks/ridge_baseline.py``).
 
     Examples
     --------
@@ -131,6 +131,28 @@ def _ridge_gcv(Z: np.ndarray, y: np.ndarray, w: np.ndarray, alphas: np.ndarray) 
     best = int(np.argmin((loo * loo).mean(axis=0)))
     coef = V @ (shrink[:, best] * Vb)
     return coef, y_mean - float(x_mean @ coef), float(alphas[best])
+
+
+def sklearn_ridge_reference(X, y, sample_weight=None, alphas=RIDGE_ALPHAS, clip_quantile: float = 0.005):
+    """:class:`RidgeBaseline` as scikit-learn's steps (clipping, ``SimpleImputer`` with
+    missing indicators, ``StandardScaler``, ``RidgeCV(gcv_mode="svd")``): the reference its
+    own leave-one-out computation is tested and benchmarked against. Returns ``(alpha,
+    predict)``.
+    """
+    from sklearn.impute import SimpleImputer
+    from sklearn.linear_model import RidgeCV
+    from sklearn.pipeline import Pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    X = np.asarray(X, float)
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        lo = np.nan_to_num(np.nanquantile(X, clip_quantile, axis=0), nan=-np.inf)
+        hi = np.nan_to_num(np.nanquantile(X, 1 - clip_quantile, axis=0), nan=np.inf)
+    pipe = Pipeline([("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
+                     ("scale", StandardScaler()), ("ridge", RidgeCV(alphas=alphas, gcv_mode="svd"))])
+    pipe.fit(np.clip(X, lo, hi), np.asarray(y, float), ridge__sample_weight=sample_weight)
+    return float(pipe[-1].alpha_), lambda Z: pipe.predict(np.clip(np.asarray(Z, float), lo, hi))
 
 
 def previous_change(panel: pd.DataFrame, spec: TargetSpec) -> tuple[pd.Series, int] | None:

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import warnings
 
 import numpy as np
 import pandas as pd
@@ -248,29 +247,8 @@ def test_final_model_reuses_the_backtest_folds_and_gets_the_same_calibration(fea
 
 
 # --------------------------------------------------------------------------- ridge baseline
-def _sklearn_ridge(X, y, w, clip_quantile=0.005):
-    """The ridge baseline as scikit-learn's pipeline (clip, impute with indicators, scale,
-    RidgeCV): the reference the fast implementation must reproduce."""
-    from sklearn.impute import SimpleImputer
-    from sklearn.linear_model import RidgeCV
-    from sklearn.pipeline import Pipeline
-    from sklearn.preprocessing import StandardScaler
-
-    from territoria.models.baselines import RIDGE_ALPHAS
-
-    X = np.asarray(X, float)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-        lo = np.nan_to_num(np.nanquantile(X, clip_quantile, axis=0), nan=-np.inf)
-        hi = np.nan_to_num(np.nanquantile(X, 1 - clip_quantile, axis=0), nan=np.inf)
-    pipe = Pipeline([("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
-                     ("scale", StandardScaler()), ("ridge", RidgeCV(alphas=RIDGE_ALPHAS, gcv_mode="svd"))])
-    pipe.fit(np.clip(X, lo, hi), y, ridge__sample_weight=w)
-    return pipe[-1].alpha_, lambda Z: pipe.predict(np.clip(np.asarray(Z, float), lo, hi))
-
-
 def test_ridge_baseline_is_sklearn_ridgecv_on_the_real_design(feature_build):
-    from territoria.models.baselines import RidgeBaseline
+    from territoria.models.baselines import RidgeBaseline, sklearn_ridge_reference
     from territoria.registry import load_registry
 
     X, _ = FeatureCache.of(feature_build).design("median_income", 2019, load_registry())
@@ -283,7 +261,7 @@ def test_ridge_baseline_is_sklearn_ridgecv_on_the_real_design(feature_build):
     rng = np.random.default_rng(0)
     w = rng.uniform(1.0, 30.0, size=len(y))
     train = rng.random(len(y)) < 0.7
-    alpha, reference = _sklearn_ridge(X[train], y[train], w[train])
+    alpha, reference = sklearn_ridge_reference(X[train], y[train], w[train])
     model = RidgeBaseline().fit(X[train], y[train], sample_weight=w[train])
     assert model.alpha_ == alpha
     expected = reference(X[~train])
@@ -291,7 +269,7 @@ def test_ridge_baseline_is_sklearn_ridgecv_on_the_real_design(feature_build):
 
 
 def test_ridge_baseline_handles_empty_constant_and_gappy_columns_like_sklearn():
-    from territoria.models.baselines import RidgeBaseline
+    from territoria.models.baselines import RidgeBaseline, sklearn_ridge_reference
 
     rng = np.random.default_rng(1)
     n = 400
@@ -301,10 +279,10 @@ def test_ridge_baseline_handles_empty_constant_and_gappy_columns_like_sklearn():
     X[rng.random(n) < 0.3, 3] = np.nan   # gappy: median and a missing indicator
     y = X[:, 0] - 2 * np.nan_to_num(X[:, 3]) + rng.normal(scale=0.3, size=n)
     w = rng.uniform(0.5, 2.0, size=n)
-    alpha, reference = _sklearn_ridge(X, y, w)
+    alpha, reference = sklearn_ridge_reference(X, y, w)
     model = RidgeBaseline().fit(X, y, sample_weight=w)
     assert model.alpha_ == alpha
     Z = rng.normal(size=(50, 5))
     Z[::3, 0] = np.nan                   # missing where training had none: imputed, no indicator
     np.testing.assert_allclose(model.predict(Z), reference(Z), atol=1e-9)
-    np.testing.assert_allclose(RidgeBaseline().fit(X, y).predict(Z), _sklearn_ridge(X, y, None)[1](Z), atol=1e-9)
+    np.testing.assert_allclose(RidgeBaseline().fit(X, y).predict(Z), sklearn_ridge_reference(X, y, None)[1](Z), atol=1e-9)
