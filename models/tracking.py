@@ -299,11 +299,13 @@ def _save_booster(booster, path: Path) -> Path:
 
 
 def shap_frame(booster, X: pd.DataFrame) -> pd.DataFrame:
-    """SHAP values of ``X`` by LightGBM's TreeSHAP (``pred_contrib``): one column per feature
-    plus ``base_value`` (the expected value, as in ``explanations.parquet``); same index as X.
-    Multiclass models are not supported."""
+    """Exact TreeSHAP values of ``X`` (:func:`territoria.models.treeshap.contributions`): one
+    column per feature plus ``base_value`` (the expected value, as in ``explanations.parquet``);
+    same index as X. Multiclass models are not supported."""
+    from territoria.models.treeshap import contributions
+
     names = booster.feature_name()
-    contrib = booster.predict(X[names], pred_contrib=True)
+    contrib = contributions(booster, X[names].to_numpy(dtype=float))
     if contrib.shape[1] != len(names) + 1:
         raise ValueError("SHAP values of multiclass models are not supported")
     return pd.DataFrame(contrib, index=X.index, columns=[*names, "base_value"])

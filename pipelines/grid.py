@@ -18,8 +18,8 @@
    are held out of training; metrics are computed on them. Both engines train on the same
    **bin codes** (:class:`FeatureBins`: quantile edges found once on a hashed sample of the
    training cells, forced on LightGBM), so the Dask model is the local one.
-4. **SHAP per partition.** LightGBM's native TreeSHAP (``booster.predict(X,
-   pred_contrib=True)``) on each partition where it lives; the contributions plus the base
+4. **SHAP per partition.** Exact TreeSHAP (:func:`territoria.models.treeshap.contributions`,
+   the values of LightGBM's ``pred_contrib``) on each partition where it lives; the contributions plus the base
    value equal the model output of every cell (checked: largest gap in ``grid_run.json``,
    tolerance 1e-6).
 5. **Outputs per partition, then assembled.** Each partition writes its parts under a
@@ -80,6 +80,7 @@ from territoria.features.grid import (
     validate_grid,
 )
 from territoria.io import atomic_path, write_atomic, write_csv, write_json
+from territoria.models.treeshap import contributions
 from territoria.registry import load_registry
 from territoria.settings import load_config
 
@@ -392,7 +393,7 @@ def explain_part(feats: pd.DataFrame, part_no: int, model: str, spec: ExplainSpe
     X = spec.bins.codes(feats)
     p_det = (lgb.Booster(model_str=classifier).predict(X, num_threads=spec.threads)
              if classifier is not None else None)
-    raw = booster.predict(X, pred_contrib=True, num_threads=spec.threads)
+    raw = contributions(booster, X, n_jobs=spec.threads)
     phi, base = raw[:, :-1], raw[:, -1]
     output = booster.predict(X, num_threads=spec.threads)
     gap = float(np.max(np.abs(phi.sum(axis=1) + base - output))) if len(X) else 0.0
