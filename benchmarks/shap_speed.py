@@ -14,7 +14,10 @@ trees used (best iteration), mean leaves and depth, the cost units sum over tree
 leaves x depth^2, and milliseconds per explained row for:
 
 * ``pred_contrib``: LightGBM's native TreeSHAP, ``booster.predict(X, pred_contrib=True)``
-  (what the project uses; the reference for the differences);
+  (the reference for the differences);
+* ``territoria``: the project's exact TreeSHAP by leaf-pattern tables
+  (:func:`territoria.models.treeshap.tree_shap`, what the project uses), timed after a first
+  call that compiles it;
 * ``shap.TreeExplainer``: shap's explainer, which for LightGBM calls ``pred_contrib``;
 * ``shap (own C++)``: shap's own TreeSHAP (forced by marking the parsed model ``internal``);
 * ``fasttreeshap v1 / v2``: Fast TreeSHAP (``fasttreeshap`` or ``fasttreeshap-fixed``) when one
@@ -85,6 +88,11 @@ def compare_methods(name: str, booster: lgb.Booster, X: np.ndarray, n_iter: int 
     t_ref, ref = _timed(lambda: booster.predict(X, pred_contrib=True, num_iteration=n_iter, num_threads=threads))
     row["pred_contrib_ms"] = 1000 * t_ref / n
     phi_ref = ref[:, :-1]
+    from territoria.models.treeshap import tree_shap
+
+    tree_shap(booster, X[:10], num_iteration=n_iter, n_jobs=threads)  # compiled (or read from numba's cache)
+    t, phi = _timed(lambda: tree_shap(booster, X, num_iteration=n_iter, n_jobs=threads))
+    row["territoria_ms"], row["territoria_diff"] = 1000 * t / n, float(np.abs(phi[:, :-1] - phi_ref).max())
     explainer = shap.TreeExplainer(booster)
     t, phi = _timed(lambda: explainer.shap_values(X, tree_limit=n_iter, check_additivity=False))
     row["shap_explainer_ms"], row["shap_explainer_diff"] = 1000 * t / n, float(np.abs(np.asarray(phi) - phi_ref).max())
@@ -207,7 +215,8 @@ def main() -> None:
     print("\nms per explained row (speed-up against pred_contrib; max |difference| of the contributions):")
     for r in df.itertuples():
         parts = [f"pred_contrib {r.pred_contrib_ms:.3f}"]
-        for label, ms, diff in (("shap.TreeExplainer", r.shap_explainer_ms, r.shap_explainer_diff),
+        for label, ms, diff in (("territoria", r.territoria_ms, r.territoria_diff),
+                                ("shap.TreeExplainer", r.shap_explainer_ms, r.shap_explainer_diff),
                                 ("shap own C++", r.shap_own_ms, r.shap_own_diff),
                                 ("fasttreeshap v1", r.fts_v1_ms, r.fts_v1_diff),
                                 ("fasttreeshap v2", r.fts_v2_ms, r.fts_v2_diff)):

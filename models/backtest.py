@@ -173,9 +173,15 @@ class FeatureCache:
         _, X, M = self._designs[key]
         return restrict_design(X, M, rows, select)
 
-    def forget_cubes(self) -> None:
-        """Forget the panel's wide tables (about 45 MB each), once every design is built."""
+    def release(self, keep_period: int | None = None) -> None:
+        """Forget what only builds design matrices once they are built: the panel's wide
+        tables, the features at other periods than ``keep_period`` and the design matrices at
+        other origins (all of them when None), about 50 MB each. The prepared targets stay."""
         self._cubes.clear()
+        for t in [t for t in self._cache if t != keep_period]:
+            del self._cache[t]
+        for key in [k for k in self._designs if k[1] != keep_period]:
+            del self._designs[key]
 
     def cube(self, t: int) -> pd.DataFrame:
         """``zone_cube(panel, t)``, kept for the two latest ``t``: the designs of the three key

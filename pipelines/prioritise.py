@@ -317,6 +317,8 @@ def run_prioritise(
     t0 = time.perf_counter()
     console.log("priority score, ranks and flags")
     scored = engine.baseline()
+    # scored holds the forecast designs it needs; the stability refits read the prepared targets
+    FeatureCache.of(fb).release()
     timings["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()

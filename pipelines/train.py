@@ -169,8 +169,8 @@ def run_train(
                           out_dir=out_dir if tracking_uri is None else None, tracking_uri=tracking_uri)
         run_ids[spec.name] = run_id
         models[spec.name] = trained
-    # every design the next stages read is built: the panel tables would only add to their peak
-    features.forget_cubes()
+    # the next stages read the designs at the forecast origin and the prepared targets only
+    features.release(keep_period=t)
     predictions = pd.concat(forecasts, ignore_index=True) if forecasts else pd.DataFrame()
     write_parquet(predictions, out_dir / "predictions.parquet")
     timings["train"] = time.perf_counter() - t0

@@ -167,6 +167,14 @@ def test_feature_cache_design_is_design_matrix_computed_once(feature_build):
 
     assert cache.cube(2018) is cache.cube(2018)
     pd.testing.assert_frame_equal(cache.cube(2018), zone_cube(feature_build.panel, 2018))
+    # once the designs are built, what only builds them is released; the designs at the kept
+    # period stay
+    cache.design("population", 2021, registry)
+    cache.release(keep_period=2021)
+    assert not cache._cubes and list(cache._cache) == [2021]
+    assert [k[:2] for k in cache._designs] == [("population", 2021)]
+    cache.release()
+    assert not cache._designs
     # the latest max_designs matrices are kept, the least recently used one goes first
     cache.max_designs = 2
     cache.design("median_income", 2019, registry)
