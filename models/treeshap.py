@@ -14,14 +14,14 @@ row follows all of them, 0 otherwise, the leaf adds to feature ``i``
 S} z_j``; Lundberg et al. 2020, path-dependent TreeSHAP; the idea of the tables is Fast
 TreeSHAP v2's, Yang 2021). There are ``2^d`` patterns ``o``: each leaf's table of
 contributions is computed once, and a row costs trees × leaves × depth (its pattern at each
-leaf and ``d`` additions), in parallel over rows. The base value is the trees' mean leaf
+leaf and ``d`` additions); threads share the rows. The base value is the trees' mean leaf
 value weighted by their training counts.
 
 Only what these trees use is supported: numerical splits, LightGBM's missing-value rules
 (``missing_type`` None, Zero or NaN with the default direction), one tree per iteration,
 paths of at most :data:`MAX_PATH_FEATURES` distinct features (tables of 2^d rows).
-:func:`supports` tells; :func:`tree_shap` raises otherwise, and
-:func:`territoria.models.explain.tree_contributions` then uses ``pred_contrib``.
+:func:`tree_shap` raises :class:`Unsupported` otherwise, and :func:`contributions`, which
+every stage calls, then uses ``pred_contrib``.
 
 Examples
 --------
@@ -83,8 +83,12 @@ def _flatten(model: dict, n_iter: int | None):
                 if node.get("decision_type", "<=") != "<=":
                     raise Unsupported("categorical splits")
                 k = offset + int(node["split_index"])
-                while len(feat) <= k:
-                    feat.append(0), thr.append(0.0), dleft.append(False), miss.append(0)
+                grow = k + 1 - len(feat)
+                if grow > 0:
+                    feat += [0] * grow
+                    thr += [0.0] * grow
+                    dleft += [False] * grow
+                    miss += [0] * grow
                 feat[k], thr[k] = int(node["split_feature"]), float(node["threshold"])
                 dleft[k], miss[k] = bool(node["default_left"]), _MISSING[node["missing_type"]]
                 count = float(node["internal_count"])
@@ -100,7 +104,9 @@ def _flatten(model: dict, n_iter: int | None):
                 if j == len(z):
                     z.append(1.0)
                 z[j] *= share
-                cond_node.append(k), cond_left.append(left), cond_slot.append(j)
+                cond_node.append(k)
+                cond_left.append(left)
+                cond_slot.append(j)
             if len(slots) > MAX_PATH_FEATURES:
                 raise Unsupported(f"a path with {len(slots)} distinct features (at most {MAX_PATH_FEATURES})")
             cond_start.append(len(cond_node))
@@ -217,16 +223,6 @@ def _iterations(booster, num_iteration: int | None) -> int | None:
     """Trees used, as ``predict`` reads ``num_iteration`` (None: the best iteration if any)."""
     n = booster.best_iteration if num_iteration is None else num_iteration
     return int(n) if n and n > 0 else None
-
-
-def supports(booster, num_iteration: int | None = None) -> bool:
-    """Whether :func:`tree_shap` serves this booster."""
-    n_iter = _iterations(booster, num_iteration)
-    try:
-        _flatten(booster.dump_model(num_iteration=n_iter or -1), n_iter)
-    except Unsupported:
-        return False
-    return True
 
 
 def tree_shap(booster, X, num_iteration: int | None = None, n_jobs: int | None = None) -> np.ndarray:
