@@ -15,16 +15,11 @@ penalties each chose and the largest difference of their held-out predictions.
 from __future__ import annotations
 
 import argparse
-import time
+import sys
+from pathlib import Path
 
-
-def _best_time(fn, repeats: int) -> tuple[float, object]:
-    best, out = float("inf"), None
-    for _ in range(repeats):
-        t0 = time.perf_counter()
-        out = fn()
-        best = min(best, time.perf_counter() - t0)
-    return best, out
+sys.path.insert(0, str(Path(__file__).parent))
+from shap_speed import _timed  # noqa: E402  (best of n runs, and the last result)
 
 
 def main() -> None:
@@ -60,8 +55,8 @@ def main() -> None:
             alpha, predict = sklearn_ridge_reference(X[train], y[train], w[train])
             return alpha, predict(X[test])
 
-        t_ours, (a_ours, p_ours) = _best_time(ours, args.repeats)
-        t_ref, (a_ref, p_ref) = _best_time(theirs, args.repeats)
+        t_ours, (a_ours, p_ours) = _timed(ours, args.repeats)
+        t_ref, (a_ref, p_ref) = _timed(theirs, args.repeats)
         print(f"{spec.name:<30} {int(train.sum()):>6} {X.shape[1]:>5} {t_ours:>9.3f} {t_ref:>12.3f}"
               f" {t_ours / t_ref:>6.2f} {f'{a_ours:g} / {a_ref:g}':>22} {np.abs(p_ours - p_ref).max():>11.1e}"
               f" {p_ref.std():>9.3g}")

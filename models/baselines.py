@@ -63,31 +63,23 @@ class RidgeBaseline(RegressorMixin, BaseEstimator):
         tags.input_tags.allow_nan = True
         return tags
 
-    def _design(self, X) -> np.ndarray:
-        """Clipped, imputed, with missing indicators, standardised."""
-        X = np.clip(np.asarray(X, dtype=float), self.lo_, self.hi_)
+    def _imputed(self, X: np.ndarray) -> np.ndarray:
+        """Clipped rows imputed with the medians, with the missing indicators (not standardised)."""
         missing = np.isnan(X)
-        Z = np.where(missing, self.fill_, X)
-        Z = np.hstack([Z, missing[:, self.indicator_].astype(float)])
-        Z -= self.mean_
-        Z /= self.scale_
-        return Z
+        return np.hstack([np.where(missing, self.fill_, X), missing[:, self.indicator_].astype(float)])
 
     def fit(self, X, y, sample_weight=None):
         Xa, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64, y_numeric=True)
         y = np.asarray(y, float)
         w = np.ones(len(y)) if sample_weight is None else _check_sample_weight(sample_weight, Xa)
-        q = self.clip_quantile
-        with np.errstate(all="ignore"), warnings.catch_warnings():
-            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns: handled below
-            self.lo_ = np.nan_to_num(np.nanquantile(Xa, q, axis=0), nan=-np.inf) if q else -np.inf
-            self.hi_ = np.nan_to_num(np.nanquantile(Xa, 1 - q, axis=0), nan=np.inf) if q else np.inf
-            Xc = np.clip(Xa, self.lo_, self.hi_)
+        self.lo_, self.hi_ = _clip_bounds(Xa, self.clip_quantile)
+        Xc = np.clip(Xa, self.lo_, self.hi_)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
             # an empty column is imputed with 0, as keep_empty_features does
             self.fill_ = np.nan_to_num(np.nanmedian(Xc, axis=0), nan=0.0)
         self.indicator_ = np.isnan(Xc).any(axis=0)
-        missing = np.isnan(Xc)
-        Z = np.hstack([np.where(missing, self.fill_, Xc), missing[:, self.indicator_].astype(float)])
+        Z = self._imputed(Xc)
         n = len(Z)
         self.mean_ = Z.mean(axis=0)
         var = Z.var(axis=0)
@@ -103,7 +95,19 @@ class RidgeBaseline(RegressorMixin, BaseEstimator):
     def predict(self, X):
         check_is_fitted(self, "coef_")
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
-        return self._design(X) @ self.coef_ + self.intercept_
+        Z = (self._imputed(np.clip(X, self.lo_, self.hi_)) - self.mean_) / self.scale_
+        return Z @ self.coef_ + self.intercept_
+
+
+def _clip_bounds(X: np.ndarray, q: float) -> tuple:
+    """The ``q`` and ``1 - q`` quantiles of each column (-inf and inf for an empty column or
+    ``q == 0``): the bounds extreme values are clipped to."""
+    if not q:
+        return -np.inf, np.inf
+    with np.errstate(all="ignore"), warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
+        return (np.nan_to_num(np.nanquantile(X, q, axis=0), nan=-np.inf),
+                np.nan_to_num(np.nanquantile(X, 1 - q, axis=0), nan=np.inf))
 
 
 def _ridge_gcv(Z: np.ndarray, y: np.ndarray, w: np.ndarray, alphas: np.ndarray) -> tuple[np.ndarray, float, float]:
@@ -145,10 +149,7 @@ def sklearn_ridge_reference(X, y, sample_weight=None, alphas=RIDGE_ALPHAS, clip_
     from sklearn.preprocessing import StandardScaler
 
     X = np.asarray(X, float)
-    with np.errstate(all="ignore"), warnings.catch_warnings():
-        warnings.simplefilter("ignore", RuntimeWarning)  # all-NaN columns
-        lo = np.nan_to_num(np.nanquantile(X, clip_quantile, axis=0), nan=-np.inf)
-        hi = np.nan_to_num(np.nanquantile(X, 1 - clip_quantile, axis=0), nan=np.inf)
+    lo, hi = _clip_bounds(X, clip_quantile)
     pipe = Pipeline([("impute", SimpleImputer(strategy="median", add_indicator=True, keep_empty_features=True)),
                      ("scale", StandardScaler()), ("ridge", RidgeCV(alphas=alphas, gcv_mode="svd"))])
     pipe.fit(np.clip(X, lo, hi), np.asarray(y, float), ridge__sample_weight=sample_weight)
