@@ -275,12 +275,30 @@ def assign_folds(groups: np.ndarray, scored: np.ndarray, n_splits: int, seed: in
 
 # --------------------------------------------------------------------------- results
 @dataclass
+class FoldFits:
+    """What a target's cross-validation fitted on its department-blocked folds, for the final
+    model to reuse (the fits are deterministic: refitting them would give the same numbers).
+
+    ``oof`` and ``spread`` are indexed by zone code (every zone with a fold); ``models`` are
+    the fold models in fold order.
+    """
+
+    oof: pd.Series
+    models: list
+    spread: pd.Series | None = None
+    spread_model: object | None = None
+    spread_floor: float = 0.0
+
+
+@dataclass
 class BacktestResult:
     metrics: pd.DataFrame
     predictions: pd.DataFrame
     coverage: pd.DataFrame
     reliability: pd.DataFrame
     config: dict = field(default_factory=dict)
+    #: target name -> its cross-validation's :class:`FoldFits` (not written)
+    folds: dict = field(default_factory=dict)
 
     def summary(self, scheme: str | None = None) -> pd.DataFrame:
         """Wide table: one row per (target, scheme, model), regression metrics as columns."""
@@ -401,6 +419,7 @@ def cross_validate_target(
     pred = {k: np.full(n, np.nan) for k in (MODEL, "ridge")}
     below_pred = np.full(len(below_fold), np.nan)
     prob = np.full(n, np.nan)
+    fold_models = []
     for k in range(config.cv.n_splits):
         tr = np.flatnonzero(fold != k)
         te = np.flatnonzero((fold == k) & data.scored)
@@ -409,6 +428,7 @@ def cross_validate_target(
         Xtr, Xte = data.X.iloc[tr], data.X.iloc[te]
         model = make_regressor(spec, params)
         fit_regressor(model, Xtr, y[tr], w[tr], data.groups[tr], zero[tr])
+        fold_models.append(model)
         pred[MODEL][te] = model.predict(Xte)
         # zones the metrics leave out, predicted by the same fold model for the fairness audit
         unscored = np.flatnonzero((fold == k) & ~data.scored)
@@ -446,10 +466,15 @@ def cross_validate_target(
     if intervals:
         levels = tuple(config.intervals.levels)
         if config.intervals.normalised:
-            absres = np.abs(y[s] - pred[MODEL][s])
-            spread, spread_model, spread_floor = fit_spread_model(
-                data.X.iloc[np.flatnonzero(s)], absres, data.groups[s], fold[s], params=_spread_params(params))
-        iv = cross_conformal_intervals(y[s], pred[MODEL][s], fold[s], levels, spread)
+            # fitted on every zone with an out-of-fold prediction, as the final model's
+            # calibration is (train_target reuses it): the scored zones' spreads are cross-fitted
+            cal = np.flatnonzero(np.isfinite(pred[MODEL]))
+            cal_spread, spread_model, spread_floor = fit_spread_model(
+                data.X.iloc[cal], np.abs(y[cal] - pred[MODEL][cal]), data.groups[cal], fold[cal],
+                params=_spread_params(params))
+            spread = np.full(n, np.nan)
+            spread[cal] = cal_spread
+        iv = cross_conformal_intervals(y[s], pred[MODEL][s], fold[s], levels, None if spread is None else spread[s])
         for c in iv.columns:
             out_pred[c] = iv[c].to_numpy()
         groups = _coverage_groups(fb, idx, spec, config)
@@ -463,7 +488,12 @@ def cross_validate_target(
                                   (spread, spread_model, spread_floor), intervals)
     if len(extra):
         out_pred = pd.concat([out_pred, extra], ignore_index=True)
-    return rows, out_pred, coverage, reliability
+    cal = np.isfinite(pred[MODEL])
+    fits = FoldFits(
+        oof=pd.Series(pred[MODEL][cal], index=t.index[cal]), models=fold_models,
+        spread=None if spread is None else pd.Series(spread[cal], index=t.index[cal]),
+        spread_model=spread_model, spread_floor=0.0 if spread_floor is None else float(spread_floor))
+    return rows, out_pred, coverage, reliability, fits
 
 
 def _unscored_predictions(data: TargetData, config: ModelConfig, scheme: str, fold, pred, below_fold,
@@ -474,18 +504,16 @@ def _unscored_predictions(data: TargetData, config: ModelConfig, scheme: str, fo
     Only the fairness audit reads them, to measure the models' error where the backtest's
     headline does not look. Their intervals are built like the scored zones' ones: for the
     zones of fold *k*, conformal quantiles of the other folds' scored residuals; with
-    normalised intervals, their spread comes from the spread model fitted on the scored zones
-    (which never include them).
+    normalised intervals, a trained-on zone's spread is its cross-fitted one, and a zone under
+    the training threshold's comes from the spread model (which never saw it).
     """
     t, s = data.table, data.scored
     parts = [pd.DataFrame({"zone_code": t.index[~s], "fold": fold[~s], "y": t["y"].to_numpy()[~s],
                            "level_origin": t["level_origin"].to_numpy()[~s], MODEL: pred[~s]})]
-    X_parts = [data.X.iloc[np.flatnonzero(~s)]]
     if data.below is not None:
         b = data.below[0]
         parts.append(pd.DataFrame({"zone_code": b.index, "fold": below_fold, "y": b["y"].to_numpy(),
                                    "level_origin": b["level_origin"].to_numpy(), MODEL: below_pred}))
-        X_parts.append(data.below[1])
     out = pd.concat(parts, ignore_index=True)
     keep = np.isfinite(out[MODEL].to_numpy())
     out = out[keep].reset_index(drop=True)
@@ -494,11 +522,15 @@ def _unscored_predictions(data: TargetData, config: ModelConfig, scheme: str, fo
     if intervals:
         levels = tuple(config.intervals.levels)
         y_s, p_s, f_s = t["y"].to_numpy()[s], pred[s], fold[s]
-        sp_s, spread_model, floor = spread
-        sp_u = None
-        if sp_s is not None:
-            # the spread model of all scored zones, floored as a forecast's spread is
-            sp_u = np.maximum(spread_model.predict(pd.concat(X_parts)[keep]), floor)
+        sp_rows, spread_model, floor = spread
+        sp_s = sp_u = None
+        if sp_rows is not None:
+            sp_s = sp_rows[s]
+            parts = [sp_rows[~s]]
+            if data.below is not None:
+                # floored as a forecast's spread is
+                parts.append(np.maximum(spread_model.predict(data.below[1]), floor))
+            sp_u = np.concatenate(parts)[keep]
         for k in np.unique(out["fold"]):
             rows = np.flatnonzero(out["fold"].to_numpy() == k)
             cal = f_s != k
@@ -585,7 +617,7 @@ def run_backtest(
     specs = [target_spec(t, config) for t in targets] if targets is not None else config.key_targets()
     features = features or FeatureCache.of(feature_build)
     log = log or (lambda msg: None)
-    rows, preds, cov, rel = [], [], [], []
+    rows, preds, cov, rel, folds = [], [], [], [], {}
 
     def prep(spec, below=False):
         log(f"design matrix of {spec.name} (origin {spec.origin})")
@@ -608,7 +640,8 @@ def run_backtest(
     for spec in specs if cv else []:
         data = prep(spec, below=True)
         log(f"cross-validating {spec.name}: {int(data.scored.sum())} zones scored, {data.X.shape[1]} features")
-        r, p, c, rl = cross_validate_target(feature_build, data, config, scheme_name, params, intervals, classifier)
+        r, p, c, rl, folds[spec.name] = cross_validate_target(
+            feature_build, data, config, scheme_name, params, intervals, classifier)
         rows += r
         preds.append(p)
         cov.append(c)
@@ -625,6 +658,7 @@ def run_backtest(
                 "model": {**config.model, **(params or {})}, "seed": config.seed,
                 "min_population": config.min_population,
                 "train_min_population": config.train_min_population, "weighting": config.weighting},
+        folds=folds,
     )
 
 
@@ -641,6 +675,9 @@ class TrainedTarget:
     spread_floor: float
     meta: pd.DataFrame
     oof: pd.DataFrame  # out-of-fold predictions used for calibration
+    #: the calibration folds' models (fitted without the fold's departments), in fold order:
+    #: the stability audit's delete-a-group jackknife replicates of the forecasts
+    fold_models: list = field(default_factory=list)
 
     def booster(self):
         m = self.model.regressor_ if isinstance(self.model, HurdleRegressor) else self.model
@@ -660,14 +697,25 @@ def backtest_oof(result: BacktestResult, target: str, group_col: str) -> pd.Seri
     return pd.Series(p[MODEL].to_numpy(float), index=pd.Index(p["zone_code"], name="zone_code"))
 
 
+def backtest_folds(result: BacktestResult, target: str, group_col: str) -> FoldFits | None:
+    """The cross-validation's :class:`FoldFits` of ``target`` if it was cross-validated with
+    ``group_col`` in this process (None otherwise)."""
+    if result.config.get("scheme") != f"cv_{group_col}":
+        return None
+    return result.folds.get(target)
+
+
 def train_target(fb, spec, config: ModelConfig | None = None, params: dict | None = None,
-                 features: FeatureCache | None = None, oof: pd.Series | None = None) -> TrainedTarget:
+                 features: FeatureCache | None = None, oof: pd.Series | None = None,
+                 folds: FoldFits | None = None) -> TrainedTarget:
     """Fit a target on all its zones; calibrate intervals on department-blocked OOF residuals.
 
     ``oof`` are out-of-fold predictions of the same folds and parameters (the backtest's,
     :func:`backtest_oof`): they are used instead of refitting the folds when they cover
     exactly the zones the folds predict (the fits are deterministic, so they are the same
-    numbers), otherwise the folds are refitted.
+    numbers), otherwise the folds are refitted. ``folds`` (the backtest's
+    :func:`backtest_folds`) also gives the fold models and the spread model under the same
+    condition.
     """
     config = config or load_model_config()
     spec = target_spec(spec, config)
@@ -677,14 +725,19 @@ def train_target(fb, spec, config: ModelConfig | None = None, params: dict | Non
     t = data.table
     y, w, zero = t["y"].to_numpy(), t["weight"].to_numpy(), t["repeated_survey"].to_numpy()
     fold = assign_folds(data.groups, data.scored, config.cv.n_splits, config.seed)
+    if folds is not None:
+        oof = folds.oof
     given = None
     if oof is not None and oof.index.is_unique:
         given = oof.reindex(t.index).to_numpy(float)
         if not np.array_equal(np.isfinite(given), fold >= 0):
             given = None
+    fold_models = []
     if given is not None:
         oof = given
+        fold_models = list(folds.models) if folds is not None else []
     else:
+        folds = None
         oof = np.full(len(y), np.nan)
         for k in range(config.cv.n_splits):
             tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
@@ -692,17 +745,22 @@ def train_target(fb, spec, config: ModelConfig | None = None, params: dict | Non
                 m = make_regressor(spec, params)
                 fit_regressor(m, data.X.iloc[tr], y[tr], w[tr], data.groups[tr], zero[tr])
                 oof[te] = m.predict(data.X.iloc[te])
+                fold_models.append(m)
     cal = np.flatnonzero(np.isfinite(oof))
     spread_model, floor, spread = None, 0.0, None
     if config.intervals.normalised:
-        spread, spread_model, floor = fit_spread_model(
-            data.X.iloc[cal], np.abs(y[cal] - oof[cal]), data.groups[cal], fold[cal],
-            params=_spread_params(params))
+        if folds is not None and folds.spread is not None and folds.spread.index.equals(t.index[cal]):
+            spread, spread_model, floor = folds.spread.to_numpy(float), folds.spread_model, folds.spread_floor
+        else:
+            spread, spread_model, floor = fit_spread_model(
+                data.X.iloc[cal], np.abs(y[cal] - oof[cal]), data.groups[cal], fold[cal],
+                params=_spread_params(params))
     conformal = SplitConformal(config.intervals.levels).fit(y[cal], oof[cal], spread)
     model = make_regressor(spec, params)
     fit_regressor(model, data.X, y, w, data.groups, zero)
     oof_df = pd.DataFrame({"zone_code": t.index, "y": y, "oof": oof, "fold": fold})
-    return TrainedTarget(spec, model, list(data.X.columns), conformal, spread_model, floor, data.meta, oof_df)
+    return TrainedTarget(spec, model, list(data.X.columns), conformal, spread_model, floor, data.meta, oof_df,
+                         fold_models)
 
 
 def predict_target(fb, trained: TrainedTarget, origin: int, horizon_end: int,

@@ -13,6 +13,14 @@ that is not drawn is left out; each refit runs the model's own fitting procedure
 parameters and seed, early stopping on departments carved out of the sample), so only the
 data change.
 
+The cross-validation's fold models are another sample of the same kind, and cost no fit:
+each was fitted without one fold's departments. :func:`fold_replicates` turns their
+forecasts into **delete-a-group jackknife** replicates (Kott 2001): with ``G`` folds, replicate
+``g`` is the run's forecast plus ``sqrt(G - 1)`` times fold model ``g``'s deviation from the
+fold models' mean, so that the replicates' variance is the jackknife variance
+``(G - 1) / G * sum_g (theta_g - mean)^2`` (a model fitted on 4/5 of the departments moves
+less than one fitted on a bootstrap sample of them all).
+
 Examples
 --------
 Two departments of 3 zones: a draw gives each zone the multiplicity of its department.
@@ -61,6 +69,9 @@ class BootstrapForecasts:
     zones: pd.Index
     predictions: np.ndarray
     seed: int
+    #: ``"bootstrap"`` (refits on department-block bootstrap samples) or ``"folds"``
+    #: (jackknife replicates of the cross-validation's fold models, :func:`fold_replicates`)
+    method: str = "bootstrap"
 
     @property
     def refits(self) -> int:
@@ -71,6 +82,38 @@ class BootstrapForecasts:
         (columns: measure; index: zone)."""
         sd = np.std(self.predictions, axis=0, ddof=1) if self.refits > 1 else np.zeros(self.predictions.shape[1:])
         return pd.DataFrame(sd, index=self.zones, columns=self.measures)
+
+
+def fold_replicates(forecast: np.ndarray, fold_forecasts: np.ndarray) -> np.ndarray:
+    """Delete-a-group jackknife replicates of a forecast from the fold models' forecasts.
+
+    Parameters
+    ----------
+    forecast : array (zones,)
+        The run's forecast (the model fitted on every fold).
+    fold_forecasts : array (G, zones)
+        Forecasts of the ``G`` fold models, each fitted without one fold's groups.
+
+    Returns
+    -------
+    array (G, zones)
+        ``forecast + sqrt(G - 1) * (fold_forecasts - their mean)``: centred on the run's
+        forecast, with the jackknife variance across the ``G`` replicates.
+
+    Examples
+    --------
+    >>> folds = np.array([[1.0], [2.0], [3.0], [2.0], [2.0]])
+    >>> r = fold_replicates(np.array([2.5]), folds)
+    >>> r[:, 0].tolist()
+    [0.5, 2.5, 4.5, 2.5, 2.5]
+    >>> float(np.var(r)) == 4 / 5 * float(np.sum((folds - folds.mean()) ** 2))
+    True
+    """
+    fold_forecasts = np.asarray(fold_forecasts, float)
+    g = fold_forecasts.shape[0]
+    if g < 2:
+        raise ValueError(f"jackknife replicates need at least 2 fold models, got {g}")
+    return np.asarray(forecast, float)[None, :] + np.sqrt(g - 1) * (fold_forecasts - fold_forecasts.mean(axis=0))
 
 
 def refit_predictions(

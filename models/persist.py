@@ -4,7 +4,7 @@ A run writes ``<out>/models/<measure>/`` so that later commands (``territoria sc
 ``territoria explain``) re-score zones exactly as the run did, without retraining:
 
 ``regressor.txt`` (and ``classifier.txt`` for a hurdle model, ``spread.txt`` for normalised
-intervals)
+intervals, ``fold<k>_regressor.txt``... for the calibration folds' models)
     LightGBM boosters in LightGBM's own text format;
 ``model.json``
     the target specification, design columns, best iterations, conformal quantiles, spread
@@ -44,21 +44,32 @@ def _save_lgbm(estimator, path: Path) -> dict:
             "feature_names": [str(c) for c in getattr(estimator, "feature_names_in_", [])]}
 
 
+def _save_model(model, folder: Path, prefix: str = "") -> dict:
+    """A trajectory model's booster files (``<prefix>regressor.txt``, and
+    ``<prefix>classifier.txt`` for a hurdle model) and their entries of ``model.json``."""
+    doc: dict = {}
+    if isinstance(model, HurdleRegressor):
+        doc["regressor"] = _save_lgbm(model.regressor_, folder / f"{prefix}regressor.txt")
+        if model.classifier_ is not None:
+            doc["classifier"] = _save_lgbm(model.classifier_, folder / f"{prefix}classifier.txt")
+            doc["classifier"]["classes"] = [int(c) for c in model.classifier_.classes_]
+        doc["kind"] = "hurdle"
+    else:
+        doc["regressor"] = _save_lgbm(model, folder / f"{prefix}regressor.txt")
+        doc["kind"] = "regressor"
+    return doc
+
+
 def save_trained(trained, folder: Path | str) -> Path:
     """Write a :class:`~territoria.models.backtest.TrainedTarget` to ``folder``."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
-    model = trained.model
-    doc: dict = {"format": FORMAT, "spec": trained.spec.model_dump(), "columns": list(trained.columns)}
-    if isinstance(model, HurdleRegressor):
-        doc["regressor"] = _save_lgbm(model.regressor_, folder / "regressor.txt")
-        if model.classifier_ is not None:
-            doc["classifier"] = _save_lgbm(model.classifier_, folder / "classifier.txt")
-            doc["classifier"]["classes"] = [int(c) for c in model.classifier_.classes_]
-        doc["kind"] = "hurdle"
-    else:
-        doc["regressor"] = _save_lgbm(model, folder / "regressor.txt")
-        doc["kind"] = "regressor"
+    doc: dict = {"format": FORMAT, "spec": trained.spec.model_dump(), "columns": list(trained.columns),
+                 **_save_model(trained.model, folder)}
+    doc["folds"] = [_save_model(m, folder, f"fold{k + 1}_") for k, m in enumerate(trained.fold_models)]
+    for stale in folder.glob("fold*_*.txt"):
+        if stale.name.split("_")[0] not in {f"fold{k + 1}" for k in range(len(trained.fold_models))}:
+            stale.unlink()
     if trained.spread_model is not None:
         doc["spread"] = _save_lgbm(trained.spread_model, folder / "spread.txt")
     conf = trained.conformal
@@ -99,21 +110,8 @@ def load_trained(folder: Path | str):
         raise DataError(path, f"invalid JSON ({exc.msg})") from None
     if doc.get("format") != FORMAT:
         raise DataError(path, f"unsupported model format {doc.get('format')!r}")
-    reg = _load_lgbm(TrajectoryRegressor, folder, doc["regressor"])
-    if doc["kind"] == "hurdle":
-        model = HurdleRegressor()
-        model.regressor_ = reg
-        model.n_features_in_ = reg.n_features_in_
-        if hasattr(reg, "feature_names_in_"):
-            model.feature_names_in_ = reg.feature_names_in_
-        model.classifier_ = None
-        if "classifier" in doc:
-            clf = _load_lgbm(DeteriorationClassifier, folder, doc["classifier"])
-            clf.classes_ = np.asarray(doc["classifier"]["classes"])
-            clf._le = LabelEncoder().fit(clf.classes_)
-            model.classifier_ = clf
-    else:
-        model = reg
+    model = _load_model(folder, doc)
+    fold_models = [_load_model(folder, entry) for entry in doc.get("folds", [])]
     spread = _load_lgbm(TrajectoryRegressor, folder, doc["spread"]) if "spread" in doc else None
     c = doc["conformal"]
     conformal = SplitConformal(c["levels"])
@@ -121,4 +119,23 @@ def load_trained(folder: Path | str):
     conformal.quantiles_ = {float(k): float(v) for k, v in c["quantiles"].items()}
     conformal.n_calibration_ = c["n_calibration"]
     return TrainedTarget(TargetSpec.model_validate(doc["spec"]), model, list(doc["columns"]), conformal,
-                         spread, float(doc["spread_floor"]), meta=None, oof=None)
+                         spread, float(doc["spread_floor"]), meta=None, oof=None, fold_models=fold_models)
+
+
+def _load_model(folder: Path, doc: dict):
+    """The trajectory model described by ``doc`` (:func:`_save_model`'s entries)."""
+    reg = _load_lgbm(TrajectoryRegressor, folder, doc["regressor"])
+    if doc["kind"] != "hurdle":
+        return reg
+    model = HurdleRegressor()
+    model.regressor_ = reg
+    model.n_features_in_ = reg.n_features_in_
+    if hasattr(reg, "feature_names_in_"):
+        model.feature_names_in_ = reg.feature_names_in_
+    model.classifier_ = None
+    if "classifier" in doc:
+        clf = _load_lgbm(DeteriorationClassifier, folder, doc["classifier"])
+        clf.classes_ = np.asarray(doc["classifier"]["classes"])
+        clf._le = LabelEncoder().fit(clf.classes_)
+        model.classifier_ = clf
+    return model

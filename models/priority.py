@@ -79,6 +79,7 @@ class StabilityAudit(BaseModel):
     weight_spread: float = Field(0.5, ge=0, lt=1)
     indicator_noise: bool = True
     hysteresis: bool = True
+    training_sample: Literal["folds", "bootstrap", "none"] = "folds"
     bootstrap_refits: int = Field(10, ge=0, le=500)
 
 

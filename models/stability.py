@@ -40,16 +40,20 @@ What is perturbed in each replicate (``conf/priority.yml``, ``audit.stability``)
    run's decile thresholds.
 3. **Domain weights.** Drawn around the configured weights (Dirichlet with mean the weights,
    or ±``weight_spread`` uniform factors, :func:`territoria.models.index.draw_weights`).
-4. **The training sample** (``bootstrap_refits`` > 0). Each trajectory model is refitted
-   on department-block bootstrap samples of its training zones
-   (:mod:`territoria.models.bootstrap`: same parameters and procedure, only the data
-   change) and forecasts every zone; replicate ``r`` draws its forecasts (point 1) around
-   refit ``r mod bootstrap_refits``'s instead of the run's. Each refit's list is also scored
-   alone (nothing else perturbed), which isolates how much the list owes to the sample
-   (``StabilityResult.refits``). Drawing within the interval around a refit counts the
-   estimation error the out-of-fold interval already holds a second time: ``p_priority``
-   leans to caution, and the refits' forecast spread is reported next to the interval
-   half-width (``summary["refits"]["forecast_spread"]``) so an auditor sees by how much.
+4. **The training sample** (``training_sample``). Each trajectory model has replicates fitted
+   on other samples of departments (:mod:`territoria.models.bootstrap`): by default
+   (``"folds"``) the cross-validation's fold models, each fitted without a fifth of the
+   departments, as delete-a-group jackknife replicates (the run's forecast plus
+   ``sqrt(G - 1)`` times a fold model's deviation from the fold models' mean: no extra fit);
+   with ``"bootstrap"``, ``bootstrap_refits`` refits on department-block bootstrap samples
+   (same parameters and procedure, only the data change). Replicate ``r`` draws its
+   forecasts (point 1) around replicate model ``r mod`` their number's instead of the run's.
+   Each replicate model's list is also scored alone (nothing else perturbed), which isolates
+   how much the list owes to the sample (``StabilityResult.refits``). Drawing within the
+   interval around a replicate model counts the estimation error the out-of-fold interval
+   already holds a second time: ``p_priority`` leans to caution, and the replicate models'
+   forecast spread is reported next to the interval half-width
+   (``summary["refits"]["forecast_spread"]``) so an auditor sees by how much.
 
 Population, the z-score norms and the certainty factors stay those of the run (the run's
 policy, not an estimate). Each replicate applies the run's flag rule: top ``top_share``
@@ -123,10 +127,13 @@ class StabilitySettings:
         Move the shrunk indicators by their empirical-Bayes posterior error.
     hysteresis : bool
         Apply the run's hysteresis (zones flagged before stay while in the top exit share).
+    training_sample : {"folds", "bootstrap", "none"}
+        Where the replicates' models come from: the cross-validation's fold models as
+        jackknife replicates, refits on department-block bootstrap samples
+        (:mod:`territoria.models.bootstrap`), or the run's models only. Replicate ``r`` takes
+        its forecasts from replicate model ``r mod`` their number.
     bootstrap_refits : int
-        Number of refits of each trajectory model on department-block bootstrap samples of
-        its training zones (:mod:`territoria.models.bootstrap`; 0: the run's models only).
-        Replicate ``r`` takes its forecasts from refit ``r mod bootstrap_refits``.
+        Number of refits of each trajectory model with ``training_sample="bootstrap"``.
     """
 
     replicates: int = 200
@@ -138,6 +145,7 @@ class StabilitySettings:
     weight_spread: float = 0.5
     indicator_noise: bool = True
     hysteresis: bool = True
+    training_sample: str = "folds"
     bootstrap_refits: int = 0
 
 
@@ -190,8 +198,11 @@ class TrajectoryInputs:
     iqr: np.ndarray
     z_clip: float
     level: float  # central level of the policy interval (0.8)
-    #: forecasts of bootstrap refits of the models: refits × zones × measures (None: none)
+    #: forecasts of replicate models (bootstrap refits or jackknife fold replicates):
+    #: refits × zones × measures (None: none)
     refit_pred: np.ndarray | None = None
+    #: how they were made (:attr:`territoria.models.bootstrap.BootstrapForecasts.method`)
+    refit_method: str = "bootstrap"
 
     def centre(self, m: int, members: np.ndarray | None) -> np.ndarray:
         """The forecasts replicates ``members`` start from for measure ``m``: the run's
@@ -707,7 +718,7 @@ def replicate(problem: StabilityProblem, settings: StabilitySettings,
     if problem.trajectory.refit_pred is not None and len(problem.trajectory.refit_pred):
         refits = refit_lists(problem, settings, S0, top0, f0)
         summary["refits"] = {
-            "refits": int(len(refits)),
+            "refits": int(len(refits)), "method": problem.trajectory.refit_method,
             **{k: _describe(refits[k]) for k in ("jaccard_top", "jaccard_flagged", "kept_share", "kendall_tau")},
             "forecast_spread": refit_spread(problem.trajectory),
         }
@@ -744,7 +755,8 @@ def refit_spread(tr: TrajectoryInputs) -> dict:
         ok = np.isfinite(tr.pred[:, m]) & np.all(np.isfinite(p), axis=0)
         if not ok.any() or len(p) < 2:
             continue
-        sd = float(np.median(np.std(p[:, ok], axis=0, ddof=1)))
+        # jackknife replicates carry the estimator's variance as they are (ddof 0)
+        sd = float(np.median(np.std(p[:, ok], axis=0, ddof=0 if tr.refit_method == "folds" else 1)))
         hw = float(np.nanmedian(tr.half_width[ok, m]))
         out[name] = {"median_sd": sd, "median_half_width": hw, "sd_to_half_width": sd / hw if hw > 0 else None}
     return out
@@ -869,13 +881,14 @@ def problem_from_run(index_model, features: pd.DataFrame, table: pd.DataFrame, p
     groups : Series, optional
         Department of each zone (correlated forecast errors).
     refits : BootstrapForecasts, optional
-        Forecasts of bootstrap refits of the models (:mod:`territoria.models.bootstrap`).
+        Forecasts of the replicate models (:mod:`territoria.models.bootstrap`).
     """
     X = features.reindex(table.index)
     ix = index_inputs(index_model, X, indicator_noise=indicator_noise)
     tr = trajectory_inputs(table, predictions, config.trajectory, norms, signs)
     if refits is not None and refits.refits:
         tr.refit_pred = align_refits(refits, table.index, tr.measures)
+        tr.refit_method = refits.method
     pol = config.flags
     rule = FlagRule(top_share=pol.top_share, exit_share=pol.exit_share, cumulated=pol.cumulated,
                     cumulated_thresholds=cumulated_thresholds(ix, worst_share), cumulated_min_domains=min_domains,
@@ -951,10 +964,16 @@ def to_markdown(result: StabilityResult, top: int = 15) -> str:
          f"(0.1 < p < 0.9); expected list size {pp['expected_list_size']:,.0f}.", ""]
     if "refits" in s:
         r = s["refits"]
-        L += [f"**Training sample.** Each trajectory model was refitted {r['refits']} times on department-block "
-              "bootstrap samples of its training communes (`territoria.models.bootstrap`); replicate *r* starts "
-              "from refit *r* mod " f"{r['refits']}'s forecasts. Each refit's list alone, nothing else perturbed "
-              "(`stability_refits.csv`):", "",
+        if r.get("method") == "folds":
+            how = (f"Each trajectory model has {r['refits']} replicates from the cross-validation's fold models, "
+                   "each fitted without one fold's departments, as delete-a-group jackknife replicates: the "
+                   "run's forecast plus √(G − 1) times the fold model's deviation from the fold models' mean "
+                   "(`territoria.models.bootstrap.fold_replicates`)")
+        else:
+            how = (f"Each trajectory model was refitted {r['refits']} times on department-block bootstrap samples "
+                   "of its training communes (`territoria.models.bootstrap`)")
+        L += [f"**Training sample.** {how}; replicate *r* starts from replicate model *r* mod {r['refits']}'s "
+              "forecasts. Each replicate model's list alone, nothing else perturbed (`stability_refits.csv`):", "",
               "| measure | mean (5-95 % of refits) |", "|---|---|",
               f"| Jaccard overlap of the top {s['top_share']:.0%} with the run's | {describe_range(r['jaccard_top'])} |",
               f"| Jaccard overlap of the flagged list with the run's | {describe_range(r['jaccard_flagged'])} |",
@@ -962,11 +981,12 @@ def to_markdown(result: StabilityResult, top: int = 15) -> str:
               f"| Kendall tau of the scores with the run's | {describe_range(r['kendall_tau'])} |", ""]
         spread = r.get("forecast_spread") or {}
         if spread:
-            L += ["Spread of the refits' forecasts (median over zones) against the policy interval's half-width: "
-                  "the part of the forecast error that comes from the training sample. The replicates draw "
-                  "each forecast within its interval around the refit's forecast; the interval, calibrated on "
-                  "out-of-fold errors, already carries some of this spread, so `p_priority` leans to caution.", "",
-                  "| measure | refits' SD | interval half-width | ratio |", "|---|---|---|---|"]
+            L += ["Spread of the replicate models' forecasts (median over zones) against the policy interval's "
+                  "half-width: the part of the forecast error that comes from the training sample. The replicates "
+                  "draw each forecast within its interval around the replicate model's forecast; the interval, "
+                  "calibrated on out-of-fold errors, already carries some of this spread, so `p_priority` leans "
+                  "to caution.", "",
+                  "| measure | replicates' SD | interval half-width | ratio |", "|---|---|---|---|"]
             for m, d in spread.items():
                 ratio = "–" if d["sd_to_half_width"] is None else f"{d['sd_to_half_width']:.2f}"
                 L.append(f"| {m} | {d['median_sd']:.4g} | {d['median_half_width']:.4g} | {ratio} |")

@@ -46,7 +46,7 @@ from territoria.models import diagnostics as diag
 from territoria.models import programmes as prog
 from territoria.models import stability as stab
 from territoria.models.backtest import FeatureCache, fit_regressor, make_regressor, predict_frame, prepare_target
-from territoria.models.bootstrap import BootstrapForecasts, bootstrap_forecasts
+from territoria.models.bootstrap import BootstrapForecasts, bootstrap_forecasts, fold_replicates
 from territoria.models.counterfactual import greedy_exit, lever_space, shift_rows
 from territoria.models.explain import (
     check_additivity, global_importance, importance_by_domain, interaction_hints, plot_global,
@@ -436,6 +436,26 @@ def bootstrap_refits(engine: PriorityEngine, scored: Scored, refits: int, seed: 
                               result["predictions"], int(result["seed"]))
 
 
+def fold_forecasts(engine: PriorityEngine, scored: Scored,
+                   console: Console | None = None) -> BootstrapForecasts | None:
+    """Jackknife replicates of every zone's forecasts from the calibration folds' models
+    (:func:`~territoria.models.bootstrap.fold_replicates`); None when a model was saved
+    without its fold models (a run of an older version)."""
+    measures, preds = sorted(engine.trained), []
+    for measure in measures:
+        trained = engine.trained[measure]
+        if len(trained.fold_models) < 2:
+            return None
+        X = scored.designs[measure][0]
+        if console:
+            console.log(f"stability: forecasts of the {len(trained.fold_models)} fold models of {measure}")
+        preds.append(fold_replicates(trained.model.predict(X), np.stack([m.predict(X) for m in trained.fold_models])))
+    if len({p.shape[0] for p in preds}) > 1:
+        raise ValueError(f"the models have different numbers of fold models: {[p.shape[0] for p in preds]}")
+    zones = pd.Index(scored.designs[measures[0]][0].index)
+    return BootstrapForecasts(measures, zones, np.stack(preds, axis=2), seed=0, method="folds")
+
+
 def _refit_arrays(b: BootstrapForecasts) -> dict[str, np.ndarray]:
     return {"measures": np.asarray(b.measures, dtype=str), "zones": np.asarray(b.zones, dtype=str),
             "predictions": b.predictions, "seed": np.asarray(b.seed)}
@@ -444,15 +464,23 @@ def _refit_arrays(b: BootstrapForecasts) -> dict[str, np.ndarray]:
 def stability_audit(engine: PriorityEngine, scored: Scored,
                     settings: stab.StabilitySettings | None = None, model_config: ModelConfig | None = None,
                     console: Console | None = None, cache: ResultCache | None = None) -> stab.StabilityResult:
-    """Replicates of the baseline scoring with perturbed inputs and, with
-    ``settings.bootstrap_refits``, models refitted on bootstrap samples (see
-    :mod:`territoria.models.stability`); checks that the unperturbed replicate reproduces the
-    run's scores and flags (``summary["reproduces_run"]``)."""
+    """Replicates of the baseline scoring with perturbed inputs and replicate models of the
+    training sample (``settings.training_sample``: the fold models as jackknife replicates, or
+    refits on bootstrap samples; see :mod:`territoria.models.stability`); checks that the
+    unperturbed replicate reproduces the run's scores and flags (``summary["reproduces_run"]``).
+
+    Models saved without their fold models (an older run) fall back to ``bootstrap_refits``
+    bootstrap refits, which the summary's ``refits.method`` records.
+    """
     settings = settings or stability_settings(engine.config)
     t = scored.table
     dcfg = diag.load_diagnostics_config(registry=engine.registry)
     refits = None
-    if settings.bootstrap_refits > 0 and engine.trained:
+    if settings.training_sample == "folds" and engine.trained:
+        refits = fold_forecasts(engine, scored, console)
+        if refits is None and console:
+            console.log("stability: the saved models have no fold models; bootstrap refits instead")
+    if refits is None and settings.training_sample != "none" and settings.bootstrap_refits > 0 and engine.trained:
         refits = bootstrap_refits(engine, scored, settings.bootstrap_refits, settings.seed,
                                   model_config=model_config, console=console, cache=cache)
     problem = stab.problem_from_run(

@@ -30,7 +30,7 @@ import pandas as pd
 from rich.console import Console
 
 from territoria.io import write_csv, write_parquet
-from territoria.models.backtest import FeatureCache, backtest_oof, predict_target, run_backtest, train_target
+from territoria.models.backtest import FeatureCache, backtest_folds, predict_target, run_backtest, train_target
 from territoria.models.index import DeprivationIndex
 from territoria.models.targets import ModelConfig, TargetSpec, load_model_config
 from territoria.models.tracking import log_training, register_champion, shap_frame
@@ -143,9 +143,10 @@ def run_train(
     specs = [s for s in training_specs(config, t) if measures is None or s.measure in measures]
     for spec in specs:
         console.log(f"training {spec.name} and forecasting {t}→{t + spec.horizon}")
-        # the backtest's folds are the calibration folds: their predictions are reused
-        oof = backtest_oof(result, spec.name, config.cv.groups) if result is not None else None
-        trained = train_target(fb, spec, config, features=features, oof=oof)
+        # the backtest's folds are the calibration folds: their predictions, models and
+        # spread model are reused
+        folds = backtest_folds(result, spec.name, config.cv.groups) if result is not None else None
+        trained = train_target(fb, spec, config, features=features, folds=folds)
         forecasts.append(predict_target(fb, trained, origin=t, horizon_end=t + spec.horizon, features=features))
         metrics = None
         if result is not None:

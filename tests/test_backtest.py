@@ -19,6 +19,7 @@ from territoria.models.backtest import (
     train_target,
 )
 from territoria.models.targets import load_model_config
+from territoria.registry import load_registry
 
 FAST = {"n_estimators": 60, "learning_rate": 0.1, "n_jobs": 1}
 
@@ -252,6 +253,66 @@ def test_final_model_reuses_the_backtest_folds_and_gets_the_same_calibration(fea
                            oof=oof.iloc[1:] * 0.0)
     pd.testing.assert_frame_equal(refit.oof, partial.oof)
     assert backtest_oof(backtest, "population_2018_2021", "region") is None
+
+
+@pytest.fixture(scope="module")
+def normalised_config(small_config):
+    cfg = small_config.model_copy(deep=True)
+    cfg.intervals.normalised = True
+    return cfg
+
+
+def test_final_model_reuses_the_fold_models_and_the_spread_model(feature_build, normalised_config):
+    """With normalised intervals, the backtest fits the spread model on every zone with an
+    out-of-fold prediction, as the final calibration does: the final model takes it, and the
+    fold models, instead of refitting them, and gets the same intervals."""
+    from territoria.models.backtest import backtest_folds
+
+    name = "unemployment_rate_2018_2021"  # a hurdle model: regressor and classifier per fold
+    result = run_backtest(feature_build, [name], config=normalised_config, params=FAST, temporal=False)
+    folds = backtest_folds(result, name, normalised_config.cv.groups)
+    assert len(folds.models) == normalised_config.cv.n_splits and folds.spread.index.equals(folds.oof.index)
+    assert backtest_folds(result, name, "region") is None
+    refit = train_target(feature_build, name, config=normalised_config, params=FAST)
+    reused = train_target(feature_build, name, config=normalised_config, params=FAST, folds=folds)
+    assert reused.spread_model is folds.spread_model and reused.fold_models == folds.models
+    pd.testing.assert_frame_equal(refit.oof, reused.oof)
+    assert refit.conformal.quantiles_ == reused.conformal.quantiles_
+    assert refit.spread_floor == reused.spread_floor
+    data_X = FeatureCache.of(feature_build).design("unemployment_rate", 2018, load_registry(),
+                                                   select=False)[0].reindex(columns=refit.columns).iloc[:300]
+    np.testing.assert_array_equal(refit.spread_model.predict(data_X), reused.spread_model.predict(data_X))
+    for a, b in zip(refit.fold_models, reused.fold_models, strict=True):
+        np.testing.assert_array_equal(a.predict(data_X), b.predict(data_X))
+    # the scored zones' intervals in the backtest use the spreads the final model calibrates on
+    p = result.predictions[result.predictions["scored"]]
+    assert p["low_80"].notna().all() and (p["high_80"] > p["low_80"]).all()
+
+
+def test_a_saved_model_loads_with_its_fold_models(feature_build, normalised_config, tmp_path):
+    from territoria.errors import DataError
+    from territoria.models.persist import load_trained, save_trained
+
+    name = "unemployment_rate_2018_2021"
+    trained = train_target(feature_build, name, config=normalised_config, params=FAST)
+    X = FeatureCache.of(feature_build).design("unemployment_rate", 2021, load_registry(),
+                                              select=False)[0].reindex(columns=trained.columns).iloc[:500]
+    save_trained(trained, tmp_path / "m")
+    loaded = load_trained(tmp_path / "m")
+    assert len(loaded.fold_models) == len(trained.fold_models) == normalised_config.cv.n_splits
+    np.testing.assert_array_equal(loaded.model.predict(X), trained.model.predict(X))
+    for a, b in zip(trained.fold_models, loaded.fold_models, strict=True):
+        np.testing.assert_array_equal(a.predict(X), b.predict(X))
+    # saved again with fewer folds: the extra fold files go, the rest still loads
+    trained.fold_models = trained.fold_models[:2]
+    save_trained(trained, tmp_path / "m")
+    assert sorted(p.name for p in (tmp_path / "m").glob("fold*")) == [
+        "fold1_classifier.txt", "fold1_regressor.txt", "fold2_classifier.txt", "fold2_regressor.txt"]
+    assert len(load_trained(tmp_path / "m").fold_models) == 2
+    with open(tmp_path / "m" / "fold2_regressor.txt", "a", encoding="utf-8") as fh:
+        fh.write("\n")
+    with pytest.raises(DataError, match="SHA-256"):
+        load_trained(tmp_path / "m")
 
 
 # --------------------------------------------------------------------------- ridge baseline

@@ -49,7 +49,7 @@ def test_training_again_from_scratch_gives_a_byte_identical_priority_list(main_r
     config = load_model_config(fast_models_conf)
     res = run_train(feature_build, tmp_path, config=config)
     models = {tr.spec.measure: tr for tr in res.models.values()}
-    # the stability step refits the models with the run's configuration (bootstrap samples)
+    # the stability step forecasts with the new models' fold models
     run_prioritise(feature_build, res.index_model, models, tmp_path, model_config=config)
     out = main_run.run_json.parent
     assert (tmp_path / "predictions.parquet").exists()
@@ -93,8 +93,9 @@ def test_rerun_with_same_inputs_reuses_the_champions_and_gives_the_same_list(mai
     shutil.copytree(src, out, ignore=shutil.ignore_patterns("zones", "explain", "figures"))
     again = run_main(out, features=feature_build, models_conf=fast_models_conf)
     assert again.reused_from is not None and set(again.train.timings) == {"reuse"}
-    # nor SHAP nor the bootstrap refits are recomputed: one result per model, one for the refits
-    assert again.priorities.results_reused == len(main_run.train.models) + 1
+    # SHAP is not recomputed: one result per model (the stability step forecasts with the saved
+    # fold models)
+    assert again.priorities.results_reused == len(main_run.train.models)
     run = json.loads(again.run_json.read_text(encoding="utf-8"))
     assert run["training"] == "reused" and run["mlflow_runs"] == json.loads(main_run.run_json.read_text())["mlflow_runs"]
     # idempotent: the same list and explanations, byte for byte, and a run that verifies

@@ -224,9 +224,10 @@ def test_stability_outputs_are_complete_and_consistent(main_run, run_out):
     assert (z.loc[ok, "rank_median"] <= z.loc[ok, "rank_p95"]).all()
     md = (audit / "stability.md").read_text(encoding="utf-8")
     assert "Kendall tau" in md and "Jaccard" in md
-    # the models refitted on bootstrap samples of their training departments
+    # the training sample: the calibration folds' models as jackknife replicates
     refits = pd.read_csv(audit / "stability_refits.csv")
-    assert summary["settings"]["bootstrap_refits"] == len(refits) == summary["refits"]["refits"] == 10
+    assert summary["settings"]["training_sample"] == summary["refits"]["method"] == "folds"
+    assert len(refits) == summary["refits"]["refits"] == 3  # the tests' models: 3 folds
     assert refits["jaccard_top"].between(0.3, 1).all() and refits["kendall_tau"].between(0.5, 1).all()
     # a refit moves the list less than all the perturbations together
     assert refits["kendall_tau"].mean() > summary["kendall_tau"]["mean"]
@@ -238,3 +239,32 @@ def test_stability_outputs_are_complete_and_consistent(main_run, run_out):
     timings = json.loads((run_out / "run.json").read_text(encoding="utf-8"))["timings_s"]
     # the step's time is recorded (measured in benchmarks/run_france.py, not asserted here)
     assert timings["prioritise.stability"] > 0
+
+
+def test_training_sample_replicates_folds_or_bootstrap(main_run, fast_models_conf):
+    """The default replicate models are the fold models' jackknife replicates, centred on the
+    run's forecasts; models saved without fold models fall back to bootstrap refits, and the
+    summary says which were used."""
+    import dataclasses
+
+    from territoria.models.bootstrap import fold_replicates
+    from territoria.models.targets import load_model_config
+    from territoria.pipelines.prioritise import fold_forecasts, stability_audit
+
+    engine = main_run.priorities.engine
+    scored = engine.baseline()
+    folds = fold_forecasts(engine, scored)
+    assert folds.method == "folds" and folds.refits == 3
+    for m, measure in enumerate(folds.measures):
+        trained = engine.trained[measure]
+        X = scored.designs[measure][0]
+        np.testing.assert_allclose(folds.predictions[:, :, m].mean(axis=0), trained.model.predict(X), atol=1e-12)
+        fold_preds = np.stack([f.predict(X) for f in trained.fold_models])
+        np.testing.assert_array_equal(folds.predictions[:, :, m], fold_replicates(trained.model.predict(X), fold_preds))
+    settings = stab.StabilitySettings(replicates=4, bootstrap_refits=2)
+    engine_without = dataclasses.replace(engine, trained={
+        k: dataclasses.replace(v, fold_models=[]) for k, v in engine.trained.items()})
+    res = stability_audit(engine_without, scored, settings, model_config=load_model_config(fast_models_conf))
+    assert res.summary["refits"]["method"] == "bootstrap" and len(res.refits) == 2
+    none = stability_audit(engine, scored, dataclasses.replace(settings, training_sample="none"))
+    assert "refits" not in none.summary and not len(none.refits)
