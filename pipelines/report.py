@@ -28,7 +28,7 @@ the official data nor loads a model, and writes atomically under the same folder
     findings. (``audit/stability.*`` is written by the prioritise stage; the model card
     summarises it.)
 ``figures/priority_map.png``, ``figures/domains.png``
-    static figures (matplotlib, Agg backend; quantile classes with mapclassify).
+    static figures (matplotlib, Agg backend; quantile classes as mapclassify's).
 
 Entry points: :func:`run_report` (the stage), :func:`zone_card_html` and
 :func:`write_zone_card` (one card for any zone, for ``territoria explain CODE --html``).
@@ -962,18 +962,38 @@ def _json_ints(a: np.ndarray) -> str:
     return "[" + ",".join(map(str, np.asarray(a).tolist())) + "]"
 
 
-def _classes(values: pd.Series, k: int = 7) -> tuple[np.ndarray, list[float]]:
-    """Quantile classes (mapclassify) of ``values``: class per zone (-1 if missing) and upper bounds."""
-    import mapclassify
+def quantile_classes(values, k: int) -> tuple[np.ndarray, np.ndarray]:
+    """Quantile classes of ``values``: the class of each value (-1 if missing) and the classes'
+    upper bounds.
 
-    v = pd.to_numeric(values, errors="coerce").to_numpy(float)
+    The bounds are the ``j/k`` quantiles (linear interpolation), repeated bounds merged; a
+    value belongs to the first class whose bound it does not exceed. These are mapclassify's
+    ``Quantiles`` classes, without importing it (a few seconds, for its numba functions).
+
+    Examples
+    --------
+    >>> cls, bins = quantile_classes([1.0, 2.0, 3.0, 4.0, np.nan], k=2)
+    >>> cls.tolist(), bins.tolist()
+    ([0, 0, 1, 1, -1], [2.5, 4.0])
+    """
+    v = np.asarray(pd.to_numeric(pd.Series(values), errors="coerce"), dtype=float)
     ok = np.isfinite(v)
     cls = np.full(len(v), -1, dtype=int)
-    if ok.sum() < k:
-        return cls, []
-    q = mapclassify.Quantiles(v[ok], k=k)
-    cls[ok] = q.yb
-    return cls, [float(b) for b in q.bins]
+    if not ok.any():
+        return cls, np.zeros(0)
+    bins = np.unique(np.percentile(v[ok], 100.0 * np.arange(1, k + 1) / k))
+    cls[ok] = np.searchsorted(bins, v[ok], side="left")
+    return cls, bins
+
+
+def _classes(values: pd.Series, k: int = 7) -> tuple[np.ndarray, list[float]]:
+    """Quantile classes of ``values`` (:func:`quantile_classes`): class per zone (-1 if
+    missing) and upper bounds; none below ``k`` values."""
+    v = pd.to_numeric(values, errors="coerce").to_numpy(float)
+    if np.isfinite(v).sum() < k:
+        return np.full(len(v), -1, dtype=int), []
+    cls, bins = quantile_classes(v, k)
+    return cls, [float(b) for b in bins]
 
 
 PALETTE_SCORE = ["#fff5eb", "#fdd0a2", "#fdae6b", "#fd8d3c", "#f16913", "#d94801", "#8c2d04"]
@@ -1171,27 +1191,53 @@ def render_report(run: RunOutputs, lang: str = "fr") -> str:
 
 
 # --------------------------------------------------------------------------- figures
-def figure_priority_map(pri: pd.DataFrame, geoms: np.ndarray, path: Path, lang: str = "fr") -> Path:
-    """Mainland choropleth of the priority score (quantiles, mapclassify), PNG."""
+def figure_priority_map(pri: pd.DataFrame, geoms: np.ndarray, path: Path, lang: str = "fr", k: int = 5) -> Path:
+    """Mainland choropleth of the priority score in ``k`` quantile classes, PNG (Lambert-93).
+
+    Drawn as one collection of compound paths (outer rings and holes): a tenth of the time
+    of ``GeoDataFrame.plot`` on 35,000 communes.
+    """
     import geopandas as gpd
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    import shapely
+    from matplotlib.collections import PathCollection
+    from matplotlib.patches import Patch
 
+    T = _text(lang)
     metro = ~pri["department"].astype(str).str.startswith("97").to_numpy() & (geoms != None)  # noqa: E711
-    gdf = gpd.GeoDataFrame({"priority_score": pd.to_numeric(pri["priority_score"], errors="coerce").to_numpy()[metro]},
-                           geometry=list(geoms[metro]), crs="EPSG:4326").to_crs("EPSG:2154")
+    score = pd.to_numeric(pri["priority_score"], errors="coerce").to_numpy(float)[metro]
+    cls, bins = quantile_classes(score, k)
+    lambert = gpd.GeoSeries(list(geoms[metro]), crs="EPSG:4326").to_crs("EPSG:2154").array
+    polygons, owner = shapely.get_parts(np.asarray(lambert, dtype=object), return_index=True)
+    paths = [_polygon_path(p) for p in polygons]
+    cmap = plt.get_cmap("YlOrRd")
+    colours = np.array([cmap(j / max(len(bins) - 1, 1)) for j in range(len(bins))] + [(0.867, 0.867, 0.867, 1.0)])
     fig, ax = plt.subplots(figsize=(8, 8))
-    gdf.plot(column="priority_score", scheme="Quantiles", k=5, cmap="YlOrRd", linewidth=0, ax=ax, legend=True,
-             missing_kwds={"color": "#dddddd", "label": _text(lang)["legend_missing"]},
-             legend_kwds={"loc": "lower left", "fontsize": 8, "title": _text(lang)["score"] + " (quantiles)"})
+    ax.add_collection(PathCollection(paths, facecolors=colours[cls[owner]], linewidths=0))
+    ax.autoscale_view()
+    ax.set_aspect("equal")
+    lows = [float(np.nanmin(score))] + [float(b) for b in bins[:-1]]
+    handles = [Patch(color=colours[j], label=f"{lo:.2f} – {hi:.2f}") for j, (lo, hi) in enumerate(zip(lows, bins))]
+    if (cls < 0).any():
+        handles.append(Patch(color=colours[-1], label=T["legend_missing"]))
+    ax.legend(handles=handles, loc="lower left", fontsize=8, title=T["score"] + " (quantiles)")
     ax.set_axis_off()
-    ax.set_title(f"{_text(lang)['map_title']} — {_text(lang)['mainland']}")
+    ax.set_title(f"{T['map_title']} — {T['mainland']}")
     fig.tight_layout()
     write_atomic(path, lambda tmp: fig.savefig(tmp, format="png", dpi=130))
     plt.close(fig)
     return path
+
+
+def _polygon_path(polygon):
+    """A shapely polygon as one matplotlib path (outer ring, then holes)."""
+    from matplotlib.path import Path as MPath
+
+    rings = [polygon.exterior, *polygon.interiors]
+    return MPath.make_compound_path(*[MPath(np.asarray(r.coords)[:, :2], closed=True) for r in rings])
 
 
 def figure_domains(pri: pd.DataFrame, path: Path, lang: str = "fr") -> Path:

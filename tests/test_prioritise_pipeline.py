@@ -180,3 +180,26 @@ def test_a_bad_scenario_names_the_problem(feature_build, tmp_path):
         f.write_text(text, encoding="utf-8")
         with pytest.raises(DataError, match=message):
             load_scenario(f, reg, feature_build.identity)
+
+
+def test_interaction_hints_order_features_as_shap_does(run):
+    """The vectorised interaction heuristic ranks partners as
+    ``shap.utils.approximate_interactions`` does, on the run's models and designs."""
+    import shap
+
+    from territoria.models.explain import approximate_interactions, tree_contributions
+
+    engine = run[1].engine
+    scored = engine.baseline()
+    rng = np.random.default_rng(0)
+    for measure, trained in sorted(engine.trained.items()):
+        X = scored.designs[measure][0]
+        rows = np.sort(rng.choice(len(X), size=1000, replace=False))
+        phi = tree_contributions(trained.model, X.iloc[rows])[0]
+        cols = [c for c in phi.columns if c in X.columns]
+        phi_a, X_a = phi[cols].to_numpy(float), X.iloc[rows][cols].to_numpy(float)
+        for i in np.argsort(-np.abs(phi_a).mean(axis=0))[:3]:
+            ours = approximate_interactions(int(i), phi_a, X_a)
+            theirs = shap.utils.approximate_interactions(int(i), phi_a, X_a)
+            # the same leading partners (the tail is a tie at 0 in any order)
+            np.testing.assert_array_equal(ours[:10], theirs[:10], err_msg=f"{measure}: {cols[i]}")

@@ -125,6 +125,25 @@ def test_map_has_every_zone(run_dir, reports):
     assert not re.search(r'<script[^>]+src="https?:', text) and not re.search(r'<link[^>]+href="https?:', text)
 
 
+def test_quantile_classes_are_mapclassify_quantiles(run_dir):
+    """The map's classes are mapclassify's ``Quantiles`` (computed without importing it)."""
+    import mapclassify
+
+    pri = pd.read_csv(run_dir / "priorities.csv", dtype={"zone_code": str})
+    for col in ("priority_score", "deprivation_index", "domain_economic"):
+        v = pd.to_numeric(pri[col], errors="coerce").to_numpy(float)
+        ok = np.isfinite(v)
+        for k in (5, 7):
+            cls, bins = rep.quantile_classes(v, k)
+            q = mapclassify.Quantiles(v[ok], k=k)
+            np.testing.assert_array_equal(cls[ok], q.yb)
+            np.testing.assert_allclose(bins, q.bins, rtol=1e-12)
+            assert (cls[~ok] == -1).all()
+    # ties merge classes as mapclassify does
+    cls, bins = rep.quantile_classes(np.r_[np.zeros(90), np.arange(1.0, 11.0)], 5)
+    assert bins.tolist() == [0.0, 10.0] and cls.tolist() == [0] * 90 + [1] * 10
+
+
 def test_geometry_encoding_round_trip():
     import shapely
 
