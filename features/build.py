@@ -17,11 +17,14 @@ transform, vintages) so that explanations can group contributions by domain and 
 
 from __future__ import annotations
 
+import hashlib
+
 import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
 from territoria.features.access import count_within, distance_to_nearest, distance_weighted_count
+from territoria.features.panel import measure_rows, panel_codes
 from territoria.features.spatial import gap_to_group, gap_to_neighbours, neighbour_mean
 from territoria.registry import Registry
 
@@ -99,21 +102,48 @@ def zone_cube(panel: pd.DataFrame, t: int, level: str = "commune") -> pd.DataFra
 
     Built once so that every feature family reads columns instead of filtering the long panel.
     Zones and columns are sorted. The panel has one value per zone, measure and period
-    (checked by :func:`~territoria.features.panel.build_panel`).
+    (checked by :func:`~territoria.features.panel.build_panel`). The table of every period is
+    kept with the panel's codes (:func:`~territoria.features.panel.panel_codes`) while the
+    panel's values are unchanged: the cube at another ``t`` is a selection of it.
     """
-    com = ((panel["level"] == level) & (panel["period"] <= t)).to_numpy(bool)
-    # scatter into a numpy array on integer codes: a pivot on string keys costs seconds
-    zone_id, zones = pd.factorize(panel["zone_code"][com], sort=True)
-    measure_id, measures = pd.factorize(panel["measure"][com], sort=True)
-    period = panel["period"].to_numpy("int64")[com]
+    codes = panel_codes(panel)
+    values = np.ascontiguousarray(panel["value"].to_numpy(float))
+    # the values may have been changed in place since (a scenario's copy of a panel is)
+    digest = hashlib.sha1(memoryview(values).cast("B")).digest()
+    if level not in codes.cubes or codes.cubes[level][0] != digest:
+        codes.cubes[level] = (digest, *_full_cube(values, codes, level))
+    _, full, first = codes.cubes[level]
+    cube = full.iloc[np.flatnonzero(first <= t), np.flatnonzero(full.columns.get_level_values("period") <= t)]
+    cube.columns = cube.columns.remove_unused_levels()
+    return cube
+
+
+def _full_cube(values: np.ndarray, codes, level: str) -> tuple[pd.DataFrame, np.ndarray]:
+    """The zone cube of every period of a level, and each zone's first period: the cube at
+    ``t`` is its zones present by ``t`` and its columns dated <= ``t`` (built once per panel,
+    as the designs of several origins read the cube)."""
+    com = np.flatnonzero(codes.level == codes.levels.get_indexer([level])[0])
+    # scatter into a numpy array on integer codes (a pivot on string keys costs seconds); the
+    # panel's codes are sorted, so relabelling the codes present keeps zones and columns sorted
+    zone_id, zones = _present(codes.zone[com], codes.zones)
+    measure_id, measures = _present(codes.measure[com], codes.measures)
+    period = codes.period[com]
     first, span = (int(period.min()), int(period.max()) - int(period.min()) + 1) if len(period) else (0, 1)
-    col_id, col_key = pd.factorize(measure_id.astype(np.int64) * span + (period - first), sort=True)
-    values = np.full((len(zones), len(col_key)), np.nan)
-    values[zone_id, col_id] = panel["value"].to_numpy(float)[com]
+    col_id, col_key = _present(measure_id * span + (period - first), np.arange(len(measures) * span))
+    wide = np.full((len(zones), len(col_key)), np.nan)
+    wide[zone_id, col_id] = values[com]
     columns = pd.MultiIndex.from_arrays(
         [measures[col_key // span], col_key % span + first], names=["measure", "period"]
     )
-    return pd.DataFrame(values, index=pd.Index(zones, name="zone_code"), columns=columns)
+    zone_first = np.full(len(zones), np.iinfo(np.int64).max)
+    np.minimum.at(zone_first, zone_id, period)
+    return pd.DataFrame(wide, index=pd.Index(zones, name="zone_code"), columns=columns), zone_first
+
+
+def _present(codes: np.ndarray, labels):
+    """``codes`` relabelled 0..k-1 over the codes present (in code order), and their labels."""
+    seen = np.bincount(codes, minlength=len(labels)) > 0
+    return (np.cumsum(seen) - 1)[codes], labels[np.flatnonzero(seen)]
 
 
 def commune_series(cube: pd.DataFrame, measure: str, period: int) -> pd.Series:
@@ -284,7 +314,8 @@ def territory_at(lon: np.ndarray, lat: np.ndarray) -> np.ndarray:
 
 def add_iris_contrasts(fs: FeatureSet, panel: pd.DataFrame, registry: Registry, params, t: int) -> None:
     """Pockets of poverty: IRIS far poorer than the rest of their commune."""
-    iris = panel[(panel["level"] == "iris") & (panel["measure"] == "declared_poverty_rate") & (panel["period"] <= t)]
+    rows = measure_rows(panel, "declared_poverty_rate")
+    iris = rows[(rows["level"] == "iris") & (rows["period"] <= t)]
     if iris.empty:
         return
     iris = iris[iris["period"] == iris["period"].max()].dropna(subset=["value", "parent_commune"])

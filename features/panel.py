@@ -8,6 +8,7 @@ their codes and gain their parent commune in the target COG.
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -183,6 +184,86 @@ def validate_panel(panel: pd.DataFrame) -> pd.DataFrame:
         if column.checks:
             column.validate(values.drop_duplicates().to_frame())
     return panel
+
+
+@dataclass(frozen=True)
+class PanelCodes:
+    """Integer codes of a long panel's keys, computed once per panel (:func:`panel_codes`).
+
+    ``zone``, ``measure`` and ``level`` code each row into the sorted ``zones``, ``measures``
+    and ``levels``; ``by_measure`` gives each measure's row positions, in panel order.
+    """
+
+    zone: np.ndarray
+    zones: pd.Index
+    measure: np.ndarray
+    measures: pd.Index
+    level: np.ndarray
+    levels: pd.Index
+    period: np.ndarray
+    by_measure: dict[str, np.ndarray]
+    #: level -> (wide table of every period, each zone's first period): see zone_cube
+    cubes: dict = field(default_factory=dict)
+
+
+#: id(panel) -> (weak reference to it, the key columns it was coded from, its codes)
+_CODES: dict[int, tuple] = {}
+
+
+def panel_codes(panel: pd.DataFrame) -> PanelCodes:
+    """The :class:`PanelCodes` of ``panel``, kept while the panel lives.
+
+    A long panel has millions of rows: comparing its string columns at every lookup (a
+    measure, a level) cost seconds per run. The codes are recomputed when a key column or the
+    length changed; a panel's values modified in place are read as they are now, but its keys
+    must not be (the pipeline builds a panel once and reads it).
+
+    Examples
+    --------
+    >>> panel = pd.DataFrame({"zone_code": ["b", "a", "b"], "level": "commune", "period": 2021,
+    ...                       "measure": ["x", "x", "y"], "value": [1.0, 2.0, 3.0]})
+    >>> codes = panel_codes(panel)
+    >>> codes.zones.tolist(), codes.zone.tolist(), codes.by_measure["x"].tolist()
+    (['a', 'b'], [1, 0, 1], [0, 1])
+    >>> panel_codes(panel) is codes
+    True
+    """
+    keys = tuple(panel[c].array for c in ("zone_code", "measure", "level"))
+    period = panel["period"].to_numpy("int64")
+    kept = _CODES.get(id(panel))
+    if (kept is not None and kept[0]() is panel and len(panel) == len(kept[2].zone)
+            and all(a is b for a, b in zip(kept[1], keys, strict=True))
+            and np.shares_memory(kept[2].period, period)):
+        return kept[2]
+    # narrow integers: the codes live as long as the panel
+    zone, zones = pd.factorize(keys[0], sort=True)
+    zone = zone.astype(np.int32)
+    measure, measures = pd.factorize(keys[1], sort=True)
+    measure = measure.astype(np.int32)
+    level, levels = pd.factorize(keys[2], sort=True)
+    level = level.astype(np.int8)
+    order = np.argsort(measure, kind="stable").astype(np.int32)
+    bounds = np.searchsorted(measure[order], np.arange(len(measures) + 1))
+    codes = PanelCodes(
+        zone=zone, zones=pd.Index(zones), measure=measure, measures=pd.Index(measures), level=level,
+        levels=pd.Index(levels), period=period, by_measure={str(m): order[bounds[i]:bounds[i + 1]] for i, m in enumerate(measures)})
+    key = id(panel)
+    _CODES[key] = (weakref.ref(panel, lambda _, key=key: _CODES.pop(key, None)), keys, codes)
+    return codes
+
+
+def measure_rows(panel: pd.DataFrame, measure: str) -> pd.DataFrame:
+    """The rows of ``panel`` for ``measure``, in the panel's order.
+
+    Examples
+    --------
+    >>> panel = pd.DataFrame({"zone_code": ["a", "b", "a"], "level": "commune", "period": 2021,
+    ...                       "measure": ["x", "y", "x"], "value": [1.0, 2.0, 3.0]})
+    >>> measure_rows(panel, "x")["value"].tolist(), len(measure_rows(panel, "z"))
+    ([1.0, 3.0], 0)
+    """
+    pos = panel_codes(panel).by_measure.get(measure)
+    return panel.iloc[pos] if pos is not None else panel.iloc[:0]
 
 
 def _stack(coded: dict[str, CodedTable]) -> tuple[dict[str, np.ndarray], dict[str, pd.Index]]:

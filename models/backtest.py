@@ -58,6 +58,7 @@ from territoria.models.targets import (
     TargetSpec,
     load_model_config,
     measure_at,
+    measure_periods,
     population_at,
     target_spec,
     target_table,
@@ -549,8 +550,7 @@ def _spread_params(params: dict) -> dict:
 
 def _coverage_groups(fb, idx, spec: TargetSpec, config: ModelConfig) -> pd.DataFrame:
     pop = population_at(fb.panel, spec.origin).reindex(idx)
-    dens_periods = sorted(p for p in fb.panel.loc[fb.panel["measure"] == "population_density", "period"].unique()
-                          if p <= spec.origin)
+    dens_periods = measure_periods(fb.panel, "population_density", upto=spec.origin)
     density = measure_at(fb.panel, "population_density", dens_periods[-1]).reindex(idx) if dens_periods else None
     zone = fb.identity["zone"].reindex(idx)
     return zone_groups(pop, density, zone, config.intervals.urban_density).reset_index(drop=True)

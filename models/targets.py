@@ -34,6 +34,7 @@ import pandas as pd
 from pydantic import BaseModel, ConfigDict, Field, model_validator
 
 from territoria.errors import DataError
+from territoria.features.panel import measure_rows
 from territoria.registry import Registry, load_registry
 from territoria.settings import load_config
 
@@ -150,13 +151,14 @@ def target_spec(name_or_spec, config: ModelConfig | None = None) -> TargetSpec:
 # --------------------------------------------------------------------------- pure functions
 def measure_at(panel: pd.DataFrame, measure: str, period: int, level: str = "commune") -> pd.Series:
     """Values of one measure at one vintage, indexed by zone code (empty if absent)."""
-    sel = panel[(panel["measure"] == measure) & (panel["period"] == period) & (panel["level"] == level)]
+    rows = measure_rows(panel, measure)
+    sel = rows[(rows["period"] == period) & (rows["level"] == level)]
     return sel.set_index("zone_code")["value"].astype(float).dropna().rename(measure)
 
 
 def measure_periods(panel: pd.DataFrame, measure: str, upto: int | None = None) -> list[int]:
     """Vintages of a measure in the panel (only those <= ``upto`` when given)."""
-    per = panel.loc[panel["measure"] == measure, "period"].unique()
+    per = measure_rows(panel, measure)["period"].unique()
     return sorted(int(p) for p in per if upto is None or p <= upto)
 
 

@@ -131,3 +131,38 @@ def test_census_totals_conserved_by_harmonisation():
             if np.isnan(raw) or raw == 0:
                 continue
             assert out == pytest.approx(raw, rel=1e-12), (var, period)
+
+
+def _pivot_cube(panel: pd.DataFrame, t: int, level: str) -> pd.DataFrame:
+    """The zone cube by a plain pivot of the long panel (the reference)."""
+    rows = panel[(panel["level"] == level) & (panel["period"] <= t)]
+    wide = rows.pivot(index="zone_code", columns=["measure", "period"], values="value").astype(float)
+    wide = wide.sort_index().sort_index(axis=1)
+    wide.columns = pd.MultiIndex.from_tuples(list(wide.columns), names=["measure", "period"])
+    return wide
+
+
+def test_zone_cube_is_the_pivot_of_the_panel_and_follows_changed_values(feature_build):
+    """The cube read from the panel's cached codes is the pivot of the long panel at every
+    ``t`` and level, and a value changed in place since is read, not the cached one."""
+    from territoria.features.build import zone_cube
+    from territoria.features.panel import measure_rows, panel_codes
+    from territoria.models.targets import measure_at
+
+    deps = feature_build.identity.index[feature_build.identity["departement"].isin(["59", "2A", "971"])]
+    panel = feature_build.panel
+    panel = panel[panel["zone_code"].isin(deps) | panel["parent_commune"].isin(deps)].reset_index(drop=True)
+    for level, t in (("commune", 2013), ("commune", 2021), ("iris", 2019)):
+        cube = zone_cube(panel, t, level)
+        ref = _pivot_cube(panel, t, level)
+        pd.testing.assert_frame_equal(cube, ref, check_names=False, check_column_type=False, check_index_type=False)
+        assert list(cube.index) == sorted(cube.index) and cube.index.name == "zone_code"
+    assert panel_codes(panel) is panel_codes(panel)
+    rows = measure_rows(panel, "median_income")
+    pd.testing.assert_frame_equal(rows, panel[panel["measure"] == "median_income"])
+    before = zone_cube(panel, 2021)
+    i = int(rows.index[(rows["level"] == "commune") & (rows["period"] == 2021)][0])
+    zone = panel.at[i, "zone_code"]
+    panel.loc[i, "value"] = -5.0
+    assert zone_cube(panel, 2021).at[zone, ("median_income", 2021)] == -5.0 != before.at[zone, ("median_income", 2021)]
+    assert measure_at(panel, "median_income", 2021)[zone] == -5.0
