@@ -199,8 +199,9 @@ def top_levers(
             deciles[name] = department_decile(features[name], dep, from_top)
         vals = features[name].reindex(rows["zone_code"]).to_numpy(float) if name in features else np.full(len(rows), np.nan)
         dec = deciles[name].reindex(rows["zone_code"]).to_numpy(float) if name in deciles else np.full(len(rows), np.nan)
-        for z, v, d, p in zip(rows["zone_code"], vals, dec, rows["points"]):
-            parts.setdefault(z, []).append((p, lever_sentence(label, v, unit, period.get(name), d, p, lang, from_top)))
+        per = period.get(name)
+        for z, v, d, p in zip(rows["zone_code"].tolist(), vals.tolist(), dec.tolist(), rows["points"].tolist()):
+            parts.setdefault(z, []).append((p, lever_sentence(label, v, unit, per, d, p, lang, from_top)))
     text = {z: " ; ".join(s for _, s in sorted(items, key=lambda t: -t[0])) if lang == "fr"
             else "; ".join(s for _, s in sorted(items, key=lambda t: -t[0])) for z, items in parts.items()}
     return pd.Series(text, dtype=object).reindex(features.index).fillna("")

@@ -889,8 +889,10 @@ def write_zone_card(out_dir: Path | str, code: str, lang: str = "fr", path: Path
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def write_cards(cd: CardData, zones: list[str], folder: Path, lang: str, chunk: int = 500) -> list[Path]:
-    """Render and write the cards of ``zones``; cards of zones no longer listed are removed."""
+def write_cards(cd: CardData, zones: list[str], folder: Path, lang: str, chunk: int = 500,
+                clean: bool = True) -> list[Path]:
+    """Render and write the cards of ``zones``; with ``clean``, cards of zones no longer
+    listed are removed."""
     folder.mkdir(parents=True, exist_ok=True)
     env_t = _env().get_template("zone_card.html.j2")
     T = _text(lang)
@@ -900,11 +902,71 @@ def write_cards(cd: CardData, zones: list[str], folder: Path, lang: str, chunk: 
             text = env_t.render(z=ctx, t=T, links=True)
             written.append(write_atomic(folder / f"{ctx['code']}.html",
                                         lambda tmp, s=text: tmp.write_text(s, encoding="utf-8")))
-    keep = {p.name for p in written}
-    for old in folder.glob("*.html"):
-        if old.name not in keep:
-            old.unlink()
+    if clean:
+        remove_other_cards(folder, written)
     return written
+
+
+def remove_other_cards(folder: Path, cards: list[Path]) -> None:
+    """Remove the cards of ``folder`` that are not ``cards`` (zones no longer listed)."""
+    keep = {p.name for p in cards}
+    for old in folder.glob("*.html"):
+        # dot files are other writers' temporaries (write_atomic), not cards
+        if old.name not in keep and not old.name.startswith("."):
+            old.unlink(missing_ok=True)
+
+
+def write_run_cards(out_dir: Path | str, lang: str, zones: list[str]) -> tuple[list[Path], float]:
+    """The cards of ``zones``, reading the run's outputs; returns the paths and the seconds
+    spent (what :func:`run_report`'s card worker runs)."""
+    t0 = time.perf_counter()
+    out_dir = Path(out_dir)
+    run = load_run(out_dir)
+    cd = prepare_cards(run, zones, read_series(out_dir))
+    return write_cards(cd, zones, out_dir / "zones", lang, clean=False), time.perf_counter() - t0
+
+
+#: flagged zones from which a worker process writes most cards while this one writes the rest
+CARD_WORKER_FROM = 500
+#: the worker's share of the cards: this process has the other outputs to write first
+CARD_WORKER_SHARE = 0.75
+
+
+def _card_worker(out_dir: Path, lang: str, zones: list[str]):
+    """A one-process pool already writing the worker's share of the cards, and the zones left
+    to this process (no pool: few cards or one core). Spawned, not forked: the parent has
+    LightGBM and Arrow threads."""
+    import os
+    from concurrent.futures import ProcessPoolExecutor
+    from multiprocessing import get_context
+
+    if len(zones) < CARD_WORKER_FROM or (os.cpu_count() or 1) < 2:
+        return None, None, zones
+    k = len(zones) - int(len(zones) * CARD_WORKER_SHARE)
+    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+    return pool, pool.submit(write_run_cards, out_dir, lang, zones[k:]), zones[:k]
+
+
+def _cards_result(pool, future, run, out_dir: Path, lang: str, zones: list[str]) -> tuple[list[Path], float]:
+    """The worker's cards (or, when it failed, e.g. in a calling script without ``if __name__
+    == "__main__":``, which spawned processes re-run, the same cards written here)."""
+    from concurrent.futures.process import BrokenProcessPool
+
+    if pool is None:
+        return [], 0.0
+    try:
+        return future.result()
+    except BrokenProcessPool:
+        import warnings
+
+        warnings.warn("the zone-card worker failed (is the calling script guarded by "
+                      "`if __name__ == '__main__'`?): writing the cards here", stacklevel=2)
+        t0 = time.perf_counter()
+        cards = write_cards(prepare_cards(run, zones, read_series(out_dir)), zones, out_dir / "zones", lang,
+                            clean=False)
+        return cards, time.perf_counter() - t0
+    finally:
+        pool.shutdown()
 
 
 # --------------------------------------------------------------------------- map
@@ -1608,6 +1670,10 @@ def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dic
     run = load_run(out_dir)
     pri = run.priorities
     timings["read"] = time.perf_counter() - t0
+    # most cards (most of the stage) are written by another process meanwhile
+    flagged = pri.loc[pri["priority_flag"], "zone_code"].tolist()
+    console.log(f"zone cards of {len(flagged):,} priority zones")
+    pool, cards_future, here = _card_worker(out_dir, lang, flagged)
 
     t0 = time.perf_counter()
     console.log("simplifying the commune polygons for the map")
@@ -1621,18 +1687,6 @@ def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dic
         lambda tmp: tmp.write_text(render_map(pri, geoms, lang, run.dep_names), encoding="utf-8"),
     )
     timings["map"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    flagged = pri.loc[pri["priority_flag"], "zone_code"].tolist()
-    console.log(f"zone cards of {len(flagged):,} priority zones")
-    series_all = read_series(out_dir)
-    cd = prepare_cards(run, flagged, series_all)
-    timings["cards_data"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    cards = write_cards(cd, flagged, out_dir / "zones", lang)
-    paths["zones"] = out_dir / "zones"
-    timings["cards"] = time.perf_counter() - t0
-    timings["n_cards"] = len(cards)
 
     t0 = time.perf_counter()
     console.log("planner's report")
@@ -1665,6 +1719,21 @@ def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dic
     card = model_card(run, sens, lang, fairness=fairness, stability=stability)
     paths["model_card"] = write_atomic(out_dir / "audit" / "model_card.md",
                                        lambda tmp: tmp.write_text(card, encoding="utf-8"))
-    paths["lineage"] = write_json(lineage(run, paths), out_dir / "audit" / "lineage.json")
     timings["audit"] = time.perf_counter() - t0
+
+    t0 = time.perf_counter()
+    cards = write_cards(prepare_cards(run, here, read_series(out_dir)), here, out_dir / "zones", lang, clean=False)
+    timings["cards"] = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    worker_cards, timings["cards_worker"] = _cards_result(pool, cards_future, run, out_dir, lang,
+                                                          flagged[len(here):])
+    timings["cards_wait"] = time.perf_counter() - t0
+    cards += worker_cards
+    remove_other_cards(out_dir / "zones", cards)
+    paths["zones"] = out_dir / "zones"
+    timings["n_cards"] = len(cards)
+    # the lineage hashes every output, the cards included
+    t0 = time.perf_counter()
+    paths["lineage"] = write_json(lineage(run, paths), out_dir / "audit" / "lineage.json")
+    timings["audit"] += time.perf_counter() - t0
     return paths

@@ -144,6 +144,31 @@ def test_quantile_classes_are_mapclassify_quantiles(run_dir):
     assert bins.tolist() == [0.0, 10.0] and cls.tolist() == [0] * 90 + [1] * 10
 
 
+def test_cards_written_by_the_worker_process_are_the_cards_written_here(run_dir, reports, monkeypatch, tmp_path):
+    """Above CARD_WORKER_FROM flagged zones, a spawned process writes most cards while the
+    stage writes the rest: the same files, a card of a zone no longer flagged removed, and the
+    lineage counts them."""
+    import shutil
+    import warnings
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    rep.run_report(out, lang="fr")  # in this process: 8 cards, under the threshold
+    here = {p.name: p.read_bytes() for p in (out / "zones").glob("*.html")}
+    (out / "zones" / "00000.html").write_text("a card of a zone no longer flagged", encoding="utf-8")
+    monkeypatch.setattr(rep, "CARD_WORKER_FROM", 0)
+    timings = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the worker did not fail over to this process
+        rep.run_report(out, lang="fr", timings=timings)
+    # the worker's own time: it wrote its share (6 of 8)
+    assert timings["n_cards"] == len(here) == 8 and timings["cards_worker"] > 0
+    assert not (out / "zones" / "00000.html").exists()
+    assert {p.name: p.read_bytes() for p in (out / "zones").glob("*.html")} == here
+    lineage = json.loads((out / "audit" / "lineage.json").read_text(encoding="utf-8"))
+    assert lineage["zone_cards"]["count"] == 8
+
+
 def test_geometry_encoding_round_trip():
     import shapely
 
