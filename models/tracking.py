@@ -117,6 +117,32 @@ def tracking_store(
     )
 
 
+def open_in_background(out_dir: Path | str | None = None, tracking_uri: str | None = None):
+    """Open the store in a background thread and return the thread (join it before logging).
+
+    Creating an embedded store's database (its schema migrations) takes over a second, which
+    can pass while the models train; a failure is left to the first real use, which raises it.
+    MLflow's modules are imported here, in the calling thread, so that no import runs
+    concurrently with the caller's.
+    """
+    import threading
+
+    _quiet()
+    import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    from mlflow import MlflowClient  # noqa: F401
+
+    def open_store() -> None:
+        try:
+            tracking_store(out_dir, tracking_uri).client().search_experiments(max_results=1)
+        except Exception:  # noqa: BLE001 - raised again, with its context, by the first real use
+            pass
+
+    thread = threading.Thread(target=open_store, name="mlflow-store", daemon=True)
+    thread.start()
+    return thread
+
+
 def _experiment_id(client, store: TrackingStore, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:

@@ -33,7 +33,7 @@ from territoria.io import write_csv, write_parquet
 from territoria.models.backtest import FeatureCache, backtest_folds, predict_target, run_backtest, train_target
 from territoria.models.index import DeprivationIndex
 from territoria.models.targets import ModelConfig, TargetSpec, load_model_config
-from territoria.models.tracking import log_training, register_champion, shap_frame
+from territoria.models.tracking import log_training, open_in_background, register_champion, shap_frame
 from territoria.pipelines.build_features import FeatureBuild
 
 
@@ -123,6 +123,7 @@ def run_train(
     timings: dict[str, float] = {}
     config = config or load_model_config()
 
+    store_opened = open_in_background(out_dir if tracking_uri is None else None, tracking_uri)
     t0 = time.perf_counter()
     console.log("composite deprivation index")
     index, weights, index_model = compute_index(fb)
@@ -141,6 +142,7 @@ def run_train(
     features = FeatureCache.of(fb)
     forecasts, run_ids, models = [], {}, {}
     specs = [s for s in training_specs(config, t) if measures is None or s.measure in measures]
+    store_opened.join()
     for spec in specs:
         console.log(f"training {spec.name} and forecasting {t}→{t + spec.horizon}")
         # the backtest's folds are the calibration folds: their predictions, models and
