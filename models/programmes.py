@@ -204,12 +204,19 @@ def to_target_cog(
         merged = pd.DataFrame(
             {
                 "n_parts": g.size(),
-                "statuses": g["status"].agg(lambda s: "; ".join(dict.fromkeys(s))),
-                "source_codes": g["zone_code"].agg(lambda s: ", ".join(sorted(s))),
+                "statuses": g["status"].first(),
+                "source_codes": g["zone_code"].first(),
                 "vintage": g["period"].max(),
                 "source": g["source"].first(),
             }
         )
+        # a merged commune joins its former communes' statuses and codes (a Python
+        # aggregation, only where there are several: most targets have one designated row)
+        several = merged.index[merged["n_parts"] > 1]
+        if len(several):
+            m = part[part["target"].isin(several)].groupby("target", sort=True)
+            merged.loc[several, "statuses"] = m["status"].agg(lambda s: "; ".join(dict.fromkeys(s)))
+            merged.loc[several, "source_codes"] = m["zone_code"].agg(lambda s: ", ".join(sorted(s)))
         merged["n_former"] = np.maximum(
             n_former.reindex(merged.index).fillna(0).astype(int), merged["n_parts"]
         )
