@@ -252,6 +252,13 @@ def panel_codes(panel: pd.DataFrame) -> PanelCodes:
     return codes
 
 
+def forget_wide_tables(panel: pd.DataFrame) -> None:
+    """Free the wide tables kept with ``panel``'s codes (``zone_cube``'s); the codes stay."""
+    kept = _CODES.get(id(panel))
+    if kept is not None and kept[0]() is panel:
+        kept[2].cubes.clear()
+
+
 def measure_rows(panel: pd.DataFrame, measure: str) -> pd.DataFrame:
     """The rows of ``panel`` for ``measure``, in the panel's order.
 

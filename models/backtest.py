@@ -43,6 +43,7 @@ import numpy as np
 import pandas as pd
 
 from territoria.features.build import zone_cube
+from territoria.features.panel import forget_wide_tables
 from territoria.models import metrics as mx
 from territoria.models.baselines import RidgeBaseline, baseline_predictions
 from territoria.models.intervals import (
@@ -179,6 +180,7 @@ class FeatureCache:
         tables, the features at other periods than ``keep_period`` and the design matrices at
         other origins (all of them when None), about 50 MB each. The prepared targets stay."""
         self._cubes.clear()
+        forget_wide_tables(self.fb.panel)
         for t in [t for t in self._cache if t != keep_period]:
             del self._cache[t]
         for key in [k for k in self._designs if k[1] != keep_period]:
