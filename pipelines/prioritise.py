@@ -19,9 +19,10 @@ diagnostics, programmes, clusters, scenarios). Outputs under ``out_dir`` (atomic
     programme coverage gaps, border-crossing clusters, and the policy and norms used.
 ``audit/stability.json``, ``audit/stability.md``, ``audit/stability_replicates.csv``, ``audit/stability_zones.csv``, ``audit/stability_refits.csv``
     the stability of the list (:mod:`territoria.models.stability`): replicates of the scoring
-    with inputs perturbed within their plausible error and the models refitted on bootstrap
-    samples of their training departments; each zone's probability of being flagged is also
-    the ``p_priority`` column of ``priorities.csv``.
+    with inputs perturbed within their plausible error, around replicate models of the training
+    sample (the cross-validation's fold models as jackknife replicates, or bootstrap refits);
+    each zone's probability of being flagged is also the ``p_priority`` column of
+    ``priorities.csv``.
 ``models/<measure>/``
     the trained models (LightGBM text + JSON, no pickle) that ``territoria scenario`` reuses.
 """
@@ -275,14 +276,14 @@ def global_views(scored: Scored, phis: dict, folder: Path) -> list[Path]:
 class PriorityResult:
     """What the stage produced. The explanations and score points, its largest tables, are
     only in ``explanations.parquet`` and ``score_points.parquet``: they are written and freed
-    before the bootstrap refits."""
+    before the stability audit."""
 
     priorities: pd.DataFrame
     gaps: pd.DataFrame
     clusters: pd.DataFrame
     engine: PriorityEngine
     timings: dict[str, float]
-    #: SHAP matrices and bootstrap refits read back from ``<out>/.cache/results`` (a rerun)
+    #: SHAP matrices (and bootstrap refits) read back from ``<out>/.cache/results`` (a rerun)
     results_reused: int = 0
 
 
@@ -305,7 +306,8 @@ def run_prioritise(
 ) -> PriorityResult:
     """Score, flag, cluster and explain every commune; write the outputs under ``out_dir``.
 
-    ``model_config`` is the models' configuration (default ``conf/models.yml``): the stability
+    ``model_config`` is the models' configuration (default ``conf/models.yml``): with
+    ``training_sample: bootstrap`` (or models saved without their fold models), the stability
     step refits the models with it on bootstrap samples.
     """
     console = console or Console(quiet=True)
@@ -317,12 +319,12 @@ def run_prioritise(
     t0 = time.perf_counter()
     console.log("priority score, ranks and flags")
     scored = engine.baseline()
-    # scored holds the forecast designs it needs; the stability refits read the prepared targets
+    # scored holds the forecast designs it needs; bootstrap refits would read the prepared targets
     FeatureCache.of(fb).release()
     timings["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    # SHAP values and bootstrap refits of unchanged models on unchanged features are read back
+    # SHAP values (and bootstrap refits) of unchanged models on unchanged features are read back
     # on a rerun (keyed by the models' text and the matrices' values)
     results = ResultCache(out_dir / ".cache" / "results")
     console.log(f"TreeSHAP explanations of {len(trained)} models for {len(scored.table):,} zones")
@@ -335,7 +337,7 @@ def run_prioritise(
                       if True in location.columns else None)
     timings["explain"] = time.perf_counter() - t0
 
-    # on disk and out of memory before the refits, which set the stage's peak memory
+    # on disk and out of memory before the stability audit, which sets the stage's peak memory
     t0 = time.perf_counter()
     console.log(f"writing explanations and score points to {out_dir}")
     write_parquet(explanations, out_dir / "explanations.parquet")

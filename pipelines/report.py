@@ -1521,11 +1521,14 @@ def _stability_section(summary: dict | None) -> list[str]:
           f"zones outside the list with p ≥ 0.5: {pp.get('not_flagged_at_least_0.5', 0):,}", ""]
     refits = summary.get("refits")
     if refits:
-        L += [f"Training sample: each trajectory model refitted {refits['refits']} times on department-block "
-              "bootstrap samples of its training communes; each refit's list alone against the run's: Jaccard "
+        how = (f"{refits['refits']} replicates of each trajectory model from the cross-validation's fold models "
+               "(delete-a-group jackknife)" if refits.get("method") == "folds" else
+               f"each trajectory model refitted {refits['refits']} times on department-block bootstrap samples of "
+               "its training communes")
+        L += [f"Training sample: {how}; each replicate model's list alone against the run's: Jaccard "
               f"overlap of the top {summary['top_share']:.0%} {describe_range(refits['jaccard_top'])}, Kendall tau "
               f"{refits['kendall_tau']['mean']:.3f} (`stability_refits.csv`). The replicates above draw "
-              "their forecasts around these refits'.", ""]
+              "their forecasts around these replicate models'.", ""]
     return L
 
 

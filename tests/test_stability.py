@@ -233,9 +233,9 @@ def test_stability_outputs_are_complete_and_consistent(main_run, run_out):
     assert refits["kendall_tau"].mean() > summary["kendall_tau"]["mean"]
     for m, d in summary["refits"]["forecast_spread"].items():
         assert d["median_sd"] > 0 and 0 < d["sd_to_half_width"] < 2, m
-    assert "Training sample" in md
+    assert "Training sample" in md and "jackknife" in md
     card = (audit / "model_card.md").read_text(encoding="utf-8")
-    assert "## Stability of the list" in card and "stability.md" in card
+    assert "## Stability of the list" in card and "stability.md" in card and "jackknife" in card
     timings = json.loads((run_out / "run.json").read_text(encoding="utf-8"))["timings_s"]
     # the step's time is recorded (measured in benchmarks/run_france.py, not asserted here)
     assert timings["prioritise.stability"] > 0
