@@ -1677,6 +1677,19 @@ def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dic
     flagged = pri.loc[pri["priority_flag"], "zone_code"].tolist()
     console.log(f"zone cards of {len(flagged):,} priority zones")
     pool, cards_future, here = _card_worker(out_dir, lang, flagged)
+    try:
+        return _write_outputs(run, out_dir, lang, console, timings, paths, flagged, (pool, cards_future, here))
+    except BaseException:
+        if pool is not None:  # the worker finishes its cards (atomically) and exits
+            pool.shutdown(wait=False, cancel_futures=True)
+        raise
+
+
+def _write_outputs(run: RunOutputs, out_dir: Path, lang: str, console, timings: dict, paths: dict,
+                   flagged: list[str], worker: tuple) -> dict[str, Path]:
+    """:func:`run_report`'s outputs other than the worker's cards, then the lineage of all."""
+    pool, cards_future, here = worker
+    pri = run.priorities
 
     t0 = time.perf_counter()
     console.log("simplifying the commune polygons for the map")
