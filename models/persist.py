@@ -67,8 +67,9 @@ def save_trained(trained, folder: Path | str) -> Path:
     doc: dict = {"format": FORMAT, "spec": trained.spec.model_dump(), "columns": list(trained.columns),
                  **_save_model(trained.model, folder)}
     doc["folds"] = [_save_model(m, folder, f"fold{k + 1}_") for k, m in enumerate(trained.fold_models)]
-    for stale in folder.glob("fold*_*.txt"):
-        if stale.name.split("_")[0] not in {f"fold{k + 1}" for k in range(len(trained.fold_models))}:
+    saved = {entry[part]["file"] for entry in doc["folds"] for part in ("regressor", "classifier") if part in entry}
+    for stale in folder.glob("fold*_*.txt"):  # an earlier save's extra folds
+        if stale.name not in saved:
             stale.unlink()
     if trained.spread_model is not None:
         doc["spread"] = _save_lgbm(trained.spread_model, folder / "spread.txt")
