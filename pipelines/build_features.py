@@ -17,6 +17,7 @@ shows progress. Outputs (written atomically under ``out_dir``):
 from __future__ import annotations
 
 import time
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -210,48 +211,56 @@ def run_build_features(
         panel = panel[panel["period"] <= as_of].reset_index(drop=True)
     timings["panel"] = time.perf_counter() - t0
 
-    t0 = step("spatial weights")
-    # get_indexer, not isin: pandas' isin on strings converts the codes one by one
-    in_study = identity.index.get_indexer(geoms["zone_code"]) >= 0
-    graph = build_commune_graph(geoms[in_study], k=params.features.knn_fallback)
-    townhalls = townhall_points(identity, geoms)
-    timings["graph"] = time.perf_counter() - t0
+    # the panel (6.8 M rows) is written while the features are built: Arrow encodes it
+    # without the GIL
+    writer = ThreadPoolExecutor(1, thread_name_prefix="panel-writer")
+    panel_written = (writer.submit(write_parquet, panel, Path(out_dir) / "panel.parquet")
+                     if out_dir is not None else None)
+    try:
+        t0 = step("spatial weights")
+        # get_indexer, not isin: pandas' isin on strings converts the codes one by one
+        in_study = identity.index.get_indexer(geoms["zone_code"]) >= 0
+        graph = build_commune_graph(geoms[in_study], k=params.features.knn_fallback)
+        townhalls = townhall_points(identity, geoms)
+        timings["graph"] = time.perf_counter() - t0
 
-    t0 = step(f"feature matrix at t = {t}")
-    features, meta = build_feature_matrix(
-        panel, identity, graph, townhalls, points, registry, params, t
-    )
-    timings["features"] = time.perf_counter() - t0
-
-    hashes = {}
-    for src in sources.values():
-        for v in src.vintages:
-            p = src.path(v)
-            if p.exists():
-                hashes[str(p.relative_to(data_dir))] = file_sha256(p)
-    result = FeatureBuild(
-        panel=panel, features=features, meta=meta, identity=identity, graph=graph,
-        reference_period=t, townhalls=townhalls, points=points, params=params, timings=timings, report_lines=report.lines(), file_hashes=hashes,
-    )
-    if out_dir is not None:
-        t0 = step(f"writing outputs to {out_dir}")
-        out_dir = Path(out_dir)
-        write_parquet(panel, out_dir / "panel.parquet")
-        write_parquet(features, out_dir / "features.parquet")
-        write_csv(meta, out_dir / "features_meta.csv")
-        write_json(
-            {
-                "reference_period": t,
-                "target_cog": params.target_cog,
-                "data_dir": str(data_dir),
-                "files": hashes,
-                "problems": report.lines(),
-                "unmapped_codes": {
-                    k: sorted(v["zone_code"].unique().tolist()) for k, v in report.unmapped.items() if len(v)
-                },
-            },
-            out_dir / "data_report.json",
+        t0 = step(f"feature matrix at t = {t}")
+        features, meta = build_feature_matrix(
+            panel, identity, graph, townhalls, points, registry, params, t
         )
-        timings["write"] = time.perf_counter() - t0
-        result.out_dir = out_dir
+        timings["features"] = time.perf_counter() - t0
+
+        hashes = {}
+        for src in sources.values():
+            for v in src.vintages:
+                p = src.path(v)
+                if p.exists():
+                    hashes[str(p.relative_to(data_dir))] = file_sha256(p)
+        result = FeatureBuild(
+            panel=panel, features=features, meta=meta, identity=identity, graph=graph,
+            reference_period=t, townhalls=townhalls, points=points, params=params, timings=timings, report_lines=report.lines(), file_hashes=hashes,
+        )
+        if out_dir is not None:
+            t0 = step(f"writing outputs to {out_dir}")
+            out_dir = Path(out_dir)
+            panel_written.result()
+            write_parquet(features, out_dir / "features.parquet")
+            write_csv(meta, out_dir / "features_meta.csv")
+            write_json(
+                {
+                    "reference_period": t,
+                    "target_cog": params.target_cog,
+                    "data_dir": str(data_dir),
+                    "files": hashes,
+                    "problems": report.lines(),
+                    "unmapped_codes": {
+                        k: sorted(v["zone_code"].unique().tolist()) for k, v in report.unmapped.items() if len(v)
+                    },
+                },
+                out_dir / "data_report.json",
+            )
+            timings["write"] = time.perf_counter() - t0
+            result.out_dir = out_dir
+    finally:
+        writer.shutdown(wait=True)
     return result
