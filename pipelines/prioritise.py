@@ -283,7 +283,8 @@ class PriorityResult:
     clusters: pd.DataFrame
     engine: PriorityEngine
     timings: dict[str, float]
-    #: SHAP matrices (and bootstrap refits) read back from ``<out>/.cache/results`` (a rerun)
+    #: SHAP matrices and fold models' forecasts (or bootstrap refits) read back from
+    #: ``<out>/.cache/results`` (a rerun)
     results_reused: int = 0
 
 
@@ -324,8 +325,8 @@ def run_prioritise(
     timings["score"] = time.perf_counter() - t0
 
     t0 = time.perf_counter()
-    # SHAP values (and bootstrap refits) of unchanged models on unchanged features are read back
-    # on a rerun (keyed by the models' text and the matrices' values)
+    # SHAP values and fold forecasts (or bootstrap refits) of unchanged models on unchanged
+    # features are read back on a rerun (keyed by the models' text and the matrices' values)
     results = ResultCache(out_dir / ".cache" / "results")
     console.log(f"TreeSHAP explanations of {len(trained)} models for {len(scored.table):,} zones")
     explanations, points, phis = explain(engine, scored, results)
@@ -438,11 +439,13 @@ def bootstrap_refits(engine: PriorityEngine, scored: Scored, refits: int, seed: 
                               result["predictions"], int(result["seed"]))
 
 
-def fold_forecasts(engine: PriorityEngine, scored: Scored,
-                   console: Console | None = None) -> BootstrapForecasts | None:
+def fold_forecasts(engine: PriorityEngine, scored: Scored, console: Console | None = None,
+                   cache: ResultCache | None = None) -> BootstrapForecasts | None:
     """Jackknife replicates of every zone's forecasts from the calibration folds' models
     (:func:`~territoria.models.bootstrap.fold_replicates`); None when a model was saved
-    without its fold models (a run of an older version)."""
+    without its fold models (a run of an older version). ``cache`` keeps the forecasts of
+    unchanged models on an unchanged design for a rerun."""
+    cache = cache or ResultCache(None)
     measures, preds = sorted(engine.trained), []
     for measure in measures:
         trained = engine.trained[measure]
@@ -451,7 +454,11 @@ def fold_forecasts(engine: PriorityEngine, scored: Scored,
         X = scored.designs[measure][0]
         if console:
             console.log(f"stability: forecasts of the {len(trained.fold_models)} fold models of {measure}")
-        preds.append(fold_replicates(trained.model.predict(X), np.stack([m.predict(X) for m in trained.fold_models])))
+        key = cache.key(*model_fingerprint(trained.model), *(part for m in trained.fold_models
+                                                             for part in model_fingerprint(m)), X)
+        r = cache.get("folds", key, lambda trained=trained, X=X: {
+            "run": trained.model.predict(X), "folds": np.stack([m.predict(X) for m in trained.fold_models])})
+        preds.append(fold_replicates(r["run"], r["folds"]))
     if len({p.shape[0] for p in preds}) > 1:
         raise ValueError(f"the models have different numbers of fold models: {[p.shape[0] for p in preds]}")
     zones = pd.Index(scored.designs[measures[0]][0].index)
@@ -479,7 +486,7 @@ def stability_audit(engine: PriorityEngine, scored: Scored,
     dcfg = diag.load_diagnostics_config(registry=engine.registry)
     refits = None
     if settings.training_sample == "folds" and engine.trained:
-        refits = fold_forecasts(engine, scored, console)
+        refits = fold_forecasts(engine, scored, console, cache)
         if refits is None and console:
             console.log("stability: the saved models have no fold models; bootstrap refits instead")
     if refits is None and settings.training_sample != "none" and settings.bootstrap_refits > 0 and engine.trained:

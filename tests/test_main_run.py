@@ -93,9 +93,8 @@ def test_rerun_with_same_inputs_reuses_the_champions_and_gives_the_same_list(mai
     shutil.copytree(src, out, ignore=shutil.ignore_patterns("zones", "explain", "figures"))
     again = run_main(out, features=feature_build, models_conf=fast_models_conf)
     assert again.reused_from is not None and set(again.train.timings) == {"reuse"}
-    # SHAP is not recomputed: one result per model (the stability step forecasts with the saved
-    # fold models)
-    assert again.priorities.results_reused == len(main_run.train.models)
+    # nor SHAP nor the fold models' forecasts are recomputed: two results per model
+    assert again.priorities.results_reused == 2 * len(main_run.train.models)
     run = json.loads(again.run_json.read_text(encoding="utf-8"))
     assert run["training"] == "reused" and run["mlflow_runs"] == json.loads(main_run.run_json.read_text())["mlflow_runs"]
     # idempotent: the same list and explanations, byte for byte, and a run that verifies
