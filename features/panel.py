@@ -244,9 +244,9 @@ def panel_codes(panel: pd.DataFrame) -> PanelCodes:
     level = level.astype(np.int8)
     order = np.argsort(measure, kind="stable").astype(np.int32)
     bounds = np.searchsorted(measure[order], np.arange(len(measures) + 1))
-    codes = PanelCodes(
-        zone=zone, zones=pd.Index(zones), measure=measure, measures=pd.Index(measures), level=level,
-        levels=pd.Index(levels), period=period, by_measure={str(m): order[bounds[i]:bounds[i + 1]] for i, m in enumerate(measures)})
+    by_measure = {str(m): order[bounds[i]:bounds[i + 1]] for i, m in enumerate(measures)}
+    codes = PanelCodes(zone=zone, zones=pd.Index(zones), measure=measure, measures=pd.Index(measures), level=level,
+                       levels=pd.Index(levels), period=period, by_measure=by_measure)
     key = id(panel)
     _CODES[key] = (weakref.ref(panel, lambda _, key=key: _CODES.pop(key, None)), keys, codes)
     return codes
