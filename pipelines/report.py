@@ -889,10 +889,9 @@ def write_zone_card(out_dir: Path | str, code: str, lang: str = "fr", path: Path
     return write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
 
 
-def write_cards(cd: CardData, zones: list[str], folder: Path, lang: str, chunk: int = 500,
-                clean: bool = True) -> list[Path]:
-    """Render and write the cards of ``zones``; with ``clean``, cards of zones no longer
-    listed are removed."""
+def write_cards(cd: CardData, zones: list[str], folder: Path, lang: str, chunk: int = 500) -> list[Path]:
+    """Render and write the cards of ``zones`` (:func:`remove_other_cards` removes those of
+    zones no longer listed)."""
     folder.mkdir(parents=True, exist_ok=True)
     env_t = _env().get_template("zone_card.html.j2")
     T = _text(lang)
@@ -902,8 +901,6 @@ def write_cards(cd: CardData, zones: list[str], folder: Path, lang: str, chunk: 
             text = env_t.render(z=ctx, t=T, links=True)
             written.append(write_atomic(folder / f"{ctx['code']}.html",
                                         lambda tmp, s=text: tmp.write_text(s, encoding="utf-8")))
-    if clean:
-        remove_other_cards(folder, written)
     return written
 
 
@@ -916,14 +913,20 @@ def remove_other_cards(folder: Path, cards: list[Path]) -> None:
             old.unlink(missing_ok=True)
 
 
+def _write_run_cards(run: RunOutputs, out_dir: Path, lang: str, zones: list[str]) -> tuple[list[Path], float]:
+    """The cards of ``zones`` of the run ``run`` read from ``out_dir``, and the seconds spent."""
+    t0 = time.perf_counter()
+    cards = write_cards(prepare_cards(run, zones, read_series(out_dir)), zones, out_dir / "zones", lang)
+    return cards, time.perf_counter() - t0
+
+
 def write_run_cards(out_dir: Path | str, lang: str, zones: list[str]) -> tuple[list[Path], float]:
     """The cards of ``zones``, reading the run's outputs; returns the paths and the seconds
     spent (what :func:`run_report`'s card worker runs)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    run = load_run(out_dir)
-    cd = prepare_cards(run, zones, read_series(out_dir))
-    return write_cards(cd, zones, out_dir / "zones", lang, clean=False), time.perf_counter() - t0
+    cards, _ = _write_run_cards(load_run(out_dir), out_dir, lang, zones)
+    return cards, time.perf_counter() - t0
 
 
 #: flagged zones from which a worker process writes most cards while this one writes the rest
@@ -961,10 +964,7 @@ def _cards_result(pool, future, run, out_dir: Path, lang: str, zones: list[str])
 
         warnings.warn("the zone-card worker failed (is the calling script guarded by "
                       "`if __name__ == '__main__'`?): writing the cards here", stacklevel=2)
-        t0 = time.perf_counter()
-        cards = write_cards(prepare_cards(run, zones, read_series(out_dir)), zones, out_dir / "zones", lang,
-                            clean=False)
-        return cards, time.perf_counter() - t0
+        return _write_run_cards(run, out_dir, lang, zones)
     finally:
         pool.shutdown()
 
@@ -1737,9 +1737,7 @@ def _write_outputs(run: RunOutputs, out_dir: Path, lang: str, console, timings: 
                                        lambda tmp: tmp.write_text(card, encoding="utf-8"))
     timings["audit"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    cards = write_cards(prepare_cards(run, here, read_series(out_dir)), here, out_dir / "zones", lang, clean=False)
-    timings["cards"] = time.perf_counter() - t0
+    cards, timings["cards"] = _write_run_cards(run, out_dir, lang, here)
     t0 = time.perf_counter()
     worker_cards, timings["cards_worker"] = _cards_result(pool, cards_future, run, out_dir, lang,
                                                           flagged[len(here):])
