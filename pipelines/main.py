@@ -212,8 +212,10 @@ def run_main(
         "priority_zones": int(pri.priorities["priority_flag"].sum()),
     }
     run_json = write_json(run, out_dir / "run.json")
-    outputs = ([out_dir / n for n in OUTPUTS if (out_dir / n).exists()]
-               + sorted(p for p in (out_dir / "audit").glob("*") if p.is_file()) + [run_json])
+    # relative to out_dir, as write_manifest reads them (out_dir itself may be relative: `--out out`)
+    outputs = ([Path(n) for n in OUTPUTS if (out_dir / n).exists()]
+               + sorted(p.relative_to(out_dir) for p in (out_dir / "audit").glob("*") if p.is_file())
+               + [run_json.relative_to(out_dir)])
     write_manifest(out_dir, fb.file_hashes, outputs, data_dir=data_dir)
     return MainResult(fb, res, pri, timings, run_json,
                       reused_from=previous.get("created") if previous is not None else None)
