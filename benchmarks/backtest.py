@@ -1,7 +1,7 @@
 """Model-vs-baseline backtest on the bundled real data.
 
 Run with ``.venv/bin/python benchmarks/backtest.py [--targets a,b] [--scheme region]
-[--no-temporal] [--n-jobs 1] [--out DIR] [--features-pickle FILE]``.
+[--no-temporal] [--classifier] [--n-jobs 1] [--out DIR] [--features-pickle FILE]``.
 
 Department-blocked cross-validation (5 folds of whole departments), scored on communes of
 2,000+ inhabitants (models fitted on communes of 500+ of the training folds), for the key
@@ -9,7 +9,8 @@ targets of ``conf/models.yml``: the 2018→2021 census unemployment change, the 
 median-income change, the 2018→2021 population change; then the temporal backtests (fit on
 an earlier transition, score a later one). Prints the model and every baseline on the same
 zones, the ratio of the model's Spearman rho to the best baseline's, and how far each key
-target is from the issue's quality target. ``--features-pickle`` reuses a pickled
+target is from the issue's quality target. ``--classifier`` also scores the deterioration
+classifier (off in ``conf/models.yml``). ``--features-pickle`` reuses a pickled
 FeatureBuild (development only); by default the feature stage runs first (about a minute).
 """
 
@@ -38,6 +39,7 @@ def main() -> None:
     parser.add_argument("--targets", default=None, help="comma-separated target names (default: key targets)")
     parser.add_argument("--scheme", default=None, choices=["departement", "region"])
     parser.add_argument("--no-temporal", action="store_true")
+    parser.add_argument("--classifier", action="store_true", help="also score the deterioration classifier")
     parser.add_argument("--n-jobs", type=int, default=None)
     parser.add_argument("--out", type=Path, default=None, help="write metrics.json and the tables here")
     parser.add_argument("--features-pickle", type=Path, default=None)
@@ -54,6 +56,7 @@ def main() -> None:
     targets = args.targets.split(",") if args.targets else None
     params = {"n_jobs": args.n_jobs} if args.n_jobs else None
     res = run_backtest(fb, targets, scheme=args.scheme, temporal=not args.no_temporal, params=params,
+                       classifier=True if args.classifier else None,
                        log=lambda m: print(f"[{time.perf_counter() - start:6.0f} s] {m}", flush=True))
     total = time.perf_counter() - start
     print()

@@ -599,7 +599,7 @@ def run_backtest(
     scheme: str | None = None,
     temporal: bool = True,
     intervals: bool = True,
-    classifier: bool = True,
+    classifier: bool | None = None,
     params: dict | None = None,
     features: FeatureCache | None = None,
     log=None,
@@ -611,8 +611,12 @@ def run_backtest(
     ``region``). ``temporal`` also runs the configured temporal backtests whose scored target
     is among ``targets`` (all of them when ``targets`` is None). ``params`` override the
     LightGBM defaults of ``conf/models.yml``. ``cv=False`` runs the temporal backtests only.
+    ``classifier`` also scores the deterioration classifier on the folds (default: the
+    configuration's ``cv.deterioration_classifier``).
     """
     config = config or load_model_config()
+    if classifier is None:
+        classifier = config.cv.deterioration_classifier
     registry = load_registry()
     group_col = scheme or config.cv.groups
     scheme_name = f"cv_{group_col}"
@@ -659,7 +663,8 @@ def run_backtest(
         config={"scheme": scheme_name, "targets": [s.name for s in specs],
                 "model": {**config.model, **(params or {})}, "seed": config.seed,
                 "min_population": config.min_population,
-                "train_min_population": config.train_min_population, "weighting": config.weighting},
+                "train_min_population": config.train_min_population, "weighting": config.weighting,
+                "deterioration_classifier": bool(classifier)},
         folds=folds,
     )
 

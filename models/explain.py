@@ -21,12 +21,10 @@ reads how much of a zone's explanation is its surroundings rather than its own f
 
 from __future__ import annotations
 
-from pathlib import Path
 
 import numpy as np
 import pandas as pd
 
-from territoria.io import write_atomic
 from territoria.models.trajectory import HurdleRegressor
 from territoria.models.treeshap import contributions
 
@@ -246,37 +244,3 @@ def approximate_interactions(index: int, phi: np.ndarray, X: np.ndarray) -> np.n
         score[index] = 0.0
         scores = np.maximum(scores, score)
     return np.argsort(-np.abs(scores))
-
-
-def plot_global(model: str, contributions: pd.DataFrame, X: pd.DataFrame, folder, hints: pd.DataFrame | None = None,
-                n_sample: int = 2000, seed: int = 0) -> list:
-    """Beeswarm summary and dependence plots of the 3 most important features (PNG files),
-    coloured by the feature ``hints`` (:func:`interaction_hints`) names as their partner."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import shap
-
-    folder = Path(folder)
-    rng = np.random.default_rng(seed)
-    rows = rng.choice(len(X), size=min(n_sample, len(X)), replace=False)
-    cols = [c for c in contributions.columns if c in X.columns]
-    phi = contributions[cols].to_numpy(float)[rows]
-    vals = X[cols].iloc[rows]
-    partner = dict(zip(hints["feature"], hints["interacts_most_with"])) if hints is not None else {}
-    written = []
-
-    def save(name):
-        path = folder / name
-        write_atomic(path, lambda tmp: plt.savefig(tmp, format="png", dpi=110, bbox_inches="tight"))
-        plt.close("all")
-        written.append(path)
-
-    shap.summary_plot(phi, vals, max_display=15, show=False)
-    plt.title(f"{model}: SHAP values of the 15 most important features")
-    save(f"shap_summary_{model}.png")
-    for i in np.argsort(-np.abs(phi).mean(axis=0))[:3]:
-        shap.dependence_plot(int(i), phi, vals, interaction_index=partner.get(cols[i]), show=False)
-        save(f"shap_dependence_{model}_{cols[i]}.png")
-    return written

@@ -76,6 +76,9 @@ class CVConfig(BaseModel):
     groups: Literal["departement", "region"] = "departement"
     n_splits: int = Field(5, ge=2, le=50)
     validation_fraction: float = Field(0.15, gt=0, lt=0.5)
+    #: also score a LightGBM classifier of "deteriorating" zones on the folds (ROC AUC, Brier,
+    #: reliability); no later stage reads it, so the main job leaves it out by default
+    deterioration_classifier: bool = False
 
 
 class IntervalConfig(BaseModel):

@@ -50,7 +50,7 @@ from territoria.models.backtest import FeatureCache, fit_regressor, make_regress
 from territoria.models.bootstrap import BootstrapForecasts, bootstrap_forecasts, fold_replicates
 from territoria.models.counterfactual import greedy_exit, lever_space, shift_rows
 from territoria.models.explain import (
-    check_additivity, global_importance, importance_by_domain, interaction_hints, plot_global,
+    check_additivity, global_importance, importance_by_domain, interaction_hints,
     tidy_contributions, tree_contributions,
 )
 from territoria.models.index import DeprivationIndex
@@ -59,6 +59,7 @@ from territoria.models.persist import load_trained, save_trained
 from territoria.models.priority import (
     PriorityConfig, flag_priorities, index_terms, load_priority_config, priority_table, score_factors,
 )
+from territoria.models.shap_figures import plot_all_figures, plot_sample
 from territoria.models.scenarios import CAVEAT_EN, CAVEAT_FR, Scenario, apply_to_panel, compare, selected_zones
 from territoria.models.targets import ModelConfig, indicator_sign, load_model_config
 from territoria.models.trajectory import design_matrix
@@ -66,6 +67,7 @@ from territoria.pipelines.build_features import FeatureBuild, build_feature_matr
 from territoria.pipelines.cache import ResultCache
 from territoria.verify import git_commit
 from territoria.registry import load_registry
+from territoria.workers import SideProcess
 
 N_TOP_FEATURES = 20
 
@@ -255,9 +257,11 @@ def explain(engine: PriorityEngine, scored: Scored, cache: ResultCache | None = 
     return explanations, indicator_points(points, engine.registry), phis
 
 
-def global_views(scored: Scored, phis: dict, folder: Path) -> list[Path]:
-    """Importance by feature and by domain, interaction hints and SHAP plots of each model."""
-    written, by_domain, hints = [], [], []
+def global_views(scored: Scored, phis: dict, folder: Path) -> tuple[list[Path], SideProcess]:
+    """Importance by feature and by domain and interaction hints of each model (written
+    here), and its SHAP figures, drawn from a seeded sample of zones by a worker process while
+    the stage goes on: the caller waits for :meth:`SideProcess.result` (the figures' paths)."""
+    written, by_domain, hints, jobs = [], [], [], []
     for measure, phi in phis.items():
         X, M = scored.designs[measure]
         imp = global_importance(phi, M)
@@ -265,10 +269,10 @@ def global_views(scored: Scored, phis: dict, folder: Path) -> list[Path]:
         by_domain.append(importance_by_domain(phi, M).assign(model=measure))
         hint = interaction_hints(phi, X)
         hints.append(hint.assign(model=measure))
-        written += plot_global(measure, phi, X, folder, hint)
+        jobs.append((measure, *plot_sample(phi, X), dict(zip(hint["feature"], hint["interacts_most_with"]))))
     written.append(write_csv(pd.concat(by_domain, ignore_index=True), folder / "importance_by_domain.csv"))
     written.append(write_csv(pd.concat(hints, ignore_index=True), folder / "interaction_hints.csv"))
-    return written
+    return written, SideProcess(plot_all_figures, jobs, folder)
 
 
 # --------------------------------------------------------------------------- the stage
@@ -347,59 +351,65 @@ def run_prioritise(
     timings["write"] = time.perf_counter() - t0
     t0 = time.perf_counter()
     console.log("global explanations: importance by domain, dependence plots, interaction hints")
-    global_views(scored, phis, out_dir / "explain")
+    _, figures = global_views(scored, phis, out_dir / "explain")
     del phis
     release_free_memory()
     timings["global_views"] = time.perf_counter() - t0
+    try:
+        t0 = time.perf_counter()
+        console.log("border-crossing clusters (Gi*, local Moran, FDR) and contiguous perimeters")
+        table = scored.table
+        stats = clu.local_statistics(table["priority_score"], fb.graph, seed=fb.params.seed if fb.params else 42)
+        perim = clu.priority_perimeters(table["priority_flag"], fb.graph, fb.identity)
+        summary = clu.cluster_summary(perim, fb.identity, population=table["population"])
+        timings["clusters"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    console.log("border-crossing clusters (Gi*, local Moran, FDR) and contiguous perimeters")
-    table = scored.table
-    stats = clu.local_statistics(table["priority_score"], fb.graph, seed=fb.params.seed if fb.params else 42)
-    perim = clu.priority_perimeters(table["priority_flag"], fb.graph, fb.identity)
-    summary = clu.cluster_summary(perim, fb.identity, population=table["population"])
-    timings["clusters"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        console.log("official programmes and coverage gaps")
+        ptable = prog.programme_table(data_dir=data_dir, target_cog=fb.params.target_cog if fb.params else 2026)
+        covered = prog.programmes_by_zone(ptable, table.index)
+        timings["programmes"] = time.perf_counter() - t0
 
-    t0 = time.perf_counter()
-    console.log("official programmes and coverage gaps")
-    ptable = prog.programme_table(data_dir=data_dir, target_cog=fb.params.target_cog if fb.params else 2026)
-    covered = prog.programmes_by_zone(ptable, table.index)
-    timings["programmes"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        stability = None
+        settings = stability_settings(engine.config)
+        if settings.replicates > 0:
+            console.log(f"stability: {settings.replicates} replicates of the scoring with perturbed inputs")
+            stability = stability_audit(engine, scored, settings, model_config=model_config, console=console,
+                                        cache=results)
+        timings["stability"] = time.perf_counter() - t0
+        if results.hits:
+            console.log(f"{results.hits} SHAP or refit results read back from {results.folder} (unchanged inputs)")
 
-    t0 = time.perf_counter()
-    stability = None
-    settings = stability_settings(engine.config)
-    if settings.replicates > 0:
-        console.log(f"stability: {settings.replicates} replicates of the scoring with perturbed inputs")
-        stability = stability_audit(engine, scored, settings, model_config=model_config, console=console,
-                                    cache=results)
-    timings["stability"] = time.perf_counter() - t0
-    if results.hits:
-        console.log(f"{results.hits} SHAP or refit results read back from {results.folder} (unchanged inputs)")
+        pri = assemble(fb, scored, stats, perim, covered, levers, lang)
+        if stability is not None:
+            pri.insert(int(pri.columns.get_loc("priority_flag")) + 1, "p_priority",
+                       stability.p_priority.reindex(pri["zone_code"]).to_numpy())
+        gaps = prog.coverage_gaps(pri)
+        if location_share is not None:
+            pri["location_share"] = location_share.reindex(pri["zone_code"]).to_numpy()
 
-    pri = assemble(fb, scored, stats, perim, covered, levers, lang)
-    if stability is not None:
-        pri.insert(int(pri.columns.get_loc("priority_flag")) + 1, "p_priority",
-                   stability.p_priority.reindex(pri["zone_code"]).to_numpy())
-    gaps = prog.coverage_gaps(pri)
-    if location_share is not None:
-        pri["location_share"] = location_share.reindex(pri["zone_code"]).to_numpy()
-
-    t0 = time.perf_counter()
-    console.log(f"writing priorities and models to {out_dir}")
-    write_csv(csv_safe(pri), out_dir / "priorities.csv", float_format="%.6g")
-    write_priorities_gpkg(pri, out_dir / "priorities.gpkg", data_dir)
-    write_csv(csv_safe(gaps), out_dir / "coverage_gaps.csv")
-    write_csv(csv_safe(summary), out_dir / "clusters.csv")
-    write_json({"policy": engine.config.model_dump(), "norms": engine.norms, "period": engine.period,
-                "signs": engine.signs, "formula": "see conf/priority.yml"}, out_dir / "priority_policy.json")
-    for measure, tr in trained.items():
-        save_trained(tr, out_dir / "models" / measure)
-    if stability is not None:
-        write_stability(stability, out_dir / "audit")
-    timings["write"] += time.perf_counter() - t0
-    results.prune()
-    return PriorityResult(pri, gaps, summary, engine, timings, results.hits)
+        t0 = time.perf_counter()
+        console.log(f"writing priorities and models to {out_dir}")
+        write_csv(csv_safe(pri), out_dir / "priorities.csv", float_format="%.6g")
+        write_priorities_gpkg(pri, out_dir / "priorities.gpkg", data_dir)
+        write_csv(csv_safe(gaps), out_dir / "coverage_gaps.csv")
+        write_csv(csv_safe(summary), out_dir / "clusters.csv")
+        write_json({"policy": engine.config.model_dump(), "norms": engine.norms, "period": engine.period,
+                    "signs": engine.signs, "formula": "see conf/priority.yml"}, out_dir / "priority_policy.json")
+        for measure, tr in trained.items():
+            save_trained(tr, out_dir / "models" / measure)
+        if stability is not None:
+            write_stability(stability, out_dir / "audit")
+        timings["write"] += time.perf_counter() - t0
+        results.prune()
+        t0 = time.perf_counter()
+        figures.result()
+        timings["figures_wait"] = time.perf_counter() - t0
+        return PriorityResult(pri, gaps, summary, engine, timings, results.hits)
+    except BaseException:
+        figures.close()  # the worker finishes its figures (atomically) and exits
+        raise
 
 
 def stability_settings(config: PriorityConfig) -> stab.StabilitySettings:

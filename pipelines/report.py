@@ -54,6 +54,7 @@ from markupsafe import Markup
 from territoria.errors import DataError
 from territoria.io import write_atomic, write_csv, write_json
 from territoria.pipelines.explain_zone import _DOMAINS, _num, _ordinal, _signed, read_priorities
+from territoria.workers import SideProcess
 
 LANGS = ("fr", "en")
 PROGRAMMES = ("QPV2024", "ZRR", "ACV", "PVD")
@@ -935,38 +936,18 @@ CARD_WORKER_FROM = 500
 CARD_WORKER_SHARE = 0.75
 
 
-def _card_worker(out_dir: Path, lang: str, zones: list[str]):
-    """A one-process pool already writing the worker's share of the cards, and the zones left
-    to this process (no pool: few cards or one core). Spawned, not forked: the parent has
-    LightGBM and Arrow threads."""
+def _card_worker(run: RunOutputs, out_dir: Path, lang: str,
+                 zones: list[str]) -> tuple[SideProcess | None, list[str]]:
+    """A process already writing the worker's share of the cards (:class:`SideProcess`; the
+    cards are written here if it fails), and the zones left to this process. No worker for
+    few cards or one core."""
     import os
-    from concurrent.futures import ProcessPoolExecutor
-    from multiprocessing import get_context
 
     if len(zones) < CARD_WORKER_FROM or (os.cpu_count() or 1) < 2:
-        return None, None, zones
+        return None, zones
     k = len(zones) - int(len(zones) * CARD_WORKER_SHARE)
-    pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
-    return pool, pool.submit(write_run_cards, out_dir, lang, zones[k:]), zones[:k]
-
-
-def _cards_result(pool, future, run, out_dir: Path, lang: str, zones: list[str]) -> tuple[list[Path], float]:
-    """The worker's cards (or, when it failed, e.g. in a calling script without ``if __name__
-    == "__main__":``, which spawned processes re-run, the same cards written here)."""
-    from concurrent.futures.process import BrokenProcessPool
-
-    if pool is None:
-        return [], 0.0
-    try:
-        return future.result()
-    except BrokenProcessPool:
-        import warnings
-
-        warnings.warn("the zone-card worker failed (is the calling script guarded by "
-                      "`if __name__ == '__main__'`?): writing the cards here", stacklevel=2)
-        return _write_run_cards(run, out_dir, lang, zones)
-    finally:
-        pool.shutdown()
+    return SideProcess(write_run_cards, out_dir, lang, zones[k:],
+                       fallback=lambda: _write_run_cards(run, out_dir, lang, zones[k:])), zones[:k]
 
 
 # --------------------------------------------------------------------------- map
@@ -1676,19 +1657,19 @@ def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dic
     # most cards (most of the stage) are written by another process meanwhile
     flagged = pri.loc[pri["priority_flag"], "zone_code"].tolist()
     console.log(f"zone cards of {len(flagged):,} priority zones")
-    pool, cards_future, here = _card_worker(out_dir, lang, flagged)
+    worker, here = _card_worker(run, out_dir, lang, flagged)
     try:
-        return _write_outputs(run, out_dir, lang, console, timings, paths, flagged, (pool, cards_future, here))
+        return _write_outputs(run, out_dir, lang, console, timings, paths, here, worker)
     except BaseException:
-        if pool is not None:  # the worker finishes its cards (atomically) and exits
-            pool.shutdown(wait=False, cancel_futures=True)
+        if worker is not None:  # the worker finishes its cards (atomically) and exits
+            worker.close()
         raise
 
 
 def _write_outputs(run: RunOutputs, out_dir: Path, lang: str, console, timings: dict, paths: dict,
-                   flagged: list[str], worker: tuple) -> dict[str, Path]:
-    """:func:`run_report`'s outputs other than the worker's cards, then the lineage of all."""
-    pool, cards_future, here = worker
+                   here: list[str], worker: SideProcess | None) -> dict[str, Path]:
+    """:func:`run_report`'s outputs other than the worker's cards (the cards of ``here``
+    are written by this process), then the lineage of all."""
     pri = run.priorities
 
     t0 = time.perf_counter()
@@ -1739,8 +1720,7 @@ def _write_outputs(run: RunOutputs, out_dir: Path, lang: str, console, timings: 
 
     cards, timings["cards"] = _write_run_cards(run, out_dir, lang, here)
     t0 = time.perf_counter()
-    worker_cards, timings["cards_worker"] = _cards_result(pool, cards_future, run, out_dir, lang,
-                                                          flagged[len(here):])
+    worker_cards, timings["cards_worker"] = worker.result() if worker is not None else ([], 0.0)
     timings["cards_wait"] = time.perf_counter() - t0
     cards += worker_cards
     remove_other_cards(out_dir / "zones", cards)

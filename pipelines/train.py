@@ -90,13 +90,16 @@ def compute_index(fb: FeatureBuild) -> tuple[pd.DataFrame, pd.DataFrame, Depriva
 
 
 def run_backtest_stage(fb: FeatureBuild, out_dir: Path, console: Console, as_of: int | None = None,
-                       config: ModelConfig | None = None):
-    """Backtest the key targets (those ending by ``as_of``) and write the metrics."""
+                       config: ModelConfig | None = None, classifier: bool | None = None):
+    """Backtest the key targets (those ending by ``as_of``) and write the metrics.
+
+    ``classifier`` also scores the deterioration classifier (default: the configuration's
+    ``cv.deterioration_classifier``)."""
     config = config or load_model_config()
     specs = config.key_targets()
     if as_of is not None:
         specs = [s for s in specs if s.end <= as_of] or training_specs(config, as_of)
-    result = run_backtest(fb, [s.name for s in specs], config=config, log=console.log)
+    result = run_backtest(fb, [s.name for s in specs], config=config, log=console.log, classifier=classifier)
     result.write(out_dir)
     return result
 

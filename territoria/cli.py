@@ -154,12 +154,14 @@ def backtest(
     conf: ConfOpt = None,
     as_of: AsOfOpt = None,
     no_cache: NoCacheOpt = False,
+    classifier: Annotated[bool, typer.Option(
+        "--classifier", help="Also score the deterioration classifier (ROC AUC, Brier, reliability).")] = False,
 ) -> None:
     """Score the models and the baselines on the same spatially blocked folds."""
     from territoria.pipelines.train import run_backtest_stage
 
     fb = _features(data, out, conf, as_of, no_cache)
-    result = run_backtest_stage(fb, out, console, as_of=as_of)
+    result = run_backtest_stage(fb, out, console, as_of=as_of, classifier=True if classifier else None)
     console.print(result.table())
     console.print(f"metrics in {out / 'metrics.json'}")
 

@@ -81,7 +81,7 @@ def small_config():
 @pytest.fixture(scope="module")
 def backtest(feature_build, small_config):
     return run_backtest(feature_build, ["population_2018_2021"], config=small_config, params=FAST,
-                        temporal=False)
+                        temporal=False, classifier=True)
 
 
 def test_backtest_scores_model_and_baselines_on_the_same_zones(backtest):
@@ -270,6 +270,10 @@ def test_final_model_reuses_the_fold_models_and_the_spread_model(feature_build, 
 
     name = "unemployment_rate_2018_2021"  # a hurdle model: regressor and classifier per fold
     result = run_backtest(feature_build, [name], config=normalised_config, params=FAST, temporal=False)
+    # conf/models.yml leaves the deterioration classifier, which no stage deploys, out of the backtest
+    assert not normalised_config.cv.deterioration_classifier
+    assert "lightgbm_classifier" not in set(result.metrics["model"]) and not len(result.reliability)
+    assert result.config["deterioration_classifier"] is False
     folds = backtest_folds(result, name, normalised_config.cv.groups)
     assert len(folds.models) == normalised_config.cv.n_splits and folds.spread.index.equals(folds.oof.index)
     assert backtest_folds(result, name, "region") is None

@@ -1,0 +1,32 @@
+"""territoria.workers.SideProcess: a call run by a second process, or here when it cannot be."""
+
+import os
+
+import pytest
+
+from territoria.workers import SideProcess
+
+
+def test_the_call_runs_in_another_process():
+    job = SideProcess(os.getpid, min_cpus=1)
+    assert job.in_process
+    assert job.result() != os.getpid()
+
+
+def test_a_broken_worker_falls_back_to_this_process_with_a_warning():
+    # the worker dies without answering (as a spawned child of an unguarded script does)
+    job = SideProcess(os._exit, 3, fallback=lambda: "written here", min_cpus=1)
+    with pytest.warns(UserWarning, match="running it here"):
+        assert job.result() == "written here"
+
+
+def test_without_a_second_core_the_call_runs_here():
+    job = SideProcess(os.getpid, min_cpus=10_000)
+    assert not job.in_process
+    assert job.result() == os.getpid()
+
+
+def test_an_error_in_the_call_is_raised_here():
+    job = SideProcess(int, "not a number", min_cpus=1)
+    with pytest.raises(ValueError, match="not a number"):
+        job.result()
