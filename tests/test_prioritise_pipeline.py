@@ -203,3 +203,18 @@ def test_interaction_hints_order_features_as_shap_does(run):
             theirs = shap.utils.approximate_interactions(int(i), phi_a, X_a)
             # the same leading partners (the tail is a tie at 0 in any order)
             np.testing.assert_array_equal(ours[:10], theirs[:10], err_msg=f"{measure}: {cols[i]}")
+
+
+def test_every_model_has_its_shap_figures_drawn_by_the_worker(run):
+    """The SHAP summary and three dependence plots of each model, drawn by a worker process
+    while the stage went on, are in the run's ``explain`` folder; the plotted features (the
+    top 3 of a 2,000-zone sample) are among the 10 most important of all zones."""
+    out, res = run
+    assert res.timings["figures_wait"] >= 0
+    for measure in res.engine.trained:
+        imp = pd.read_csv(out / "explain" / f"importance_{measure}.csv")
+        assert (out / "explain" / f"shap_summary_{measure}.png").stat().st_size > 10_000
+        dependence = sorted(p.name for p in (out / "explain").glob(f"shap_dependence_{measure}_*.png"))
+        assert len(dependence) == 3, dependence
+        top = imp.sort_values("mean_abs_contribution", ascending=False)["feature"].head(10)
+        assert {f"shap_dependence_{measure}_{f}.png" for f in top} >= set(dependence)
