@@ -33,6 +33,7 @@ import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -320,42 +321,50 @@ def run_prioritise(
     timings: dict[str, float] = {}
     previous = read_previous(out_dir / "priorities.csv")
     engine = PriorityEngine(fb, index_model, trained, previous=previous)
-
-    t0 = time.perf_counter()
-    console.log("priority score, ranks and flags")
-    scored = engine.baseline()
-    # scored holds the forecast designs it needs; bootstrap refits would read the prepared targets
-    FeatureCache.of(fb).release()
-    timings["score"] = time.perf_counter() - t0
-
-    t0 = time.perf_counter()
-    # SHAP values and fold forecasts (or bootstrap refits) of unchanged models on unchanged
-    # features are read back on a rerun (keyed by the models' text and the matrices' values)
-    results = ResultCache(out_dir / ".cache" / "results")
-    console.log(f"TreeSHAP explanations of {len(trained)} models for {len(scored.table):,} zones")
-    explanations, points, phis = explain(engine, scored, results)
-    levers = {lg: top_levers(points, scored.features, scored.meta, fb.identity, engine.registry, lang=lg)
-              for lg in ("fr", "en")}
-    location = (points.assign(a=points["points"].abs()).groupby(["zone_code", "is_location"])["a"].sum()
-                .unstack(fill_value=0.0))
-    location_share = (location[True] / location.sum(axis=1).where(lambda s: s > 0)
-                      if True in location.columns else None)
-    timings["explain"] = time.perf_counter() - t0
-
-    # on disk and out of memory before the stability audit, which sets the stage's peak memory
-    t0 = time.perf_counter()
-    console.log(f"writing explanations and score points to {out_dir}")
-    write_parquet(explanations, out_dir / "explanations.parquet")
-    write_parquet(points, out_dir / "score_points.parquet")
-    del explanations, points, location
-    timings["write"] = time.perf_counter() - t0
-    t0 = time.perf_counter()
-    console.log("global explanations: importance by domain, dependence plots, interaction hints")
-    _, figures = global_views(scored, phis, out_dir / "explain")
-    del phis
-    release_free_memory()
-    timings["global_views"] = time.perf_counter() - t0
+    # worker processes (territoria.workers.SideProcess) writing or reading in the meantime,
+    # stopped if the stage fails (they finish their file atomically)
+    side: list[SideProcess] = []
     try:
+        # the programme table needs only the data folder: a worker reads it meanwhile
+        programmes = SideProcess(partial(prog.programme_table, data_dir=data_dir,
+                                         target_cog=fb.params.target_cog if fb.params else 2026))
+        side.append(programmes)
+
+        t0 = time.perf_counter()
+        console.log("priority score, ranks and flags")
+        scored = engine.baseline()
+        # scored holds the forecast designs it needs; bootstrap refits would read the prepared targets
+        FeatureCache.of(fb).release()
+        timings["score"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        # SHAP values and fold forecasts (or bootstrap refits) of unchanged models on unchanged
+        # features are read back on a rerun (keyed by the models' text and the matrices' values)
+        results = ResultCache(out_dir / ".cache" / "results")
+        console.log(f"TreeSHAP explanations of {len(trained)} models for {len(scored.table):,} zones")
+        explanations, points, phis = explain(engine, scored, results)
+        levers = {lg: top_levers(points, scored.features, scored.meta, fb.identity, engine.registry, lang=lg)
+                  for lg in ("fr", "en")}
+        location = (points.assign(a=points["points"].abs()).groupby(["zone_code", "is_location"])["a"].sum()
+                    .unstack(fill_value=0.0))
+        location_share = (location[True] / location.sum(axis=1).where(lambda s: s > 0)
+                          if True in location.columns else None)
+        timings["explain"] = time.perf_counter() - t0
+
+        # on disk and out of memory before the stability audit, which sets the stage's peak memory
+        t0 = time.perf_counter()
+        console.log(f"writing explanations and score points to {out_dir}")
+        write_parquet(explanations, out_dir / "explanations.parquet")
+        write_parquet(points, out_dir / "score_points.parquet")
+        del explanations, points, location
+        timings["write"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        console.log("global explanations: importance by domain, dependence plots, interaction hints")
+        _, figures = global_views(scored, phis, out_dir / "explain")
+        side.append(figures)
+        del phis
+        release_free_memory()
+        timings["global_views"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         console.log("border-crossing clusters (Gi*, local Moran, FDR) and contiguous perimeters")
         table = scored.table
@@ -366,7 +375,7 @@ def run_prioritise(
 
         t0 = time.perf_counter()
         console.log("official programmes and coverage gaps")
-        ptable = prog.programme_table(data_dir=data_dir, target_cog=fb.params.target_cog if fb.params else 2026)
+        ptable = programmes.result()
         covered = prog.programmes_by_zone(ptable, table.index)
         timings["programmes"] = time.perf_counter() - t0
 
@@ -408,7 +417,8 @@ def run_prioritise(
         timings["figures_wait"] = time.perf_counter() - t0
         return PriorityResult(pri, gaps, summary, engine, timings, results.hits)
     except BaseException:
-        figures.close()  # the worker finishes its figures (atomically) and exits
+        for job in side:
+            job.close()
         raise
 
 

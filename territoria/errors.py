@@ -35,3 +35,12 @@ class DataError(Exception):
         if column is not None:
             where.append(f"column '{column}'")
         super().__init__(": ".join(where) + ": " + problem)
+
+    def __reduce__(self):
+        # rebuilt from its fields, so that an error raised in a worker process (territoria.workers)
+        # reaches the parent as the same one-line error
+        return _rebuild, (type(self), self.file, self.problem, self.column, self.line)
+
+
+def _rebuild(cls: type[DataError], file: str, problem: str, column: str | None, line: int | None) -> DataError:
+    return cls(file, problem, column=column, line=line)

@@ -30,3 +30,17 @@ def test_an_error_in_the_call_is_raised_here():
     job = SideProcess(int, "not a number", min_cpus=1)
     with pytest.raises(ValueError, match="not a number"):
         job.result()
+
+
+def test_a_data_error_in_the_worker_reaches_this_process_unchanged(tmp_path):
+    """A bad input read by a worker gives the same one-line error as in this process."""
+    from territoria.errors import DataError
+    from territoria.readers import read_bytes
+
+    bad = tmp_path / "missing.csv"
+    with pytest.raises(DataError) as here:
+        read_bytes(bad)
+    job = SideProcess(read_bytes, bad, min_cpus=1)
+    with pytest.raises(DataError) as there:
+        job.result()
+    assert str(there.value) == str(here.value) and there.value.file == str(bad)
