@@ -133,36 +133,38 @@ def tidy_contributions(
     C = contributions.to_numpy(dtype=float)
     V = X.reindex(columns=contributions.columns).to_numpy(dtype=float)
     n, k = C.shape
+    base = np.asarray(base_value, dtype=float)
+    output = np.asarray(output, dtype=float)
+    # rows grouped by zone, the zones in code order: each zone's kept contributions (largest
+    # first), then its "(other features)" row
+    by_code = np.argsort(zones, kind="stable")
     if top is not None and top < k:
         order = np.argsort(-np.abs(np.nan_to_num(C)), axis=1, kind="stable")
-        keep = order[:, :top]
-        rows = np.repeat(np.arange(n), top)
-        cols = keep.ravel()
-        other = C.sum(axis=1) - np.take_along_axis(C, keep, axis=1).sum(axis=1)
+        keep = order[:, :top][by_code]
+        rows = np.repeat(by_code, top + 1)
+        cols = np.hstack([keep, np.full((n, 1), k)]).ravel()  # column k: the other features
+        other = C.sum(axis=1) - np.take_along_axis(C, order[:, :top], axis=1).sum(axis=1)
+        C = np.hstack([C, other[:, None]])
+        V = np.hstack([V, np.full((n, 1), np.nan)])
+        names = np.append(names, "(other features)")
+        domain = np.append(info["domain"].to_numpy(dtype=object), "other")
+        is_lever = np.append(info["is_lever"].to_numpy(dtype=bool), False)
     else:
-        rows = np.repeat(np.arange(n), k)
+        rows = np.repeat(by_code, k)
         cols = np.tile(np.arange(k), n)
-        other = None
-    feat = names[cols]
-    out = pd.DataFrame({
+        domain = info["domain"].to_numpy(dtype=object)
+        is_lever = info["is_lever"].to_numpy(dtype=bool)
+    return pd.DataFrame({
         "zone_code": zones[rows],
         "model": model,
-        "feature": feat,
-        "domain": info["domain"].to_numpy()[cols],
-        "is_lever": info["is_lever"].to_numpy()[cols],
+        "feature": names[cols],
+        "domain": domain[cols],
+        "is_lever": is_lever[cols],
         "feature_value": V[rows, cols],
         "contribution": C[rows, cols],
-        "base_value": np.asarray(base_value, dtype=float)[rows],
-        "model_output": np.asarray(output, dtype=float)[rows],
+        "base_value": base[rows],
+        "model_output": output[rows],
     })
-    if other is not None:
-        rest = pd.DataFrame({
-            "zone_code": zones, "model": model, "feature": "(other features)", "domain": "other",
-            "is_lever": False, "feature_value": np.nan, "contribution": other,
-            "base_value": np.asarray(base_value, dtype=float), "model_output": np.asarray(output, dtype=float),
-        })
-        out = pd.concat([out, rest], ignore_index=True)
-    return out.sort_values(["zone_code", "model"], kind="stable").reset_index(drop=True)
 
 
 def global_importance(contributions: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:

@@ -175,10 +175,12 @@ def top_levers(
     meta: pd.DataFrame,
     identity: pd.DataFrame,
     registry,
-    lang: str = "fr",
+    langs: tuple[str, ...] = ("fr", "en"),
     k: int = 3,
-) -> pd.Series:
-    """Plain-language top ``k`` levers raising each zone's score (index: zone code).
+) -> dict[str, pd.Series]:
+    """Plain-language top ``k`` levers raising each zone's score, in each language of
+    ``langs``: language → series indexed by zone code (the levers, figures and deciles are
+    selected once for all the languages).
 
     ``points`` comes from :func:`indicator_points`; ``features`` is the feature matrix at the
     reference period (index: zone code) for the figures quoted.
@@ -188,21 +190,27 @@ def top_levers(
     lev = lev.groupby("zone_code", sort=False).head(k)
     period = meta[meta["transform"] == "level"].drop_duplicates("indicator").set_index("indicator")["period_to"]
     dep = identity["departement"].reindex(features.index)
-    parts: dict[str, list[str]] = {}
-    deciles: dict[str, pd.Series] = {}
+    parts: dict[str, dict[str, list]] = {lang: {} for lang in langs}
     for name, rows in lev.groupby("indicator", sort=False):
         ind = registry.indicator(name) if name in registry.indicators else None
-        label = (ind.label_fr if lang == "fr" else ind.label_en) if ind else name
         unit = ind.unit if ind else ""
         from_top = ind is None or ind.sign > 0
-        if name in features and name not in deciles:
-            deciles[name] = department_decile(features[name], dep, from_top)
-        vals = features[name].reindex(rows["zone_code"]).to_numpy(float) if name in features else np.full(len(rows), np.nan)
-        dec = deciles[name].reindex(rows["zone_code"]).to_numpy(float) if name in deciles else np.full(len(rows), np.nan)
+        zones = rows["zone_code"]
+        if name in features:
+            vals = features[name].reindex(zones).to_numpy(float)
+            dec = department_decile(features[name], dep, from_top).reindex(zones).to_numpy(float)
+        else:
+            vals = dec = np.full(len(rows), np.nan)
         per = period.get(name)
-        for z, v, d, p in zip(rows["zone_code"].tolist(), vals.tolist(), dec.tolist(), rows["points"].tolist()):
-            parts.setdefault(z, []).append((p, lever_sentence(label, v, unit, per, d, p, lang, from_top)))
-    text = {z: " ; ".join(s for _, s in sorted(items, key=lambda t: -t[0])) if lang == "fr"
-            else "; ".join(s for _, s in sorted(items, key=lambda t: -t[0])) for z, items in parts.items()}
-    return pd.Series(text, dtype=object).reindex(features.index).fillna("")
+        for lang in langs:
+            label = (ind.label_fr if lang == "fr" else ind.label_en) if ind else name
+            into = parts[lang]
+            for z, v, d, p in zip(zones.tolist(), vals.tolist(), dec.tolist(), rows["points"].tolist()):
+                into.setdefault(z, []).append((p, lever_sentence(label, v, unit, per, d, p, lang, from_top)))
+    out = {}
+    for lang in langs:
+        sep = " ; " if lang == "fr" else "; "
+        text = {z: sep.join(s for _, s in sorted(items, key=lambda t: -t[0])) for z, items in parts[lang].items()}
+        out[lang] = pd.Series(text, dtype=object).reindex(features.index).fillna("")
+    return out
 

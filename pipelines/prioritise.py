@@ -55,7 +55,9 @@ from territoria.models.explain import (
     tidy_contributions, tree_contributions,
 )
 from territoria.models.index import DeprivationIndex
-from territoria.models.levers import INDEX_MODEL, index_points, indicator_points, model_points, top_levers
+from territoria.models.levers import (
+    INDEX_MODEL, index_points, indicator_points, model_points, top_levers,
+)
 from territoria.models.persist import load_trained, save_trained
 from territoria.models.priority import (
     PriorityConfig, flag_priorities, index_terms, load_priority_config, priority_table, score_factors,
@@ -343,8 +345,7 @@ def run_prioritise(
         results = ResultCache(out_dir / ".cache" / "results")
         console.log(f"TreeSHAP explanations of {len(trained)} models for {len(scored.table):,} zones")
         explanations, points, phis = explain(engine, scored, results)
-        levers = {lg: top_levers(points, scored.features, scored.meta, fb.identity, engine.registry, lang=lg)
-                  for lg in ("fr", "en")}
+        levers = top_levers(points, scored.features, scored.meta, fb.identity, engine.registry, ("fr", "en"))
         location = (points.assign(a=points["points"].abs()).groupby(["zone_code", "is_location"])["a"].sum()
                     .unstack(fill_value=0.0))
         location_share = (location[True] / location.sum(axis=1).where(lambda s: s > 0)
