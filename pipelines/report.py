@@ -1255,7 +1255,7 @@ def figure_priority_map(pri: pd.DataFrame, geoms: np.ndarray, path: Path, lang: 
     cls, bins = quantile_classes(score, k)
     lambert = gpd.GeoSeries(list(geoms[metro]), crs="EPSG:4326").to_crs("EPSG:2154").array
     polygons, owner = shapely.get_parts(np.asarray(lambert, dtype=object), return_index=True)
-    paths = [_polygon_path(p) for p in polygons]
+    paths = _polygon_paths(polygons)
     cmap = plt.get_cmap("YlOrRd")
     colours = np.array([cmap(j / max(len(bins) - 1, 1)) for j in range(len(bins))] + [(0.867, 0.867, 0.867, 1.0)])
     fig, ax = plt.subplots(figsize=(8, 8))
@@ -1275,12 +1275,22 @@ def figure_priority_map(pri: pd.DataFrame, geoms: np.ndarray, path: Path, lang: 
     return path
 
 
-def _polygon_path(polygon):
-    """A shapely polygon as one matplotlib path (outer ring, then holes)."""
+def _polygon_paths(polygons: np.ndarray) -> list:
+    """Shapely polygons as matplotlib paths, one per polygon: each ring a ``MOVETO``, its
+    ``LINETO``s and a ``CLOSEPOLY`` (as ``Path(ring, closed=True)``), outer ring first, then
+    the holes. The codes of every ring are set at once, not ring by ring."""
+    import shapely
     from matplotlib.path import Path as MPath
 
-    rings = [polygon.exterior, *polygon.interiors]
-    return MPath.make_compound_path(*[MPath(np.asarray(r.coords)[:, :2], closed=True) for r in rings])
+    rings, ring_owner = shapely.get_rings(polygons, return_index=True)
+    coords, vertex_ring = shapely.get_coordinates(rings, return_index=True)
+    codes = np.full(len(coords), MPath.LINETO, dtype=MPath.code_type)
+    starts = np.flatnonzero(np.r_[True, vertex_ring[1:] != vertex_ring[:-1]])
+    codes[starts] = MPath.MOVETO
+    codes[np.r_[starts[1:], len(coords)] - 1] = MPath.CLOSEPOLY
+    # vertices of each polygon: its rings are consecutive
+    bounds = np.searchsorted(ring_owner[vertex_ring], np.arange(1, len(polygons)))
+    return [MPath(v, c) for v, c in zip(np.split(coords, bounds), np.split(codes, bounds))]
 
 
 def figure_domains(pri: pd.DataFrame, path: Path, lang: str = "fr") -> Path:
