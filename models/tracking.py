@@ -117,32 +117,6 @@ def tracking_store(
     )
 
 
-def open_in_background(out_dir: Path | str | None = None, tracking_uri: str | None = None):
-    """Open the store in a background thread and return the thread (join it before logging).
-
-    Creating an embedded store's database (its schema migrations) takes over a second, which
-    can pass while the models train; a failure is left to the first real use, which raises it.
-    MLflow's modules are imported here, in the calling thread, so that no import runs
-    concurrently with the caller's.
-    """
-    import threading
-
-    _quiet()
-    import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
-    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
-    from mlflow import MlflowClient  # noqa: F401
-
-    def open_store() -> None:
-        try:
-            tracking_store(out_dir, tracking_uri).client().search_experiments(max_results=1)
-        except Exception:  # noqa: BLE001 - raised again, with its context, by the first real use
-            pass
-
-    thread = threading.Thread(target=open_store, name="mlflow-store", daemon=True)
-    thread.start()
-    return thread
-
-
 def _experiment_id(client, store: TrackingStore, name: str) -> str:
     exp = client.get_experiment_by_name(name)
     if exp is not None:
@@ -452,6 +426,26 @@ def log_training(
         raise
     client.set_terminated(run_id, status="FINISHED")
     return run_id
+
+
+def log_runs(runs: Sequence[Mapping[str, Any]], out_dir: Path | str | None = None,
+             tracking_uri: str | None = None) -> dict[str, str]:
+    """Log each run of ``runs`` (:func:`log_training`'s keyword arguments, ``run_name``
+    included, plus ``model_name``) and register its model as that name's champion; returns
+    run name → run id.
+
+    A run's SHAP values are computed here from its ``shap_data``: the main job hands the
+    runs to a worker process (:class:`territoria.workers.SideProcess`), which imports MLflow,
+    explains the sample and writes the store while the priorities are computed.
+    """
+    ids = {}
+    for run in runs:
+        run = dict(run)
+        name = run.pop("model_name")
+        run_id = log_training(out_dir=out_dir, tracking_uri=tracking_uri, **run)
+        register_champion(run_id, name, out_dir=out_dir, tracking_uri=tracking_uri)
+        ids[run["run_name"]] = run_id
+    return ids
 
 
 def _write_json(path: Path, obj) -> None:

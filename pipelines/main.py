@@ -169,15 +169,24 @@ def run_main(
         res = _reuse_training(fb, out_dir, previous, console)
     else:
         res = run_train(fb, out_dir, as_of=as_of, tracking_uri=tracking_uri, backtest=backtest, config=config,
-                        console=console)
+                        console=console, wait_for_tracking=False)
     timings.update({f"train.{k}": v for k, v in res.timings.items()})
     timings["train"] = time.perf_counter() - t0
 
     t0 = stage("priorities, clusters and explanations")
     models = {tr.spec.measure: tr for tr in res.models.values()}
-    pri = run_prioritise(fb, res.index_model, models, out_dir, data_dir=data_dir, lang=lang, console=console,
-                         model_config=config)
+    try:
+        pri = run_prioritise(fb, res.index_model, models, out_dir, data_dir=data_dir, lang=lang, console=console,
+                             model_config=config)
+    except BaseException:
+        if res.tracking is not None:  # the worker finishes logging its runs and exits
+            res.tracking.close()
+        raise
     timings.update({f"prioritise.{k}": v for k, v in pri.timings.items()})
+    # the MLflow runs, logged by a worker meanwhile, are in the store the report hashes
+    t1 = time.perf_counter()
+    res.wait_for_tracking()
+    timings["prioritise.tracking_wait"] = time.perf_counter() - t1
     timings["prioritise"] = time.perf_counter() - t0
     # the report reads the outputs back from disk
     FeatureCache.of(fb).clear()

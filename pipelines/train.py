@@ -33,8 +33,9 @@ from territoria.io import write_csv, write_parquet
 from territoria.models.backtest import FeatureCache, backtest_folds, predict_target, run_backtest, train_target
 from territoria.models.index import DeprivationIndex
 from territoria.models.targets import ModelConfig, TargetSpec, load_model_config
-from territoria.models.tracking import log_training, open_in_background, register_champion, shap_frame
+from territoria.models.tracking import log_runs
 from territoria.pipelines.build_features import FeatureBuild
+from territoria.workers import SideProcess
 
 
 #: training zones whose SHAP values each MLflow run carries (a seeded sample): enough for
@@ -54,6 +55,15 @@ class TrainResult:
     run_ids: dict[str, str] = field(default_factory=dict)
     models: dict[str, object] = field(default_factory=dict)
     timings: dict[str, float] = field(default_factory=dict)
+    #: the worker process still logging the runs to MLflow (``run_train(wait_for_tracking=False)``)
+    tracking: SideProcess | None = None
+
+    def wait_for_tracking(self) -> dict[str, str]:
+        """Wait for the MLflow runs to be logged and their models registered; the run ids."""
+        if self.tracking is not None:
+            self.run_ids = self.tracking.result()
+            self.tracking = None
+        return self.run_ids
 
 
 def training_specs(config: ModelConfig, as_of: int) -> list[TargetSpec]:
@@ -114,11 +124,14 @@ def run_train(
     measures: list[str] | None = None,
     config: ModelConfig | None = None,
     console: Console | None = None,
+    wait_for_tracking: bool = True,
 ) -> TrainResult:
     """Index, backtest, final models and forecasts from ``as_of`` (default: the reference period).
 
     ``measures`` restricts training to some key targets' measures (default: all of them);
-    ``config`` replaces ``conf/models.yml`` (``--models-conf``).
+    ``config`` replaces ``conf/models.yml`` (``--models-conf``). The runs are logged to MLflow
+    by a worker process; with ``wait_for_tracking=False`` the result is returned without
+    waiting for it (call :meth:`TrainResult.wait_for_tracking` before reading the store).
     """
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
@@ -126,7 +139,6 @@ def run_train(
     timings: dict[str, float] = {}
     config = config or load_model_config()
 
-    store_opened = open_in_background(out_dir if tracking_uri is None else None, tracking_uri)
     t0 = time.perf_counter()
     console.log("composite deprivation index")
     index, weights, index_model = compute_index(fb)
@@ -143,9 +155,8 @@ def run_train(
 
     t0 = time.perf_counter()
     features = FeatureCache.of(fb)
-    forecasts, run_ids, models = [], {}, {}
+    forecasts, runs, models = [], [], {}
     specs = [s for s in training_specs(config, t) if measures is None or s.measure in measures]
-    store_opened.join()
     for spec in specs:
         console.log(f"training {spec.name} and forecasting {t}→{t + spec.horizon}")
         # the backtest's folds are the calibration folds: their predictions, models and
@@ -157,41 +168,47 @@ def run_train(
         if result is not None:
             m = result.metrics
             metrics = m[m["target"] == spec.name]
-        run_id = log_training(
-            out_dir=out_dir if tracking_uri is None else None,
-            tracking_uri=tracking_uri,
-            run_name=spec.name,
-            params={"target": spec.model_dump(), "model": config.model, "seed": config.seed,
-                    "as_of": t, "weighting": config.weighting},
-            metrics=metrics if metrics is not None and len(metrics) else None,
-            features=trained.meta[trained.meta["feature"].isin(trained.columns)]
+        runs.append({
+            "run_name": spec.name,
+            "model_name": f"territoria-{spec.measure}",
+            "params": {"target": spec.model_dump(), "model": config.model, "seed": config.seed,
+                       "as_of": t, "weighting": config.weighting},
+            "metrics": metrics if metrics is not None and len(metrics) else None,
+            "features": trained.meta[trained.meta["feature"].isin(trained.columns)]
             if "feature" in trained.meta else trained.columns,
-            data_hashes=fb.file_hashes,
-            model=trained.booster(),
-            shap_values=_shap_values(fb, trained, features, sample=SHAP_LOG_ZONES, seed=config.seed),
-            tags={"target": spec.name, "measure": spec.measure},
-        )
-        register_champion(run_id, f"territoria-{spec.measure}",
-                          out_dir=out_dir if tracking_uri is None else None, tracking_uri=tracking_uri)
-        run_ids[spec.name] = run_id
+            "data_hashes": fb.file_hashes,
+            "model": trained.booster(),
+            "shap_data": _shap_rows(fb, trained, features, sample=SHAP_LOG_ZONES, seed=config.seed),
+            "tags": {"target": spec.name, "measure": spec.measure},
+        })
         models[spec.name] = trained
+    # importing MLflow, explaining the logged samples and writing the store take seconds: a
+    # worker does it while the next stage runs
+    console.log(f"logging {len(runs)} runs to MLflow and registering their champions (worker process)")
+    tracking = SideProcess(log_runs, runs, out_dir if tracking_uri is None else None, tracking_uri)
     # the next stages read the designs at the forecast origin and the prepared targets only
     features.release(keep_period=t)
     predictions = pd.concat(forecasts, ignore_index=True) if forecasts else pd.DataFrame()
     write_parquet(predictions, out_dir / "predictions.parquet")
     timings["train"] = time.perf_counter() - t0
-    return TrainResult(index=index, predictions=predictions, index_model=index_model, backtest=result, run_ids=run_ids,
-                       models=models, timings=timings)
+    res = TrainResult(index=index, predictions=predictions, index_model=index_model, backtest=result,
+                      models=models, timings=timings, tracking=tracking)
+    if wait_for_tracking:
+        t0 = time.perf_counter()
+        res.wait_for_tracking()
+        timings["tracking_wait"] = time.perf_counter() - t0
+    return res
 
 
-def _shap_values(fb: FeatureBuild, trained, features, sample: int | None = None, seed: int = 0) -> pd.DataFrame:
-    """TreeSHAP contributions of the training zones (a seeded sample of ``sample`` of them, in
-    zone order) with the ``base_value`` (:func:`~territoria.models.tracking.shap_frame`)."""
+def _shap_rows(fb: FeatureBuild, trained, features, sample: int | None = None, seed: int = 0) -> pd.DataFrame:
+    """The training zones whose SHAP values are logged: a seeded sample of ``sample`` of them,
+    in zone order (their contributions are computed with the run's booster when logged,
+    :func:`~territoria.models.tracking.shap_frame`)."""
     X = _design_rows(fb, trained, features)
     if sample is not None and len(X) > sample:
         keep = np.sort(np.random.default_rng(seed).choice(len(X), size=sample, replace=False))
         X = X.iloc[keep]
-    return shap_frame(trained.booster(), X)
+    return X
 
 
 def _design_rows(fb: FeatureBuild, trained, features) -> pd.DataFrame:
