@@ -327,11 +327,6 @@ def run_prioritise(
     # stopped if the stage fails (they finish their file atomically)
     side: list[SideProcess] = []
     try:
-        # the programme table needs only the data folder: a worker reads it meanwhile
-        programmes = SideProcess(partial(prog.programme_table, data_dir=data_dir,
-                                         target_cog=fb.params.target_cog if fb.params else 2026))
-        side.append(programmes)
-
         t0 = time.perf_counter()
         console.log("priority score, ranks and flags")
         scored = engine.baseline()
@@ -351,6 +346,11 @@ def run_prioritise(
         location_share = (location[True] / location.sum(axis=1).where(lambda s: s > 0)
                           if True in location.columns else None)
         timings["explain"] = time.perf_counter() - t0
+        # the programme table needs only the data folder: a worker reads it during the
+        # stability audit (started after the SHAP step, whose threads it would slow down)
+        programmes = SideProcess(partial(prog.programme_table, data_dir=data_dir,
+                                         target_cog=fb.params.target_cog if fb.params else 2026))
+        side.append(programmes)
 
         # on disk and out of memory before the stability audit, which sets the stage's peak memory
         t0 = time.perf_counter()
@@ -375,12 +375,6 @@ def run_prioritise(
         timings["clusters"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        console.log("official programmes and coverage gaps")
-        ptable = programmes.result()
-        covered = prog.programmes_by_zone(ptable, table.index)
-        timings["programmes"] = time.perf_counter() - t0
-
-        t0 = time.perf_counter()
         stability = None
         settings = stability_settings(engine.config)
         if settings.replicates > 0:
@@ -390,6 +384,12 @@ def run_prioritise(
         timings["stability"] = time.perf_counter() - t0
         if results.hits:
             console.log(f"{results.hits} SHAP or refit results read back from {results.folder} (unchanged inputs)")
+
+        t0 = time.perf_counter()
+        console.log("official programmes and coverage gaps")
+        ptable = programmes.result()
+        covered = prog.programmes_by_zone(ptable, table.index)
+        timings["programmes"] = time.perf_counter() - t0
 
         pri = assemble(fb, scored, stats, perim, covered, levers, lang)
         if stability is not None:
