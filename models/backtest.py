@@ -456,14 +456,15 @@ def cross_validate_target(
     out_pred = pd.DataFrame({"zone_code": idx, "target": spec.name, "scheme": scheme, "fold": fold[s],
                              "y": y[s], "level_origin": t["level_origin"].to_numpy()[s], **preds})
     reliability = pd.DataFrame()
+    # the deteriorating label of the scored zones, worst decile among them (the auditors'
+    # error rates read it, with or without the classifier)
+    thr_all = np.quantile(sign * y[s], 1.0 - config.deteriorating_quantile)
+    truth = (sign * y[s] >= thr_all).astype(float)
     if classifier:
-        # the deteriorating label of the scored zones, worst decile among them
-        thr_all = np.quantile(sign * y[s], 1.0 - config.deteriorating_quantile)
-        truth = (sign * y[s] >= thr_all).astype(float)
         rows += _tidy(spec.name, scheme, "lightgbm_classifier", mx.classification_metrics(truth, prob[s]))
         reliability = mx.reliability_table(truth, prob[s]).assign(target=spec.name, scheme=scheme)
         out_pred["prob_deteriorating"] = prob[s]
-        out_pred["deteriorating"] = truth.astype(bool)
+    out_pred["deteriorating"] = truth.astype(bool)
     coverage = pd.DataFrame()
     spread = spread_model = spread_floor = None
     if intervals:

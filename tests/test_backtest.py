@@ -273,6 +273,10 @@ def test_final_model_reuses_the_fold_models_and_the_spread_model(feature_build, 
     # conf/models.yml leaves the deterioration classifier, which no stage deploys, out of the backtest
     assert not normalised_config.cv.deterioration_classifier
     assert "lightgbm_classifier" not in set(result.metrics["model"]) and not len(result.reliability)
+    # the worst-decile label the auditors' error rates read is there without the classifier
+    scored = result.predictions[result.predictions["scored"]]
+    assert "prob_deteriorating" not in scored and scored["deteriorating"].notna().all()
+    assert abs(scored["deteriorating"].astype(bool).mean() - normalised_config.deteriorating_quantile) < 0.01
     assert result.config["deterioration_classifier"] is False
     folds = backtest_folds(result, name, normalised_config.cv.groups)
     assert len(folds.models) == normalised_config.cv.n_splits and folds.spread.index.equals(folds.oof.index)
