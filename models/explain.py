@@ -21,7 +21,6 @@ reads how much of a zone's explanation is its surroundings rather than its own f
 
 from __future__ import annotations
 
-
 import numpy as np
 import pandas as pd
 

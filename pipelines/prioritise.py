@@ -55,15 +55,13 @@ from territoria.models.explain import (
     tidy_contributions, tree_contributions,
 )
 from territoria.models.index import DeprivationIndex
-from territoria.models.levers import (
-    INDEX_MODEL, index_points, indicator_points, model_points, top_levers,
-)
+from territoria.models.levers import INDEX_MODEL, index_points, indicator_points, model_points, top_levers
 from territoria.models.persist import load_trained, save_trained
 from territoria.models.priority import (
     PriorityConfig, flag_priorities, index_terms, load_priority_config, priority_table, score_factors,
 )
-from territoria.models.shap_figures import plot_all_figures, plot_sample
 from territoria.models.scenarios import CAVEAT_EN, CAVEAT_FR, Scenario, apply_to_panel, compare, selected_zones
+from territoria.models.shap_figures import plot_all_figures, plot_sample
 from territoria.models.targets import ModelConfig, indicator_sign, load_model_config
 from territoria.models.trajectory import design_matrix
 from territoria.pipelines.build_features import FeatureBuild, build_feature_matrix

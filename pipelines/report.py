@@ -938,12 +938,10 @@ CARD_WORKER_SHARE = 0.75
 
 def _card_worker(run: RunOutputs, out_dir: Path, lang: str,
                  zones: list[str]) -> tuple[SideProcess | None, list[str]]:
-    """A process already writing the worker's share of the cards (:class:`SideProcess`; the
-    cards are written here if it fails), and the zones left to this process. No worker for
-    few cards or one core."""
-    import os
-
-    if len(zones) < CARD_WORKER_FROM or (os.cpu_count() or 1) < 2:
+    """A process already writing the worker's share of the cards (:class:`SideProcess`: on
+    one core, or if it fails, they are written here when its result is asked for), and the
+    zones left to this process. No worker for few cards."""
+    if len(zones) < CARD_WORKER_FROM:
         return None, zones
     k = len(zones) - int(len(zones) * CARD_WORKER_SHARE)
     return SideProcess(write_run_cards, out_dir, lang, zones[k:],
