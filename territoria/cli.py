@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from territoria.errors import DataError
+from territoria.memory import keep_freed_memory
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -493,6 +494,7 @@ def grid(
 
 def main() -> None:
     """Console-script entry point: one-line errors and exit code 2 on bad input."""
+    keep_freed_memory()
     try:
         app()
     except DataError as exc:
