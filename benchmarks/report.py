@@ -13,7 +13,6 @@ import io
 import time
 from pathlib import Path
 
-from territoria.memory import keep_freed_memory
 from territoria.pipelines.report import run_report
 
 
@@ -51,7 +50,6 @@ def main() -> None:
     parser.add_argument("--lang", default="fr")
     parser.add_argument("--matplotlib-cards", type=int, default=0)
     args = parser.parse_args()
-    keep_freed_memory()  # as territoria's commands do
     timings: dict = {}
     t0 = time.perf_counter()
     paths = run_report(args.out_dir, lang=args.lang, timings=timings)

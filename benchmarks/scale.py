@@ -92,9 +92,6 @@ def main() -> None:
     parser.add_argument("--one", nargs=2, metavar=("INPUT", "ENGINE"), help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.one:
-        from territoria.memory import keep_freed_memory
-
-        keep_freed_memory()  # as `territoria grid` does (its Dask workers inherit the settings)
         print(json.dumps(one_case(args.one[0], args.one[1], args.workers)))
         return
 

@@ -192,9 +192,6 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=2000, help="rows explained per model (a fixed sample)")
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    from territoria.memory import keep_freed_memory
-
-    keep_freed_memory()  # as territoria's commands do
     print(f"machine: {os.cpu_count()} cores; Python {sys.version.split()[0]}; LightGBM {lgb.__version__}; "
           f"load average at start {os.getloadavg()[0]:.1f}; {args.threads} threads")
     t0 = time.perf_counter()

@@ -57,6 +57,9 @@ TrackingOpt = Annotated[
 def _features(data, out, conf, as_of, no_cache):
     from territoria.pipelines.build_features import run_build_features
 
+    # the commune stages reuse their large temporaries (the grid's Dask workers, which would
+    # each keep theirs, are left alone)
+    keep_freed_memory()
     fb = run_build_features(
         data_dir=data, out_dir=out, conf=conf, as_of=as_of, console=console, cache=not no_cache
     )
@@ -494,7 +497,6 @@ def grid(
 
 def main() -> None:
     """Console-script entry point: one-line errors and exit code 2 on bad input."""
-    keep_freed_memory()
     try:
         app()
     except DataError as exc:
