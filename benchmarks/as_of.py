@@ -38,7 +38,7 @@ import pandas as pd
 
 from territoria.models import metrics as mx
 from territoria.models.baselines import baseline_predictions
-from territoria.memory import keep_freed_memory
+from territoria.memory import configure_allocators
 from territoria.models.targets import TargetSpec, load_model_config, target_table
 from territoria.pipelines.build_features import run_build_features
 from territoria.pipelines.train import run_train
@@ -122,7 +122,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="keep the training outputs here")
     parser.add_argument("--as-of-build", choices=["stage", "derived"], default="stage")
     args = parser.parse_args()
-    keep_freed_memory()  # as territoria's commands do
+    configure_allocators()  # as territoria's commands do
 
     start = time.perf_counter()
 

@@ -24,7 +24,7 @@ from pathlib import Path
 import pandas as pd
 
 from territoria.models.backtest import run_backtest
-from territoria.memory import keep_freed_memory
+from territoria.memory import configure_allocators
 
 #: the issue's quality targets (department-blocked CV, communes of 2,000+ inhabitants)
 QUALITY = {
@@ -45,7 +45,7 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None, help="write metrics.json and the tables here")
     parser.add_argument("--features-pickle", type=Path, default=None)
     args = parser.parse_args()
-    keep_freed_memory()  # as territoria's commands do
+    configure_allocators()  # as territoria's commands do
 
     start = time.perf_counter()
     if args.features_pickle is not None:

@@ -15,7 +15,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from territoria.memory import keep_freed_memory
+from territoria.memory import configure_allocators
 
 TARGET_S = 30.0
 
@@ -29,7 +29,7 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--data", type=Path, default=None)
     args = parser.parse_args()
-    keep_freed_memory()  # as territoria's commands do
+    configure_allocators()  # as territoria's commands do
     runs = {}
     with tempfile.TemporaryDirectory() as tmp:
         for label in ("cold", "warm"):

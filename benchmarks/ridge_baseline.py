@@ -34,9 +34,9 @@ def main() -> None:
     parser = argparse.ArgumentParser()
     parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
-    from territoria.memory import keep_freed_memory
+    from territoria.memory import configure_allocators
 
-    keep_freed_memory()  # as territoria's commands do
+    configure_allocators()  # as territoria's commands do
     fb = run_build_features(out_dir=None)
     config = load_model_config()
     cache, registry = FeatureCache.of(fb), load_registry()

@@ -63,9 +63,9 @@ def main() -> None:
     parser.add_argument("--candidates", default=None,
                         help='JSON {name: {lightgbm parameter: value}}; the first is the reference')
     args = parser.parse_args()
-    from territoria.memory import keep_freed_memory
+    from territoria.memory import configure_allocators
 
-    keep_freed_memory()  # as territoria's commands do
+    configure_allocators()  # as territoria's commands do
     candidates = json.loads(args.candidates) if args.candidates else DEFAULT_CANDIDATES
 
     from territoria.models.backtest import FeatureCache

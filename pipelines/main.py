@@ -24,7 +24,7 @@ from pathlib import Path
 from rich.console import Console
 
 from territoria.io import write_json
-from territoria.memory import keep_freed_memory, release_free_memory
+from territoria.memory import configure_allocators, release_free_memory
 from territoria.paths import conf_dir
 from territoria.settings import load_yaml
 from territoria.verify import git_commit, package_versions, sha256_of, write_manifest
@@ -148,7 +148,7 @@ def run_main(
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
-    keep_freed_memory()  # large temporaries reused within a stage, returned between stages
+    configure_allocators()  # large temporaries reused within a stage, returned between stages
 
     def stage(name: str):
         release_free_memory()  # the previous stage's freed temporaries

@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from territoria.errors import DataError
-from territoria.memory import keep_freed_memory
+from territoria.memory import configure_allocators
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -59,7 +59,7 @@ def _features(data, out, conf, as_of, no_cache):
 
     # the commune stages reuse their large temporaries (the grid's Dask workers, which would
     # each keep theirs, are left alone)
-    keep_freed_memory()
+    configure_allocators()
     fb = run_build_features(
         data_dir=data, out_dir=out, conf=conf, as_of=as_of, console=console, cache=not no_cache
     )

@@ -1,4 +1,4 @@
-"""Giving freed memory back to the system between the stages of a long job.
+"""Memory of a long job: reused within a stage, given back to the system between stages.
 
 pandas and numpy free their large temporaries, but the allocators keep the freed pages, so a
 process's resident memory only grows: the next stage's peak then stacks on the previous
@@ -11,8 +11,9 @@ Measured figures are in benchmarks/README.md.
 Within a stage the opposite holds: glibc maps every block over its (adaptive, at most 32 MB)
 ``mmap`` threshold afresh and unmaps it when freed, so each design matrix, ``hstack`` or
 LightGBM dataset of the backtest has its pages mapped and zeroed by the kernel again (a
-fifth of the main job's CPU time was the kernel's). :func:`keep_freed_memory` keeps such blocks
-for reuse until :func:`release_free_memory` returns them between stages.
+fifth of the main job's CPU time was the kernel's). :func:`configure_allocators` keeps such
+blocks for reuse until :func:`release_free_memory` returns them between stages, and takes
+fresh memory in small pages, which a virtual machine's host backs far faster than huge ones.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import os
 #: to 1 GB free (``release_free_memory`` trims it); mallopt takes a C int
 GLIBC_MALLOC_SETTINGS = {"MALLOC_MMAP_THRESHOLD_": 1 << 30, "MALLOC_TRIM_THRESHOLD_": 1 << 30}
 ARROW_POOL = "ARROW_DEFAULT_MEMORY_POOL"
+NUMPY_HUGEPAGE = "NUMPY_MADVISE_HUGEPAGE"
 _MALLOPT = {"MALLOC_MMAP_THRESHOLD_": -3, "MALLOC_TRIM_THRESHOLD_": -1}  # M_MMAP_THRESHOLD, M_TRIM_THRESHOLD
 
 
@@ -63,20 +65,26 @@ def release_free_memory() -> bool:
     return True
 
 
-def keep_freed_memory() -> bool:
-    """Let the allocators keep the large blocks a stage frees for its next allocations
-    instead of unmapping them, in this process and in the worker processes it starts
-    afterwards.
+def configure_allocators() -> bool:
+    """Make a long job reuse the memory its stages free and take fresh memory cheaply, in
+    this process and in the worker processes it starts afterwards.
 
-    Sets glibc's ``mmap`` and trim thresholds (``GLIBC_MALLOC_SETTINGS``) with ``mallopt``
-    here and in the environment, which spawned workers' allocators read at start, and makes
-    glibc Arrow's allocator too (``ARROW_DEFAULT_MEMORY_POOL=system``: Arrow's mimalloc pool
-    hands freed pages back at once, and the feature stage, which builds its panel on Arrow
-    strings, spent a quarter of its time getting them again). The memory kept is returned
-    between stages by :func:`release_free_memory`. Settings the user exported are left as
-    they are. Not for a Dask cluster's workers, which would each keep theirs: with it, the
-    2.3 M-cell grid benchmark's peak went from 6.1 to 8.6 GB. Returns whether glibc took its settings (False where glibc is not the
-    allocator: macOS, Windows, musl).
+    * glibc's ``mmap`` and trim thresholds (``GLIBC_MALLOC_SETTINGS``, with ``mallopt`` here
+      and in the environment, which spawned workers' allocators read at start): large blocks
+      come from the heap and stay there for reuse until :func:`release_free_memory` returns
+      them between stages;
+    * glibc as Arrow's allocator too (``ARROW_DEFAULT_MEMORY_POOL=system``): Arrow's mimalloc
+      pool hands freed pages back at once, and the feature stage, which builds its panel on
+      Arrow strings, spent a quarter of its time getting them again;
+    * no transparent huge pages for numpy's arrays (``NUMPY_MADVISE_HUGEPAGE=0``): on a
+      virtual machine whose host takes back the guest's free 2 MB blocks (free page
+      reporting), each fresh huge page is a fault on the host. Allocating 500 MB took 5.2 s
+      with them and 0.2 s without on the project's VM.
+
+    Settings the user exported are left as they are. Not for a Dask cluster's workers, which
+    would each keep their freed memory: the 2.3 M-cell grid benchmark's peak went from 6.1
+    to 8.6 GB with the first two. Returns whether glibc took its settings (False where glibc
+    is not the allocator: macOS, Windows, musl; the other settings are then left alone).
 
     Examples
     --------
@@ -101,4 +109,10 @@ def keep_freed_memory() -> bool:
             pass
         else:  # this process read the variable when pyarrow made its first allocation
             pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+    if os.environ.setdefault(NUMPY_HUGEPAGE, "0") == "0":
+        try:  # numpy read the variable when it was imported
+            from numpy._core.multiarray import _set_madvise_hugepage
+        except ImportError:  # numpy < 2
+            from numpy.core.multiarray import _set_madvise_hugepage
+        _set_madvise_hugepage(False)
     return True

@@ -39,7 +39,7 @@ def test_release_free_memory_returns_the_pages_of_freed_arrow_columns():
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
-def test_keep_freed_memory_reuses_freed_blocks_instead_of_mapping_them_again():
+def test_configure_allocators_reuses_freed_blocks_instead_of_mapping_them_again():
     import os
     import subprocess
     import sys
@@ -51,7 +51,7 @@ def test_keep_freed_memory_reuses_freed_blocks_instead_of_mapping_them_again():
         import numpy as np
         from territoria import memory
         if sys.argv[1] == "keep":
-            assert memory.keep_freed_memory()
+            assert memory.configure_allocators()
         np.ones(8_000_000).sum()  # 64 MB, over glibc's largest default mmap threshold
         before = resource.getrusage(resource.RUSAGE_SELF).ru_minflt
         for _ in range(5):
@@ -65,29 +65,29 @@ def test_keep_freed_memory_reuses_freed_blocks_instead_of_mapping_them_again():
     assert faults["keep"] * 10 < faults["default"], faults
 
 
-def test_keep_freed_memory_passes_its_settings_to_workers_and_keeps_the_users(monkeypatch):
+def test_configure_allocators_passes_its_settings_to_workers_and_keeps_the_users(monkeypatch):
     import os
 
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
     monkeypatch.setattr(memory, "_libc", lambda: None)  # this process's allocator left alone
-    assert memory.keep_freed_memory() is False
+    assert memory.configure_allocators() is False
     assert os.environ["MALLOC_MMAP_THRESHOLD_"] == str(1 << 30)
     assert os.environ["MALLOC_TRIM_THRESHOLD_"] == "12345"
 
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
-def test_keep_freed_memory_makes_glibc_arrows_allocator_unless_the_user_chose_one():
+def test_configure_allocators_sets_arrow_and_numpy_unless_the_user_chose():
     import os
     import subprocess
     import sys
 
-    code = ("import pyarrow as pa; from territoria import memory; "
-            "memory.keep_freed_memory(); print(pa.default_memory_pool().backend_name)")
-    env = {k: v for k, v in os.environ.items() if k != "ARROW_DEFAULT_MEMORY_POOL"}
+    code = ("import numpy, pyarrow as pa; from numpy._core.multiarray import _get_madvise_hugepage; "
+            "from territoria import memory; memory.configure_allocators(); "
+            "print(pa.default_memory_pool().backend_name, _get_madvise_hugepage())")
+    env = {k: v for k, v in os.environ.items() if k not in ("ARROW_DEFAULT_MEMORY_POOL", "NUMPY_MADVISE_HUGEPAGE")}
     chosen = {}
-    for pool in (None, "jemalloc"):
-        run_env = env if pool is None else {**env, "ARROW_DEFAULT_MEMORY_POOL": pool}
-        chosen[pool] = subprocess.run([sys.executable, "-c", code], env=run_env, check=True,
-                                      capture_output=True, text=True).stdout.strip()
-    assert chosen == {None: "system", "jemalloc": "jemalloc"}
+    for user in ({}, {"ARROW_DEFAULT_MEMORY_POOL": "jemalloc", "NUMPY_MADVISE_HUGEPAGE": "1"}):
+        chosen[bool(user)] = subprocess.run([sys.executable, "-c", code], env={**env, **user}, check=True,
+                                            capture_output=True, text=True).stdout.split()
+    assert chosen == {False: ["system", "False"], True: ["jemalloc", "True"]}
