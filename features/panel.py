@@ -156,7 +156,8 @@ def build_panel(
             "n_parts": cols["n_parts"],
             "approx": cols["approx"],
             "source": decode(dictionaries["source"], cols["source"]),
-        }
+        },
+        copy=False,  # the columns are this function's own: no 6.8 M-row copy into 2-D blocks
     )
     # row order is deterministic (sources by name, rows as read): no costly global sort
     return validate_panel(panel), report
