@@ -36,9 +36,9 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from territoria.memory import configure_allocators
 from territoria.models import metrics as mx
 from territoria.models.baselines import baseline_predictions
-from territoria.memory import configure_allocators
 from territoria.models.targets import TargetSpec, load_model_config, target_table
 from territoria.pipelines.build_features import run_build_features
 from territoria.pipelines.train import run_train

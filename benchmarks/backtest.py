@@ -23,8 +23,8 @@ from pathlib import Path
 
 import pandas as pd
 
-from territoria.models.backtest import run_backtest
 from territoria.memory import configure_allocators
+from territoria.models.backtest import run_backtest
 
 #: the issue's quality targets (department-blocked CV, communes of 2,000+ inhabitants)
 QUALITY = {
