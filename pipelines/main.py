@@ -136,7 +136,8 @@ def run_main(
 
     ``models_conf`` replaces ``conf/models.yml``; ``features`` reuses a feature build of the
     same data (its outputs must already be in ``out_dir`` or are written there); ``retrain``
-    trains even when ``out_dir`` holds reusable models of the same inputs.
+    trains even when ``out_dir`` holds reusable models of the same inputs. The process's
+    allocators are set for a long job first (:func:`territoria.memory.configure_allocators`).
     """
     from territoria.models.backtest import FeatureCache
     from territoria.models.targets import load_model_config

@@ -1,6 +1,11 @@
-"""Freed memory handed back between stages (glibc's malloc_trim)."""
+"""Freed memory handed back between stages (glibc's malloc_trim), reused within them
+(configure_allocators)."""
 
+import os
 import platform
+import subprocess
+import sys
+import textwrap
 
 import pytest
 
@@ -19,8 +24,6 @@ def test_release_free_memory_is_a_no_op_without_malloc_trim(monkeypatch):
 
 @pytest.mark.skipif(platform.system() != "Linux", reason="reads /proc/self/statm")
 def test_release_free_memory_returns_the_pages_of_freed_arrow_columns():
-    import os
-
     import numpy as np
     import pandas as pd
 
@@ -40,11 +43,6 @@ def test_release_free_memory_returns_the_pages_of_freed_arrow_columns():
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_configure_allocators_reuses_freed_blocks_instead_of_mapping_them_again():
-    import os
-    import subprocess
-    import sys
-    import textwrap
-
     # in a fresh interpreter each: the setting is process-wide
     code = textwrap.dedent("""
         import resource, sys
@@ -66,8 +64,6 @@ def test_configure_allocators_reuses_freed_blocks_instead_of_mapping_them_again(
 
 
 def test_configure_allocators_passes_its_settings_to_workers_and_keeps_the_users(monkeypatch):
-    import os
-
     monkeypatch.delenv("MALLOC_MMAP_THRESHOLD_", raising=False)
     monkeypatch.setenv("MALLOC_TRIM_THRESHOLD_", "12345")
     monkeypatch.setattr(memory, "_libc", lambda: None)  # this process's allocator left alone
@@ -78,10 +74,6 @@ def test_configure_allocators_passes_its_settings_to_workers_and_keeps_the_users
 
 @pytest.mark.skipif(platform.libc_ver()[0] != "glibc", reason="mallopt is glibc's")
 def test_configure_allocators_sets_arrow_and_numpy_unless_the_user_chose():
-    import os
-    import subprocess
-    import sys
-
     code = ("import numpy, pyarrow as pa; from numpy._core.multiarray import _get_madvise_hugepage; "
             "from territoria import memory; memory.configure_allocators(); "
             "print(pa.default_memory_pool().backend_name, _get_madvise_hugepage())")
