@@ -67,6 +67,7 @@ from territoria.models.targets import (
 from territoria.models.trajectory import (
     DeteriorationClassifier,
     HurdleRegressor,
+    SharedBins,
     TrajectoryRegressor,
     design_matrix,
     restrict_design,
@@ -256,11 +257,17 @@ def make_regressor(spec: TargetSpec, params: dict | None = None):
     return reg
 
 
-def fit_regressor(model, X, y, w, groups, zero=None):
-    """Fit a trajectory model (a hurdle model also takes the repeated-survey mask ``zero``)."""
+def fit_regressor(model, X, y, w, groups, zero=None, bins: SharedBins | None = None):
+    """Fit a trajectory model (a hurdle model also takes the repeated-survey mask ``zero``);
+    ``bins`` are the :class:`~territoria.models.trajectory.SharedBins` of the rows of ``X``."""
     if isinstance(model, HurdleRegressor):
-        return model.fit(X, y, sample_weight=w, groups=groups, structural_zero=zero)
-    return model.fit(X, y, sample_weight=w, groups=groups)
+        return model.fit(X, y, sample_weight=w, groups=groups, structural_zero=zero, bins=bins)
+    return model.fit(X, y, sample_weight=w, groups=groups, bins=bins)
+
+
+def shared_bins(X: pd.DataFrame, params: dict) -> SharedBins:
+    """The bins of a target's design matrix for all the models of its folds and spreads."""
+    return SharedBins(X, TrajectoryRegressor(**params))
 
 
 def assign_folds(groups: np.ndarray, scored: np.ndarray, n_splits: int, seed: int,
@@ -423,6 +430,7 @@ def cross_validate_target(
     below_pred = np.full(len(below_fold), np.nan)
     prob = np.full(n, np.nan)
     fold_models = []
+    bins = shared_bins(data.X, params)
     for k in range(config.cv.n_splits):
         tr = np.flatnonzero(fold != k)
         te = np.flatnonzero((fold == k) & data.scored)
@@ -430,7 +438,7 @@ def cross_validate_target(
             continue
         Xtr, Xte = data.X.iloc[tr], data.X.iloc[te]
         model = make_regressor(spec, params)
-        fit_regressor(model, Xtr, y[tr], w[tr], data.groups[tr], zero[tr])
+        fit_regressor(model, Xtr, y[tr], w[tr], data.groups[tr], zero[tr], bins.take(tr))
         fold_models.append(model)
         pred[MODEL][te] = model.predict(Xte)
         # zones the metrics leave out, predicted by the same fold model for the fairness audit
@@ -446,7 +454,7 @@ def cross_validate_target(
             thr = np.quantile(sign * y[ref], 1.0 - config.deteriorating_quantile)
             label = (sign * y[tr] >= thr).astype(int)
             clf = DeteriorationClassifier(**{k2: v for k2, v in params.items() if k2 != "objective"})
-            clf.fit(Xtr, label, sample_weight=w[tr], groups=data.groups[tr])
+            clf.fit(Xtr, label, sample_weight=w[tr], groups=data.groups[tr], bins=bins.take(tr))
             prob[te] = clf.predict_proba(Xte)[:, 1]
     s = data.scored
     idx = t.index[s]
@@ -475,7 +483,7 @@ def cross_validate_target(
             cal = np.flatnonzero(np.isfinite(pred[MODEL]))
             cal_spread, spread_model, spread_floor = fit_spread_model(
                 data.X.iloc[cal], np.abs(y[cal] - pred[MODEL][cal]), data.groups[cal], fold[cal],
-                params=_spread_params(params))
+                params=_spread_params(params), bins=bins.take(cal))
             spread = np.full(n, np.nan)
             spread[cal] = cal_spread
         iv = cross_conformal_intervals(y[s], pred[MODEL][s], fold[s], levels, None if spread is None else spread[s])
@@ -733,6 +741,7 @@ def train_target(fb, spec, config: ModelConfig | None = None, params: dict | Non
     t = data.table
     y, w, zero = t["y"].to_numpy(), t["weight"].to_numpy(), t["repeated_survey"].to_numpy()
     fold = assign_folds(data.groups, data.scored, config.cv.n_splits, config.seed)
+    bins = shared_bins(data.X, params)
     if folds is not None:
         oof = folds.oof
     given = None
@@ -751,7 +760,7 @@ def train_target(fb, spec, config: ModelConfig | None = None, params: dict | Non
             tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
             if len(te):
                 m = make_regressor(spec, params)
-                fit_regressor(m, data.X.iloc[tr], y[tr], w[tr], data.groups[tr], zero[tr])
+                fit_regressor(m, data.X.iloc[tr], y[tr], w[tr], data.groups[tr], zero[tr], bins.take(tr))
                 oof[te] = m.predict(data.X.iloc[te])
                 fold_models.append(m)
     cal = np.flatnonzero(np.isfinite(oof))
@@ -762,10 +771,10 @@ def train_target(fb, spec, config: ModelConfig | None = None, params: dict | Non
         else:
             spread, spread_model, floor = fit_spread_model(
                 data.X.iloc[cal], np.abs(y[cal] - oof[cal]), data.groups[cal], fold[cal],
-                params=_spread_params(params))
+                params=_spread_params(params), bins=bins.take(cal))
     conformal = SplitConformal(config.intervals.levels).fit(y[cal], oof[cal], spread)
     model = make_regressor(spec, params)
-    fit_regressor(model, data.X, y, w, data.groups, zero)
+    fit_regressor(model, data.X, y, w, data.groups, zero, bins)
     oof_df = pd.DataFrame({"zone_code": t.index, "y": y, "oof": oof, "fold": fold})
     return TrainedTarget(spec, model, list(data.X.columns), conformal, spread_model, floor, data.meta, oof_df,
                          fold_models)

@@ -43,6 +43,79 @@ from territoria.models.validation import group_validation_split
 MIN_ROWS_EARLY_STOPPING = 100
 
 
+class SharedBins:
+    """Histogram bins of a design matrix, found once for the models fitted on its rows.
+
+    LightGBM bins every feature before it grows a tree. On a commune design (35,000 rows,
+    150-190 features, 63 bins) that takes about 0.2 s per fit, as long as growing a small
+    model, and a target's cross-validation fits about a dozen models on subsets of the same
+    rows (folds, their early-stopping splits, spread models). Here the bins are found once on
+    all the rows, as ``lightgbm.cv`` does, and each fit takes its rows with
+    ``Dataset.subset`` (0.02 s). The bin boundaries are quantiles of the features only, never
+    of the outcome, so a held-out fold's outcomes stay unseen.
+
+    Parameters
+    ----------
+    X : DataFrame or array of shape (n_rows, n_features)
+        The design matrix (DataFrame columns become the feature names).
+    estimator : TrajectoryRegressor or DeteriorationClassifier
+        The models that will fit on the bins share its ``max_bin``, ``random_state`` and
+        ``n_jobs`` (checked at ``fit``).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(400, 3)); y = X[:, 0] + rng.normal(scale=0.1, size=400)
+    >>> model = TrajectoryRegressor(n_estimators=50, max_bin=31)
+    >>> bins = SharedBins(X, model)
+    >>> first = np.arange(300)
+    >>> fitted = model.fit(X[first], y[first], bins=bins.take(first))
+    >>> fitted.predict(X[300:]).shape
+    (100,)
+    """
+
+    def __init__(self, X, estimator: _LGBMBase) -> None:
+        self.params = {**estimator._dataset_params(), "feature_pre_filter": False}
+        self.feature_names = [str(c) for c in X.columns] if hasattr(X, "columns") else "auto"
+        data = np.asarray(X, dtype=np.float64)
+        # the label is set on each subset; LightGBM only needs one to exist here
+        self._dataset = lgb.Dataset(data, np.zeros(data.shape[0]), params=self.params,
+                                    feature_name=self.feature_names, free_raw_data=True).construct()
+        self.n_features = data.shape[1]
+        self.rows = np.arange(data.shape[0])
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    def take(self, idx) -> SharedBins:
+        """The same bins restricted to rows ``idx`` of this view (positions, not labels)."""
+        view = object.__new__(SharedBins)
+        view.__dict__.update(self.__dict__)
+        view.rows = self.rows[np.asarray(idx, dtype=int)]
+        return view
+
+    def check(self, estimator: _LGBMBase, n_rows: int, feature_names) -> None:
+        """Raise if ``estimator`` cannot fit ``n_rows`` rows on these bins."""
+        if n_rows != len(self.rows):
+            raise ValueError(f"the shared bins hold {len(self.rows)} rows, the fit got {n_rows}")
+        if feature_names != self.feature_names:
+            raise ValueError("the shared bins were found on other features than the fit's")
+        own = {**estimator._dataset_params(), "feature_pre_filter": False}
+        if own != self.params:
+            # LightGBM would go on with a broken booster rather than fail
+            raise ValueError(f"the shared bins were found with {self.params}, the model has {own}")
+
+    def subset(self, idx, label, weight=None) -> lgb.Dataset:
+        """A constructed Dataset of rows ``idx`` of this view, with their label and weight."""
+        rows = self.rows[idx]
+        order = np.argsort(rows, kind="stable")  # LightGBM keeps a subset's rows sorted
+        ds = self._dataset.subset(rows[order]).construct()
+        ds.set_label(np.asarray(label, dtype=np.float64)[order])
+        if weight is not None:
+            ds.set_weight(np.asarray(weight, dtype=np.float64)[order])
+        return ds
+
+
 class _LGBMBase(BaseEstimator):
     #: cross_val_predict_groups passes ``groups`` to fit
     _accepts_groups = True
@@ -139,30 +212,44 @@ class _LGBMBase(BaseEstimator):
             raise ValueError("monotone_constraints must have one entry per feature")
         return mono
 
-    def _train(self, X, y, sample_weight, groups, objective: str, extra: dict | None = None):
+    def _dataset_params(self) -> dict:
+        """The parameters LightGBM fixes when it bins a Dataset (a fit must use the same)."""
+        return {"max_bin": self.max_bin, "data_random_seed": int(self.random_state) + 3,
+                "num_threads": self.n_jobs, "verbose": -1}
+
+    def _train(self, X, y, sample_weight, groups, objective: str, extra: dict | None = None,
+               bins: SharedBins | None = None):
         params = self._params(objective, extra)
         n = X.shape[0]
         if n < 2:
             raise ValueError(f"n_samples = {n}: LightGBM needs at least 2 samples to fit")
         w = _check_sample_weight(sample_weight, X) if sample_weight is not None else None
+        if bins is not None:
+            bins.check(self, n, self._feature_names(X))
+            params.update(bins.params)
+
+        def dataset(rows, reference=None):
+            yr, wr = y[rows], None if w is None else w[rows]
+            if bins is not None:
+                return bins.subset(rows, yr, wr)
+            # the booster keeps the real feature names (MLflow signature, SHAP tables)
+            return lgb.Dataset(X[rows], yr, weight=wr, reference=reference, free_raw_data=True,
+                               feature_name=self._feature_names(X))
+
         es = self.early_stopping_rounds
         if es and n >= MIN_ROWS_EARLY_STOPPING:
             g = np.asarray(groups) if groups is not None else np.arange(n)
             if groups is None:  # rows as their own groups: a random split
                 g = np.arange(n)
             tr, va = group_validation_split(g, self.validation_fraction, seed=int(self.random_state))
-            # the booster keeps the real feature names (MLflow signature, SHAP tables)
-            dtr = lgb.Dataset(X[tr], y[tr], weight=None if w is None else w[tr], free_raw_data=True,
-                              feature_name=self._feature_names(X))
-            dva = lgb.Dataset(X[va], y[va], weight=None if w is None else w[va], reference=dtr)
+            dtr = dataset(tr)
             booster = lgb.train(
-                params, dtr, num_boost_round=self.n_estimators, valid_sets=[dva],
+                params, dtr, num_boost_round=self.n_estimators, valid_sets=[dataset(va, reference=dtr)],
                 callbacks=[lgb.early_stopping(es, verbose=False)],
             )
             self.best_iteration_ = int(booster.best_iteration or self.n_estimators)
         else:
-            booster = lgb.train(params, lgb.Dataset(X, y, weight=w, feature_name=self._feature_names(X)),
-                                num_boost_round=self.n_estimators)
+            booster = lgb.train(params, dataset(np.arange(n)), num_boost_round=self.n_estimators)
             self.best_iteration_ = int(self.n_estimators)
         self.booster_ = booster
         return self
@@ -214,9 +301,10 @@ class TrajectoryRegressor(RegressorMixin, _LGBMBase):
     True
     """
 
-    def fit(self, X, y, sample_weight=None, groups=None):
+    def fit(self, X, y, sample_weight=None, groups=None, bins: SharedBins | None = None):
+        """Fit on ``X`` (``bins``: the :class:`SharedBins` of these rows, to reuse their bins)."""
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64, y_numeric=True)
-        return self._train(X, y.astype(float), sample_weight, groups, "regression")
+        return self._train(X, y.astype(float), sample_weight, groups, "regression", bins=bins)
 
     def predict(self, X) -> np.ndarray:
         return self._raw_predict(X)
@@ -230,7 +318,8 @@ class DeteriorationClassifier(ClassifierMixin, _LGBMBase):
     of ``classes_``.
     """
 
-    def fit(self, X, y, sample_weight=None, groups=None):
+    def fit(self, X, y, sample_weight=None, groups=None, bins: SharedBins | None = None):
+        """Fit on ``X`` (``bins``: the :class:`SharedBins` of these rows, to reuse their bins)."""
         X, y = validate_data(self, X, y, ensure_all_finite="allow-nan", dtype=np.float64)
         check_classification_targets(y)
         self._le = LabelEncoder().fit(y)
@@ -240,9 +329,9 @@ class DeteriorationClassifier(ClassifierMixin, _LGBMBase):
         if n_classes < 2:
             raise ValueError(f"y has {n_classes} class: DeteriorationClassifier needs at least two")
         if n_classes == 2:
-            return self._train(X, yi.astype(float), sample_weight, groups, "binary")
+            return self._train(X, yi.astype(float), sample_weight, groups, "binary", bins=bins)
         return self._train(X, yi.astype(float), sample_weight, groups, "multiclass",
-                           {"num_class": n_classes})
+                           {"num_class": n_classes}, bins=bins)
 
     def predict_proba(self, X) -> np.ndarray:
         raw = self._raw_predict(X)
@@ -285,7 +374,8 @@ class HurdleRegressor(RegressorMixin, BaseEstimator):
         tags.input_tags.allow_nan = True
         return tags
 
-    def fit(self, X, y, sample_weight=None, groups=None, structural_zero=None):
+    def fit(self, X, y, sample_weight=None, groups=None, structural_zero=None, bins: SharedBins | None = None):
+        """Fit both parts on ``X`` (``bins``: the :class:`SharedBins` of these rows)."""
         from sklearn.base import clone
 
         names = np.asarray(X.columns, dtype=object) if hasattr(X, "columns") else None
@@ -299,12 +389,13 @@ class HurdleRegressor(RegressorMixin, BaseEstimator):
         reg = clone(self.regressor if self.regressor is not None else TrajectoryRegressor())
         keep = ~zero
         rows = X.iloc[keep] if hasattr(X, "iloc") else X[keep]
-        reg.fit(rows, y[keep], sample_weight=None if w is None else w[keep], groups=None if g is None else g[keep])
+        reg.fit(rows, y[keep], sample_weight=None if w is None else w[keep], groups=None if g is None else g[keep],
+                bins=None if bins is None else bins.take(np.flatnonzero(keep)))
         self.regressor_ = reg
         self.classifier_ = None
         if zero.any() and not zero.all():
             clf = clone(self.classifier if self.classifier is not None else DeteriorationClassifier())
-            clf.fit(X, zero.astype(int), sample_weight=w, groups=g)
+            clf.fit(X, zero.astype(int), sample_weight=w, groups=g, bins=bins)
             self.classifier_ = clf
         return self
 

@@ -13,6 +13,7 @@ from territoria.models.baselines import RidgeBaseline
 from territoria.models.trajectory import (
     DeteriorationClassifier,
     HurdleRegressor,
+    SharedBins,
     TrajectoryRegressor,
     history_features,
     monotone_constraints_from_registry,
@@ -115,6 +116,70 @@ def test_hurdle_learns_structural_zeros():
     assert np.corrcoef(p[~zero], y[~zero])[0, 1] > 0.9
     plain = HurdleRegressor(regressor=TrajectoryRegressor(n_jobs=1)).fit(X, y)
     assert plain.classifier_ is None
+
+
+def test_shared_bins_give_the_fresh_fit_on_the_same_rows():
+    # without early stopping a fresh fit bins exactly the rows it trains on: on all the rows,
+    # the shared bins must hand LightGBM the same data, labels and weights
+    X, y, g = _data()
+    w = np.random.default_rng(2).uniform(0.5, 2.0, len(y))
+    params = {"n_estimators": 30, "early_stopping_rounds": None, "n_jobs": 1, "max_bin": 31}
+    fresh = TrajectoryRegressor(**params).fit(X, y, sample_weight=w)
+    shared = TrajectoryRegressor(**params).fit(X, y, sample_weight=w, bins=SharedBins(X, fresh).take(np.arange(len(y))))
+    np.testing.assert_array_equal(shared.predict(X), fresh.predict(X))
+    assert shared.booster_.feature_name() == list(X.columns)
+
+
+def test_shared_bins_keep_labels_with_rows_in_any_order():
+    X, y, g = _data()
+    params = {"n_estimators": 30, "early_stopping_rounds": None, "n_jobs": 1, "subsample": 1.0}
+    model = TrajectoryRegressor(**params)
+    bins = SharedBins(X, model)
+    perm = np.random.default_rng(3).permutation(len(y))[:400]
+    on_bins = TrajectoryRegressor(**params).fit(X.iloc[perm], y[perm], bins=bins.take(perm))
+    sorted_rows = np.sort(perm)
+    reference = TrajectoryRegressor(**params).fit(X.iloc[sorted_rows], y[sorted_rows], bins=bins.take(sorted_rows))
+    np.testing.assert_allclose(on_bins.predict(X), reference.predict(X), atol=1e-9)
+
+
+def test_a_fold_fit_on_shared_bins_never_sees_held_out_outcomes():
+    X, y, g = _data()
+    model = TrajectoryRegressor(n_jobs=1)
+    bins = SharedBins(X, model)
+    train = np.flatnonzero(g % 5 != 0)
+    first = TrajectoryRegressor(n_jobs=1).fit(X.iloc[train], y[train], groups=g[train], bins=bins.take(train))
+    y_other = y.copy()
+    y_other[g % 5 == 0] = 1e6  # held-out outcomes changed
+    bins_other = SharedBins(X, model)
+    second = TrajectoryRegressor(n_jobs=1).fit(X.iloc[train], y_other[train], groups=g[train],
+                                               bins=bins_other.take(train))
+    np.testing.assert_array_equal(first.predict(X), second.predict(X))
+    assert first.best_iteration_ < 400  # early stopping ran on the blocked split of the shared bins
+
+
+def test_shared_bins_refuse_a_model_or_rows_they_were_not_made_for():
+    X, y, g = _data()
+    bins = SharedBins(X, TrajectoryRegressor(max_bin=63, n_jobs=1))
+    with pytest.raises(ValueError, match="max_bin"):
+        TrajectoryRegressor(max_bin=255, n_jobs=1).fit(X, y, bins=bins)
+    with pytest.raises(ValueError, match="hold 600 rows, the fit got 100"):
+        TrajectoryRegressor(max_bin=63, n_jobs=1).fit(X.iloc[:100], y[:100], bins=bins)
+    with pytest.raises(ValueError, match="other features"):
+        TrajectoryRegressor(max_bin=63, n_jobs=1).fit(X.rename(columns={"x0": "other"}), y, bins=bins)
+
+
+def test_hurdle_on_shared_bins_fits_both_parts():
+    rng = np.random.default_rng(1)
+    n = 2000
+    X = pd.DataFrame({"z": rng.normal(size=n), "x": rng.normal(size=n)})
+    zero = X["z"].to_numpy() > 0.5
+    y = np.where(zero, 0.0, 1.0 + X["x"].to_numpy())
+    h = HurdleRegressor(regressor=TrajectoryRegressor(n_jobs=1), classifier=DeteriorationClassifier(n_jobs=1))
+    h.fit(X, y, structural_zero=zero, bins=SharedBins(X, TrajectoryRegressor(n_jobs=1)))
+    p = h.predict(X)
+    assert np.abs(p[zero]).mean() < 0.2
+    assert np.corrcoef(p[~zero], y[~zero])[0, 1] > 0.9
+    assert h.regressor_.booster_.num_trees() > 0 and h.classifier_.booster_.num_trees() > 0
 
 
 def test_select_features_drops_constant_empty_and_duplicates():
