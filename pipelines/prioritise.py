@@ -86,6 +86,23 @@ class Scored:
     diagnostics: pd.DataFrame
 
 
+def _forecasts_of(forecasts: pd.DataFrame | None, measure: str, zones: pd.Index, origin: int,
+                  horizon_end: int) -> pd.DataFrame | None:
+    """The rows of ``forecasts`` (:func:`~territoria.models.backtest.predict_frame`'s layout)
+    of ``measure`` from ``origin`` to ``horizon_end`` for exactly ``zones``, in their order;
+    None unless every zone has one."""
+    if forecasts is None or not len(forecasts):
+        return None
+    rows = forecasts[(forecasts["target"] == measure) & (forecasts["origin"] == origin)
+                     & (forecasts["horizon_end"] == horizon_end)]
+    if len(rows) != len(zones) or not rows["zone_code"].is_unique:
+        return None
+    rows = rows.set_index("zone_code")
+    if not rows.index.isin(zones).all():
+        return None
+    return rows.reindex(zones).rename_axis("zone_code").reset_index()
+
+
 @dataclass
 class PriorityEngine:
     """Scores zones from a feature matrix with a fitted index and trained trajectory models.
@@ -107,14 +124,17 @@ class PriorityEngine:
         self.signs = {m: indicator_sign(m, self.registry) for m in self.config.trajectory.measures}
 
     def score(self, features: pd.DataFrame, meta: pd.DataFrame, panel: pd.DataFrame,
-              design: Callable[[str], tuple[pd.DataFrame, pd.DataFrame]] | None = None) -> Scored:
+              design: Callable[[str], tuple[pd.DataFrame, pd.DataFrame]] | None = None,
+              forecasts: pd.DataFrame | None = None) -> Scored:
         """Index, forecasts, priority table and diagnostics of every zone of ``features``.
 
         ``design(measure)`` gives a model's design matrix of these features (default: built
-        from ``features``, ``meta`` and ``panel``)."""
+        from ``features``, ``meta`` and ``panel``). ``forecasts`` are these models' forecasts
+        of these designs already made (the training stage's); a measure they do not cover
+        for every zone is predicted here."""
         F = features.set_index("zone_code")
         index = self.index_model.transform(F)
-        forecasts, designs = [], {}
+        given, forecasts, designs = forecasts, [], {}
         for measure, trained in self.trained.items():
             if design is not None:
                 X, M = design(measure)
@@ -124,7 +144,9 @@ class PriorityEngine:
             X = X.reindex(columns=trained.columns)
             M = M.set_index("feature").reindex(trained.columns).rename_axis("feature").reset_index()
             designs[measure] = (X, M)
-            forecasts.append(predict_frame(trained, X, self.period, self.period + trained.spec.horizon))
+            end = self.period + trained.spec.horizon
+            made = _forecasts_of(given, measure, X.index, self.period, end)
+            forecasts.append(made if made is not None else predict_frame(trained, X, self.period, end))
         predictions = pd.concat(forecasts, ignore_index=True)
         table, norms = priority_table(index, predictions, self.fb.identity, F["population"],
                                       self.config, self.signs, self.norms)
@@ -136,11 +158,13 @@ class PriorityEngine:
         table = table.join(flags).join(dflags)
         return Scored(F, meta, index, predictions, table, designs, dflags)
 
-    def baseline(self) -> Scored:
-        # the run's own features: the design matrices the training stage built for its forecasts
+    def baseline(self, forecasts: pd.DataFrame | None = None) -> Scored:
+        """The run's own scoring: the design matrices the training stage built for its
+        forecasts, and those ``forecasts`` (``predictions.parquet``) when given."""
         cache = FeatureCache.of(self.fb)
         return self.score(self.fb.features, self.fb.meta, self.fb.panel,
-                          lambda measure: cache.design(measure, self.period, self.registry, select=False))
+                          lambda measure: cache.design(measure, self.period, self.registry, select=False),
+                          forecasts)
 
     def scenario(self, sc: Scenario) -> tuple[Scored, pd.Index]:
         """Re-score every zone with the scenario applied to the panel (features rebuilt)."""
@@ -309,12 +333,15 @@ def run_prioritise(
     lang: str = "fr",
     console: Console | None = None,
     model_config: ModelConfig | None = None,
+    forecasts: pd.DataFrame | None = None,
 ) -> PriorityResult:
     """Score, flag, cluster and explain every commune; write the outputs under ``out_dir``.
 
     ``model_config`` is the models' configuration (default ``conf/models.yml``): with
     ``training_sample: bootstrap`` (or models saved without their fold models), the stability
-    step refits the models with it on bootstrap samples.
+    step refits the models with it on bootstrap samples. ``forecasts`` are the training
+    stage's forecasts of ``trained`` at the reference period (``predictions.parquet``),
+    reused rather than predicted again.
     """
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
@@ -327,7 +354,7 @@ def run_prioritise(
     try:
         t0 = time.perf_counter()
         console.log("priority score, ranks and flags")
-        scored = engine.baseline()
+        scored = engine.baseline(forecasts)
         # scored holds the forecast designs it needs; bootstrap refits would read the prepared targets
         FeatureCache.of(fb).release()
         timings["score"] = time.perf_counter() - t0
@@ -461,6 +488,14 @@ def bootstrap_refits(engine: PriorityEngine, scored: Scored, refits: int, seed: 
                               result["predictions"], int(result["seed"]))
 
 
+def _run_forecast(scored: Scored, measure: str, horizon: int) -> np.ndarray:
+    """The run's forecast of ``measure`` over the model's own horizon, in the order of its design."""
+    zones = scored.designs[measure][0].index
+    p = scored.predictions
+    rows = p[(p["target"] == measure) & (p["horizon_end"] - p["origin"] == horizon)].set_index("zone_code")
+    return rows["prediction"].reindex(zones).to_numpy(float)
+
+
 def fold_forecasts(engine: PriorityEngine, scored: Scored, console: Console | None = None,
                    cache: ResultCache | None = None) -> BootstrapForecasts | None:
     """Jackknife replicates of every zone's forecasts from the calibration folds' models
@@ -476,11 +511,10 @@ def fold_forecasts(engine: PriorityEngine, scored: Scored, console: Console | No
         X = scored.designs[measure][0]
         if console:
             console.log(f"stability: forecasts of the {len(trained.fold_models)} fold models of {measure}")
-        key = cache.key(*model_fingerprint(trained.model), *(part for m in trained.fold_models
-                                                             for part in model_fingerprint(m)), X)
+        key = cache.key(*(part for m in trained.fold_models for part in model_fingerprint(m)), X)
         r = cache.get("folds", key, lambda trained=trained, X=X: {
-            "run": trained.model.predict(X), "folds": np.stack([m.predict(X) for m in trained.fold_models])})
-        preds.append(fold_replicates(r["run"], r["folds"]))
+            "folds": np.stack([m.predict(X) for m in trained.fold_models])})
+        preds.append(fold_replicates(_run_forecast(scored, measure, trained.spec.horizon), r["folds"]))
     if len({p.shape[0] for p in preds}) > 1:
         raise ValueError(f"the models have different numbers of fold models: {[p.shape[0] for p in preds]}")
     zones = pd.Index(scored.designs[measures[0]][0].index)

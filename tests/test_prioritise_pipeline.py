@@ -73,6 +73,32 @@ def test_shap_contributions_plus_base_equal_the_model_output_for_every_zone(run)
     assert len(lever_rows) and set(lever_rows["domain"]) <= set(DOMAINS)
 
 
+def test_the_baseline_reuses_the_training_stage_forecasts_only_where_they_fit(run, feature_build):
+    out, res = run
+    predicted = load_engine(feature_build, out).baseline()
+    written = pd.read_parquet(out / "predictions.parquet")
+    # in any row order, the written forecasts give the same scoring
+    shuffled = written.sample(frac=1.0, random_state=0)
+    reused = load_engine(feature_build, out).baseline(forecasts=shuffled)
+    pd.testing.assert_frame_equal(reused.predictions, predicted.predictions, check_dtype=False)
+    pd.testing.assert_frame_equal(reused.table, predicted.table)
+    # they are read, not predicted again: a shifted forecast shows through
+    income = written["target"] == "median_income"
+    shifted = written.assign(prediction=written["prediction"] + np.where(income, 100.0, 0.0))
+    p = load_engine(feature_build, out).baseline(forecasts=shifted).predictions
+    moved = p["prediction"].to_numpy() - predicted.predictions["prediction"].to_numpy()
+    assert np.allclose(moved[(p["target"] == "median_income").to_numpy()], 100.0)
+    assert np.allclose(moved[(p["target"] != "median_income").to_numpy()], 0.0)
+    # forecasts from another origin, or missing a zone, are not used: those are predicted
+    other = shifted.copy()
+    other.loc[income, "origin"] -= 1
+    again = load_engine(feature_build, out).baseline(forecasts=other)
+    pd.testing.assert_frame_equal(again.predictions, predicted.predictions, check_dtype=False)
+    partial = shifted.drop(index=shifted.index[income][0])
+    again = load_engine(feature_build, out).baseline(forecasts=partial)
+    pd.testing.assert_frame_equal(again.predictions, predicted.predictions, check_dtype=False)
+
+
 def test_clusters_are_contiguous_and_gaps_match_programmes(run, feature_build):
     out, res = run
     pri = res.priorities.set_index("zone_code")
