@@ -265,9 +265,14 @@ def fit_regressor(model, X, y, w, groups, zero=None, bins: SharedBins | None = N
     return model.fit(X, y, sample_weight=w, groups=groups, bins=bins)
 
 
-def shared_bins(X: pd.DataFrame, params: dict) -> SharedBins:
-    """The bins of a target's design matrix for all the models of its folds and spreads."""
-    return SharedBins(X, TrajectoryRegressor(**params))
+def shared_bins(X: pd.DataFrame, params: dict, share: bool = True) -> SharedBins | None:
+    """The bins of a target's design matrix for all the models of its folds and spreads
+    (None with ``share=False``: each fit bins its own rows)."""
+    return SharedBins(X, TrajectoryRegressor(**params)) if share else None
+
+
+def _rows_of(bins: SharedBins | None, idx) -> SharedBins | None:
+    return None if bins is None else bins.take(idx)
 
 
 def assign_folds(groups: np.ndarray, scored: np.ndarray, n_splits: int, seed: int,
@@ -410,9 +415,12 @@ def _score_models(target: str, scheme: str, y, preds: dict, level, sign: int) ->
 # --------------------------------------------------------------------------- cross-validation
 def cross_validate_target(
     fb, data: TargetData, config: ModelConfig, scheme: str, params: dict | None = None,
-    intervals: bool = True, classifier: bool = True,
+    intervals: bool = True, classifier: bool = True, share_bins: bool = True,
 ):
-    """Spatially blocked CV of one target: rows of metrics, predictions, coverage, reliability."""
+    """Spatially blocked CV of one target: rows of metrics, predictions, coverage, reliability.
+
+    ``share_bins``: the target's design is binned once for all its fits
+    (:class:`~territoria.models.trajectory.SharedBins`); False bins each fit's rows anew."""
     spec, t = data.spec, data.table
     y = t["y"].to_numpy()
     w = t["weight"].to_numpy()
@@ -430,7 +438,7 @@ def cross_validate_target(
     below_pred = np.full(len(below_fold), np.nan)
     prob = np.full(n, np.nan)
     fold_models = []
-    bins = shared_bins(data.X, params)
+    bins = shared_bins(data.X, params, share_bins)
     for k in range(config.cv.n_splits):
         tr = np.flatnonzero(fold != k)
         te = np.flatnonzero((fold == k) & data.scored)
@@ -438,7 +446,7 @@ def cross_validate_target(
             continue
         Xtr, Xte = data.X.iloc[tr], data.X.iloc[te]
         model = make_regressor(spec, params)
-        fit_regressor(model, Xtr, y[tr], w[tr], data.groups[tr], zero[tr], bins.take(tr))
+        fit_regressor(model, Xtr, y[tr], w[tr], data.groups[tr], zero[tr], _rows_of(bins, tr))
         fold_models.append(model)
         pred[MODEL][te] = model.predict(Xte)
         # zones the metrics leave out, predicted by the same fold model for the fairness audit
@@ -454,7 +462,7 @@ def cross_validate_target(
             thr = np.quantile(sign * y[ref], 1.0 - config.deteriorating_quantile)
             label = (sign * y[tr] >= thr).astype(int)
             clf = DeteriorationClassifier(**{k2: v for k2, v in params.items() if k2 != "objective"})
-            clf.fit(Xtr, label, sample_weight=w[tr], groups=data.groups[tr], bins=bins.take(tr))
+            clf.fit(Xtr, label, sample_weight=w[tr], groups=data.groups[tr], bins=_rows_of(bins, tr))
             prob[te] = clf.predict_proba(Xte)[:, 1]
     s = data.scored
     idx = t.index[s]
@@ -483,7 +491,7 @@ def cross_validate_target(
             cal = np.flatnonzero(np.isfinite(pred[MODEL]))
             cal_spread, spread_model, spread_floor = fit_spread_model(
                 data.X.iloc[cal], np.abs(y[cal] - pred[MODEL][cal]), data.groups[cal], fold[cal],
-                params=_spread_params(params), bins=bins.take(cal))
+                params=_spread_params(params), bins=_rows_of(bins, cal))
             spread = np.full(n, np.nan)
             spread[cal] = cal_spread
         iv = cross_conformal_intervals(y[s], pred[MODEL][s], fold[s], levels, None if spread is None else spread[s])
@@ -613,6 +621,7 @@ def run_backtest(
     features: FeatureCache | None = None,
     log=None,
     cv: bool = True,
+    share_bins: bool = True,
 ) -> BacktestResult:
     """Backtest ``targets`` (names or specs; default: the configuration's key targets).
 
@@ -621,7 +630,8 @@ def run_backtest(
     is among ``targets`` (all of them when ``targets`` is None). ``params`` override the
     LightGBM defaults of ``conf/models.yml``. ``cv=False`` runs the temporal backtests only.
     ``classifier`` also scores the deterioration classifier on the folds (default: the
-    configuration's ``cv.deterioration_classifier``).
+    configuration's ``cv.deterioration_classifier``). ``share_bins=False`` bins every fit's
+    rows anew instead of once per target (slower; ``benchmarks/shared_bins.py`` compares).
     """
     config = config or load_model_config()
     if classifier is None:
@@ -656,7 +666,7 @@ def run_backtest(
         data = prep(spec, below=True)
         log(f"cross-validating {spec.name}: {int(data.scored.sum())} zones scored, {data.X.shape[1]} features")
         r, p, c, rl, folds[spec.name] = cross_validate_target(
-            feature_build, data, config, scheme_name, params, intervals, classifier)
+            feature_build, data, config, scheme_name, params, intervals, classifier, share_bins)
         rows += r
         preds.append(p)
         cov.append(c)
