@@ -88,10 +88,11 @@ class SharedBins:
         return len(self.rows)
 
     def take(self, idx) -> SharedBins:
-        """The same bins restricted to rows ``idx`` of this view (positions, not labels)."""
+        """The same bins restricted to rows ``idx`` of this view (positions or a boolean mask)."""
+        idx = np.asarray(idx)
         view = object.__new__(SharedBins)
         view.__dict__.update(self.__dict__)
-        view.rows = self.rows[np.asarray(idx, dtype=int)]
+        view.rows = self.rows[np.flatnonzero(idx) if idx.dtype == bool else idx.astype(int)]
         return view
 
     def check(self, estimator: _LGBMBase, n_rows: int, feature_names) -> None:

@@ -140,6 +140,10 @@ def test_shared_bins_keep_labels_with_rows_in_any_order():
     sorted_rows = np.sort(perm)
     reference = TrajectoryRegressor(**params).fit(X.iloc[sorted_rows], y[sorted_rows], bins=bins.take(sorted_rows))
     np.testing.assert_allclose(on_bins.predict(X), reference.predict(X), atol=1e-9)
+    mask = np.zeros(len(y), bool)
+    mask[sorted_rows] = True
+    by_mask = TrajectoryRegressor(**params).fit(X[mask], y[mask], bins=bins.take(mask))
+    np.testing.assert_array_equal(by_mask.predict(X), reference.predict(X))
 
 
 def test_a_fold_fit_on_shared_bins_never_sees_held_out_outcomes():
