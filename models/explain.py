@@ -204,23 +204,25 @@ def interaction_hints(contributions: pd.DataFrame, X: pd.DataFrame, top: int = 5
     return pd.DataFrame(out, columns=["feature", "interacts_most_with"])
 
 
-def approximate_interactions(index: int, phi: np.ndarray, X: np.ndarray) -> np.ndarray:
-    """Other features ordered by how much they seem to interact with feature ``index``.
+def interaction_scores(index: int, phi: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """How much each feature seems to interact with feature ``index`` (0 for itself).
 
     The heuristic of ``shap.utils.approximate_interactions`` (which colours SHAP's dependence
     plots), vectorised over the features: rows sorted by the feature's value are cut into
     blocks of ``min(n / 10, 50)``; in each block where both vary, the absolute correlation of
     the feature's SHAP values with each other feature's values (and, separately, with its
     missingness) is summed; a feature scores the larger of its two sums. Rows beyond 10,000
-    are not sampled here: callers pass a sample.
+    are not sampled here: callers pass a sample. Features with the same values (or the same
+    missing rows, such as the secret cells of one Filosofi file) get exactly the same score.
 
     Examples
     --------
     >>> rng = np.random.default_rng(0)
     >>> X = rng.normal(size=(400, 3))
     >>> phi = np.c_[X[:, 0] * X[:, 2], np.zeros(400), np.zeros(400)]  # feature 0 acts through 2
-    >>> int(approximate_interactions(0, phi, X)[0])
-    2
+    >>> s = interaction_scores(0, phi, X)
+    >>> bool(s[2] > 5 * s[1]), float(s[0])
+    (True, 0.0)
     """
     X = np.asarray(X, float)
     srt = np.argsort(X[:, index])
@@ -239,9 +241,25 @@ def approximate_interactions(index: int, phi: np.ndarray, X: np.ndarray) -> np.n
             ok = np.std(block, axis=1) > 0  # NaN (a missing value in the block) is not > 0
             xc = block[ok] - block[ok].mean(axis=1, keepdims=True)
             rc = r - r.mean()
-            corr = (xc @ rc) / np.sqrt((xc * xc).sum(axis=1) * (rc @ rc))
+            # row by row, not a matrix product: BLAS may sum two equal rows in different orders
+            corr = (xc * rc).sum(axis=1) / np.sqrt((xc * xc).sum(axis=1) * (rc @ rc))
             score[ok] += np.abs(np.clip(corr, -1.0, 1.0))
         score[np.sum(np.abs(part), axis=1) < 1e-8] = 0.0
         score[index] = 0.0
         scores = np.maximum(scores, score)
-    return np.argsort(-np.abs(scores))
+    return scores
+
+
+def approximate_interactions(index: int, phi: np.ndarray, X: np.ndarray) -> np.ndarray:
+    """Features ordered by :func:`interaction_scores` with feature ``index``, highest first
+    (equal scores in column order).
+
+    Examples
+    --------
+    >>> rng = np.random.default_rng(0)
+    >>> X = rng.normal(size=(400, 3))
+    >>> phi = np.c_[X[:, 0] * X[:, 2], np.zeros(400), np.zeros(400)]  # feature 0 acts through 2
+    >>> int(approximate_interactions(0, phi, X)[0])
+    2
+    """
+    return np.argsort(-interaction_scores(index, phi, X), kind="stable")
