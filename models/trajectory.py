@@ -75,7 +75,7 @@ class SharedBins:
     """
 
     def __init__(self, X, estimator: _LGBMBase) -> None:
-        self.params = {**estimator._dataset_params(), "feature_pre_filter": False}
+        self.params = self._params_of(estimator)
         self.feature_names = [str(c) for c in X.columns] if hasattr(X, "columns") else "auto"
         data = np.asarray(X, dtype=np.float64)
         # the label is set on each subset; LightGBM only needs one to exist here
@@ -87,6 +87,11 @@ class SharedBins:
     def __len__(self) -> int:
         return len(self.rows)
 
+    @staticmethod
+    def _params_of(estimator: _LGBMBase) -> dict:
+        # no pre-filtering: the spread models' larger min_child_samples may share the bins
+        return {**estimator._dataset_params(), "feature_pre_filter": False}
+
     def take(self, idx) -> SharedBins:
         """The same bins restricted to rows ``idx`` of this view (positions or a boolean mask)."""
         idx = np.asarray(idx)
@@ -95,13 +100,14 @@ class SharedBins:
         view.rows = self.rows[np.flatnonzero(idx) if idx.dtype == bool else idx.astype(int)]
         return view
 
-    def check(self, estimator: _LGBMBase, n_rows: int, feature_names) -> None:
-        """Raise if ``estimator`` cannot fit ``n_rows`` rows on these bins."""
-        if n_rows != len(self.rows):
-            raise ValueError(f"the shared bins hold {len(self.rows)} rows, the fit got {n_rows}")
-        if feature_names != self.feature_names:
+    def check(self, estimator: _LGBMBase, shape: tuple[int, int], feature_names) -> None:
+        """Raise if ``estimator`` cannot fit a matrix of ``shape`` on these bins."""
+        n_rows, n_features = shape
+        if n_rows != len(self):
+            raise ValueError(f"the shared bins hold {len(self)} rows, the fit got {n_rows}")
+        if n_features != self.n_features or feature_names != self.feature_names:
             raise ValueError("the shared bins were found on other features than the fit's")
-        own = {**estimator._dataset_params(), "feature_pre_filter": False}
+        own = self._params_of(estimator)
         if own != self.params:
             # LightGBM would go on with a broken booster rather than fail
             raise ValueError(f"the shared bins were found with {self.params}, the model has {own}")
@@ -226,7 +232,7 @@ class _LGBMBase(BaseEstimator):
             raise ValueError(f"n_samples = {n}: LightGBM needs at least 2 samples to fit")
         w = _check_sample_weight(sample_weight, X) if sample_weight is not None else None
         if bins is not None:
-            bins.check(self, n, self._feature_names(X))
+            bins.check(self, X.shape, self._feature_names(X))
             params.update(bins.params)
 
         def dataset(rows, reference=None):
@@ -391,7 +397,7 @@ class HurdleRegressor(RegressorMixin, BaseEstimator):
         keep = ~zero
         rows = X.iloc[keep] if hasattr(X, "iloc") else X[keep]
         reg.fit(rows, y[keep], sample_weight=None if w is None else w[keep], groups=None if g is None else g[keep],
-                bins=None if bins is None else bins.take(np.flatnonzero(keep)))
+                bins=None if bins is None else bins.take(keep))
         self.regressor_ = reg
         self.classifier_ = None
         if zero.any() and not zero.all():

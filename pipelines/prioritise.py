@@ -488,12 +488,12 @@ def bootstrap_refits(engine: PriorityEngine, scored: Scored, refits: int, seed: 
                               result["predictions"], int(result["seed"]))
 
 
-def _run_forecast(scored: Scored, measure: str, horizon: int) -> np.ndarray:
+def _run_forecast(scored: Scored, measure: str, origin: int, horizon: int) -> np.ndarray:
     """The run's forecast of ``measure`` over the model's own horizon, in the order of its design."""
-    zones = scored.designs[measure][0].index
-    p = scored.predictions
-    rows = p[(p["target"] == measure) & (p["horizon_end"] - p["origin"] == horizon)].set_index("zone_code")
-    return rows["prediction"].reindex(zones).to_numpy(float)
+    rows = _forecasts_of(scored.predictions, measure, scored.designs[measure][0].index, origin, origin + horizon)
+    if rows is None:
+        raise ValueError(f"the scoring has no forecast of {measure} over {horizon} years for every zone")
+    return rows["prediction"].to_numpy(float)
 
 
 def fold_forecasts(engine: PriorityEngine, scored: Scored, console: Console | None = None,
@@ -514,7 +514,8 @@ def fold_forecasts(engine: PriorityEngine, scored: Scored, console: Console | No
         key = cache.key(*(part for m in trained.fold_models for part in model_fingerprint(m)), X)
         r = cache.get("folds", key, lambda trained=trained, X=X: {
             "folds": np.stack([m.predict(X) for m in trained.fold_models])})
-        preds.append(fold_replicates(_run_forecast(scored, measure, trained.spec.horizon), r["folds"]))
+        preds.append(fold_replicates(_run_forecast(scored, measure, engine.period, trained.spec.horizon),
+                                     r["folds"]))
     if len({p.shape[0] for p in preds}) > 1:
         raise ValueError(f"the models have different numbers of fold models: {[p.shape[0] for p in preds]}")
     zones = pd.Index(scored.designs[measures[0]][0].index)

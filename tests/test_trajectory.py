@@ -103,12 +103,16 @@ def test_classifier_probabilities():
     assert set(clf.predict(X)) <= {0, 1}
 
 
-def test_hurdle_learns_structural_zeros():
-    rng = np.random.default_rng(1)
-    n = 2000
+def _structural_zeros(n=2000, seed=1):
+    """A change that is zero where ``z > 0.5`` and ``1 + x`` elsewhere."""
+    rng = np.random.default_rng(seed)
     X = pd.DataFrame({"z": rng.normal(size=n), "x": rng.normal(size=n)})
     zero = X["z"].to_numpy() > 0.5
-    y = np.where(zero, 0.0, 1.0 + X["x"].to_numpy())
+    return X, np.where(zero, 0.0, 1.0 + X["x"].to_numpy()), zero
+
+
+def test_hurdle_learns_structural_zeros():
+    X, y, zero = _structural_zeros()
     h = HurdleRegressor(regressor=TrajectoryRegressor(n_jobs=1),
                         classifier=DeteriorationClassifier(n_jobs=1)).fit(X, y, structural_zero=zero)
     p = h.predict(X)
@@ -170,14 +174,13 @@ def test_shared_bins_refuse_a_model_or_rows_they_were_not_made_for():
         TrajectoryRegressor(max_bin=63, n_jobs=1).fit(X.iloc[:100], y[:100], bins=bins)
     with pytest.raises(ValueError, match="other features"):
         TrajectoryRegressor(max_bin=63, n_jobs=1).fit(X.rename(columns={"x0": "other"}), y, bins=bins)
+    unnamed = SharedBins(X.to_numpy(), TrajectoryRegressor(max_bin=63, n_jobs=1))
+    with pytest.raises(ValueError, match="other features"):
+        TrajectoryRegressor(max_bin=63, n_jobs=1).fit(X.to_numpy()[:, :4], y, bins=unnamed)
 
 
 def test_hurdle_on_shared_bins_fits_both_parts():
-    rng = np.random.default_rng(1)
-    n = 2000
-    X = pd.DataFrame({"z": rng.normal(size=n), "x": rng.normal(size=n)})
-    zero = X["z"].to_numpy() > 0.5
-    y = np.where(zero, 0.0, 1.0 + X["x"].to_numpy())
+    X, y, zero = _structural_zeros()
     h = HurdleRegressor(regressor=TrajectoryRegressor(n_jobs=1), classifier=DeteriorationClassifier(n_jobs=1))
     h.fit(X, y, structural_zero=zero, bins=SharedBins(X, TrajectoryRegressor(n_jobs=1)))
     p = h.predict(X)
