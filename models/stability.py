@@ -90,6 +90,7 @@ share the second place according to their forecasts' uncertainty.
 from __future__ import annotations
 
 import math
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -102,6 +103,8 @@ from territoria.models.index import _midrank_fraction, draw_weights, exponential
 
 #: replicates processed together (memory: chunk × zones × domains floats)
 CHUNK = 25
+#: threads scoring the chunks of replicates
+REPLICATE_THREADS = 2
 
 
 # --------------------------------------------------------------------------- settings
@@ -661,27 +664,34 @@ def replicate(problem: StabilityProblem, settings: StabilitySettings,
     r0 = ranks_desc(S0[None, :])[0][scored].astype(float)
     r0 -= r0.mean()
     S0s = S0[scored]
-    rows = []
-    for start in range(0, B, CHUNK):
+
+    def chunk(start: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
         rngs = [np.random.default_rng(s) for s in seeds[start:start + CHUNK]]
         S, nv = score_replicates(problem, settings, rngs, members=np.arange(start, start + len(rngs)))
         flag, top = flags_of(S, problem.rule, nv, settings.hysteresis)
-        count_flag += flag.sum(axis=0)
-        count_top += top.sum(axis=0)
         R = ranks_desc(S)
         ranks[start:start + len(rngs)] = R
         # Spearman: Pearson correlation of the ranks (ties share the best rank)
         Rs = R[:, scored].astype(float)
         Rs -= Rs.mean(axis=1, keepdims=True)
         rho = (Rs @ r0) / np.sqrt((Rs ** 2).sum(axis=1) * (r0 @ r0))
-        for j in range(len(rngs)):
-            rows.append({
-                "replicate": start + j + 1,
-                "n_flagged": int(flag[j].sum()), "n_top": int(top[j].sum()),
-                "jaccard_top": jaccard(top[j], top0), "jaccard_flagged": jaccard(flag[j], f0),
-                "kept_share": float((flag[j] & f0).sum() / max(int(f0.sum()), 1)),
-                "kendall_tau": float(stats.kendalltau(S0s, S[j, scored]).statistic), "spearman": float(rho[j]),
-            })
+        rows = [{
+            "replicate": start + j + 1,
+            "n_flagged": int(flag[j].sum()), "n_top": int(top[j].sum()),
+            "jaccard_top": jaccard(top[j], top0), "jaccard_flagged": jaccard(flag[j], f0),
+            "kept_share": float((flag[j] & f0).sum() / max(int(f0.sum()), 1)),
+            "kendall_tau": float(stats.kendalltau(S0s, S[j, scored]).statistic), "spearman": float(rho[j]),
+        } for j in range(len(rngs))]
+        return flag.sum(axis=0), top.sum(axis=0), rows
+
+    rows = []
+    # each replicate has its own generator: chunks give the same numbers in any thread and
+    # order; numpy's sorts and draws release the GIL, so two threads use two cores
+    with ThreadPoolExecutor(REPLICATE_THREADS, thread_name_prefix="replicates") as pool:
+        for n_flag, n_top, chunk_rows in pool.map(chunk, range(0, B, CHUNK)):
+            count_flag += n_flag
+            count_top += n_top
+            rows += chunk_rows
     reps = pd.DataFrame(rows)
     p = np.where(scored, count_flag / B, np.nan)
     rank_q = np.quantile(ranks, [0.05, 0.5, 0.95], axis=0)

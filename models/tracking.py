@@ -83,6 +83,20 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.WARNING))
 
 
+def preload() -> None:
+    """Import what :func:`log_runs` needs (MLflow, its LightGBM flavour and SQL store, the
+    TreeSHAP kernels): a :class:`territoria.workers.SpareProcess` does it while a core is idle."""
+    _quiet()
+    import lightgbm  # noqa: F401
+    import mlflow.lightgbm  # noqa: F401
+    import mlflow.store.tracking.sqlalchemy_store  # noqa: F401
+    import mlflow.store.model_registry.sqlalchemy_store  # noqa: F401
+    from mlflow import MlflowClient  # noqa: F401
+    from mlflow.models import ModelSignature  # noqa: F401
+
+    import territoria.models.treeshap  # noqa: F401
+
+
 def default_tracking_uri(out_dir: Path | str) -> str:
     """The embedded store of an output folder: ``sqlite:///<out>/mlflow.db`` (absolute)."""
     return f"sqlite:///{(Path(out_dir).resolve() / 'mlflow.db').as_posix()}"

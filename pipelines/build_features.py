@@ -17,6 +17,7 @@ shows progress. Outputs (written atomically under ``out_dir``):
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -162,13 +163,16 @@ def run_build_features(
     console: Console | None = None,
     cache: bool = True,
     source_cache: Path | None = None,
+    sources_read: Callable[[], None] | None = None,
 ) -> FeatureBuild:
     """Run the stage end to end on a data folder and write its outputs.
 
     Parsed sources are cached under ``<out_dir>/.cache`` (see :mod:`.cache`) unless
     ``cache`` is false or there is no output folder. ``source_cache`` names a cache folder to
     read only instead (a finished run's ``.cache``: its entries are used while the files and the
-    code they were parsed with are unchanged; nothing is written there).
+    code they were parsed with are unchanged; nothing is written there). ``sources_read`` is
+    called once the sources are read: the parsing workers are done, and the panel is built on
+    one core (the main job starts worker processes there).
     """
     console = console or Console(quiet=True)
     data_dir = Path(data_dir) if data_dir is not None else bundled_data_dir()
@@ -203,6 +207,8 @@ def run_build_features(
     points = {name: df for name, df in loaded.items() if sources[name].kind == "points"}
     geoms = loaded["commune_geometries"]
     timings["sources"] = time.perf_counter() - t0
+    if sources_read is not None:
+        sources_read()
 
     t0 = step(f"harmonising to the COG {params.target_cog} and computing indicators")
     panel, report = build_panel(tables, cog, registry, target_cog=params.target_cog)

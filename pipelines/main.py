@@ -26,7 +26,7 @@ from rich.console import Console
 from territoria.io import write_json
 from territoria.memory import configure_allocators, release_free_memory
 from territoria.paths import conf_dir
-from territoria.settings import load_yaml
+from territoria.settings import load_parameters, load_yaml
 from territoria.verify import git_commit, package_versions, sha256_of, write_manifest
 
 #: outputs of a run that the manifest hashes (when present)
@@ -142,7 +142,7 @@ def run_main(
     from territoria.models.backtest import FeatureCache
     from territoria.models.targets import load_model_config
     from territoria.pipelines.build_features import run_build_features
-    from territoria.pipelines.prioritise import run_prioritise
+    from territoria.pipelines.prioritise import programme_job, run_prioritise
     from territoria.pipelines.report import run_report
     from territoria.pipelines.train import run_train
 
@@ -157,29 +157,45 @@ def run_main(
         return time.perf_counter()
 
     t0 = stage("features")
-    fb = features or run_build_features(data_dir=data_dir, out_dir=out_dir, conf=conf, as_of=as_of,
-                                        console=console, cache=cache)
-    console.print(fb.summary())
-    timings["features"] = time.perf_counter() - t0
+    side = {}
 
-    t0 = stage("index, backtest and trajectory models")
-    config = load_model_config(models_conf)
-    config_doc = {**configuration(conf), "models.yml": config.model_dump(mode="json")}
-    fingerprint = run_fingerprint(fb.file_hashes, config_doc, as_of)
-    previous = None if retrain else reusable_run(out_dir, fingerprint)
-    if previous is not None:
-        res = _reuse_training(fb, out_dir, previous, console)
-    else:
-        res = run_train(fb, out_dir, as_of=as_of, tracking_uri=tracking_uri, backtest=backtest, config=config,
-                        console=console, wait_for_tracking=False)
-    timings.update({f"train.{k}": v for k, v in res.timings.items()})
-    timings["train"] = time.perf_counter() - t0
+    def start_side_jobs() -> None:
+        # the programme table needs the data folder only: a worker reads it while the panel,
+        # built on one core, leaves the other idle
+        side["programmes"] = programme_job(data_dir, load_parameters(conf).target_cog)
+
+    try:
+        if features is None:
+            fb = run_build_features(data_dir=data_dir, out_dir=out_dir, conf=conf, as_of=as_of,
+                                    console=console, cache=cache, sources_read=start_side_jobs)
+        else:
+            start_side_jobs()
+            fb = features
+        console.print(fb.summary())
+        timings["features"] = time.perf_counter() - t0
+
+        t0 = stage("index, backtest and trajectory models")
+        config = load_model_config(models_conf)
+        config_doc = {**configuration(conf), "models.yml": config.model_dump(mode="json")}
+        fingerprint = run_fingerprint(fb.file_hashes, config_doc, as_of)
+        previous = None if retrain else reusable_run(out_dir, fingerprint)
+        if previous is not None:
+            res = _reuse_training(fb, out_dir, previous, console)
+        else:
+            res = run_train(fb, out_dir, as_of=as_of, tracking_uri=tracking_uri, backtest=backtest,
+                            config=config, console=console, wait_for_tracking=False)
+        timings.update({f"train.{k}": v for k, v in res.timings.items()})
+        timings["train"] = time.perf_counter() - t0
+    except BaseException:
+        for job in side.values():
+            job.close()
+        raise
 
     t0 = stage("priorities, clusters and explanations")
     models = {tr.spec.measure: tr for tr in res.models.values()}
     try:
         pri = run_prioritise(fb, res.index_model, models, out_dir, data_dir=data_dir, lang=lang, console=console,
-                             model_config=config, forecasts=res.predictions)
+                             model_config=config, forecasts=res.predictions, programmes=side["programmes"])
     except BaseException:
         if res.tracking is not None:  # the worker finishes logging its runs and exits
             res.tracking.close()

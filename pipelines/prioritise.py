@@ -238,27 +238,32 @@ def _contributions(model, X: pd.DataFrame, cache: ResultCache) -> tuple[pd.DataF
     return pd.DataFrame(r["phi"], index=X.index, columns=list(r["columns"])), r["base"], r["out"]
 
 
-def explain(engine: PriorityEngine, scored: Scored, cache: ResultCache | None = None
-            ) -> tuple[pd.DataFrame, pd.DataFrame, dict]:
-    """TreeSHAP of every model for every zone (checked additive), and score points per indicator.
-
-    Returns ``(explanations, points, contributions)``: the tidy ``explanations.parquet`` rows,
-    the score in points per zone and indicator, and each model's full contribution matrix
-    (measure → zones × features) for the global views. ``cache`` keeps the contributions of
-    unchanged models on unchanged features for a rerun.
-    """
+def shap_contributions(engine: PriorityEngine, scored: Scored, cache: ResultCache | None = None
+                       ) -> dict[str, tuple[pd.DataFrame, np.ndarray, np.ndarray]]:
+    """TreeSHAP of every model for every zone, checked additive against the scoring's
+    forecasts: measure → ``(phi, base, out)`` (:func:`tree_contributions`). ``cache`` keeps the
+    contributions of unchanged models on unchanged features for a rerun."""
     cache = cache or ResultCache(None)
+    out = {}
+    # sorted: the same files whether the models were just trained or loaded back (a rerun)
+    for measure, (X, _) in sorted(scored.designs.items()):
+        phi, base, raw = _contributions(engine.trained[measure].model, X, cache)
+        pred = scored.predictions.loc[scored.predictions["target"] == measure].set_index("zone_code")["prediction"]
+        check_additivity(phi, base, pred.reindex(X.index).to_numpy())
+        out[measure] = phi, base, raw
+    return out
+
+
+def explain(engine: PriorityEngine, scored: Scored, contributions: dict) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """The tidy ``explanations.parquet`` rows of every model's and the index's contributions
+    (:func:`shap_contributions`), and the score in points per zone and indicator."""
     t = scored.table
     pf = t["population_factor"]
     comp = t.filter(regex=r"^(z_|certainty_)")
     factors = score_factors(comp, pf, engine.config, engine.norms, engine.signs)
-    tidy, points, phis = [], [], {}
-    # sorted: the same files whether the models were just trained or loaded back (a rerun)
-    for measure, (X, M) in sorted(scored.designs.items()):
-        phi, base, out = _contributions(engine.trained[measure].model, X, cache)
-        phis[measure] = phi
-        pred = scored.predictions.loc[scored.predictions["target"] == measure].set_index("zone_code")["prediction"]
-        check_additivity(phi, base, pred.reindex(X.index).to_numpy())
+    tidy, points = [], []
+    for measure, (phi, base, out) in contributions.items():
+        X, M = scored.designs[measure]
         tidy.append(tidy_contributions(measure, phi, X, base, out, M, top=N_TOP_FEATURES))
         if measure in factors:
             points.append(model_points(phi, M, factors[measure]))
@@ -279,7 +284,7 @@ def explain(engine: PriorityEngine, scored: Scored, cache: ResultCache | None = 
     explanations = pd.concat(tidy, ignore_index=True)[
         ["zone_code", "model", "feature", "domain", "is_lever", "feature_value", "contribution",
          "base_value", "model_output"]]
-    return explanations, indicator_points(points, engine.registry), phis
+    return explanations, indicator_points(points, engine.registry)
 
 
 def global_views(scored: Scored, phis: dict, folder: Path) -> tuple[list[Path], SideProcess]:
@@ -334,6 +339,7 @@ def run_prioritise(
     console: Console | None = None,
     model_config: ModelConfig | None = None,
     forecasts: pd.DataFrame | None = None,
+    programmes: SideProcess | None = None,
 ) -> PriorityResult:
     """Score, flag, cluster and explain every commune; write the outputs under ``out_dir``.
 
@@ -341,7 +347,8 @@ def run_prioritise(
     ``training_sample: bootstrap`` (or models saved without their fold models), the stability
     step refits the models with it on bootstrap samples. ``forecasts`` are the training
     stage's forecasts of ``trained`` at the reference period (``predictions.parquet``),
-    reused rather than predicted again.
+    reused rather than predicted again. ``programmes`` is a worker already reading the
+    programme table (:func:`programme_job`; the main job starts it during the feature build).
     """
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
@@ -350,7 +357,7 @@ def run_prioritise(
     engine = PriorityEngine(fb, index_model, trained, previous=previous)
     # worker processes (territoria.workers.SideProcess) writing or reading in the meantime,
     # stopped if the stage fails (they finish their file atomically)
-    side: list[SideProcess] = []
+    side: list[SideProcess] = [] if programmes is None else [programmes]
     try:
         t0 = time.perf_counter()
         console.log("priority score, ranks and flags")
@@ -364,18 +371,26 @@ def run_prioritise(
         # features are read back on a rerun (keyed by the models' text and the matrices' values)
         results = ResultCache(out_dir / ".cache" / "results")
         console.log(f"TreeSHAP explanations of {len(trained)} models for {len(scored.table):,} zones")
-        explanations, points, phis = explain(engine, scored, results)
+        contributions = shap_contributions(engine, scored, results)
+        timings["shap"] = time.perf_counter() - t0
+        # the figures are drawn by a worker while this process, on one core, tidies the values
+        t1 = time.perf_counter()
+        console.log("global explanations: importance by domain, dependence plots, interaction hints")
+        _, figures = global_views(scored, {m: c[0] for m, c in contributions.items()}, out_dir / "explain")
+        side.append(figures)
+        timings["global_views"] = time.perf_counter() - t1
+        t0 = time.perf_counter()
+        explanations, points = explain(engine, scored, contributions)
+        del contributions
         levers = top_levers(points, scored.features, scored.meta, fb.identity, engine.registry, ("fr", "en"))
         location = (points.assign(a=points["points"].abs()).groupby(["zone_code", "is_location"])["a"].sum()
                     .unstack(fill_value=0.0))
         location_share = (location[True] / location.sum(axis=1).where(lambda s: s > 0)
                           if True in location.columns else None)
         timings["explain"] = time.perf_counter() - t0
-        # the programme table needs only the data folder: a worker reads it during the
-        # stability audit (started after the SHAP step, whose threads it would slow down)
-        programmes = SideProcess(partial(prog.programme_table, data_dir=data_dir,
-                                         target_cog=fb.params.target_cog if fb.params else 2026))
-        side.append(programmes)
+        if programmes is None:  # started after the SHAP step, whose threads it would slow down
+            programmes = programme_job(data_dir, fb.params.target_cog if fb.params else 2026)
+            side.append(programmes)
 
         # on disk and out of memory before the stability audit, which sets the stage's peak memory
         t0 = time.perf_counter()
@@ -384,13 +399,7 @@ def run_prioritise(
         write_parquet(points, out_dir / "score_points.parquet")
         del explanations, points, location
         timings["write"] = time.perf_counter() - t0
-        t0 = time.perf_counter()
-        console.log("global explanations: importance by domain, dependence plots, interaction hints")
-        _, figures = global_views(scored, phis, out_dir / "explain")
-        side.append(figures)
-        del phis
         release_free_memory()
-        timings["global_views"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         console.log("border-crossing clusters (Gi*, local Moran, FDR) and contiguous perimeters")
         table = scored.table
@@ -449,6 +458,12 @@ def run_prioritise(
         for job in side:
             job.close()
         raise
+
+
+def programme_job(data_dir: Path | None, target_cog: int) -> SideProcess:
+    """A worker reading the programme table (:func:`territoria.models.programmes.programme_table`),
+    which needs only the data folder."""
+    return SideProcess(partial(prog.programme_table, data_dir=data_dir, target_cog=target_cog))
 
 
 def stability_settings(config: PriorityConfig) -> stab.StabilitySettings:

@@ -33,9 +33,9 @@ from territoria.io import write_csv, write_parquet
 from territoria.models.backtest import FeatureCache, backtest_folds, predict_target, run_backtest, train_target
 from territoria.models.index import DeprivationIndex
 from territoria.models.targets import ModelConfig, TargetSpec, load_model_config
-from territoria.models.tracking import log_runs
+from territoria.models.tracking import log_runs, preload
 from territoria.pipelines.build_features import FeatureBuild
-from territoria.workers import SideProcess
+from territoria.workers import SideProcess, SpareProcess
 
 
 #: training zones whose SHAP values each MLflow run carries (a seeded sample): enough for
@@ -135,10 +135,23 @@ def run_train(
     """
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
-    t = as_of if as_of is not None else fb.reference_period
-    timings: dict[str, float] = {}
     config = config or load_model_config()
 
+    # the MLflow worker imports its modules now, while the index and the first design
+    # matrices keep one core only
+    tracker = SpareProcess(preload)
+    try:
+        return _run_train(fb, out_dir, as_of, config, tracker, tracking_uri=tracking_uri, backtest=backtest,
+                          measures=measures, console=console, wait_for_tracking=wait_for_tracking)
+    finally:
+        tracker.close()
+
+
+def _run_train(fb: FeatureBuild, out_dir: Path, as_of: int | None, config: ModelConfig, tracker: SpareProcess, *,
+               tracking_uri: str | None, backtest: bool, measures: list[str] | None, console: Console,
+               wait_for_tracking: bool) -> TrainResult:
+    t = as_of if as_of is not None else fb.reference_period
+    timings: dict[str, float] = {}
     t0 = time.perf_counter()
     console.log("composite deprivation index")
     index, weights, index_model = compute_index(fb)
@@ -185,7 +198,7 @@ def run_train(
     # importing MLflow, explaining the logged samples and writing the store take seconds: a
     # worker does it while the next stage runs
     console.log(f"logging {len(runs)} runs to MLflow and registering their champions (worker process)")
-    tracking = SideProcess(log_runs, runs, out_dir if tracking_uri is None else None, tracking_uri)
+    tracking = tracker.run(log_runs, runs, out_dir if tracking_uri is None else None, tracking_uri)
     # the next stages read the designs at the forecast origin and the prepared targets only
     features.release(keep_period=t)
     predictions = pd.concat(forecasts, ignore_index=True) if forecasts else pd.DataFrame()

@@ -9,6 +9,10 @@ A spawned process re-imports the calling script; a script without ``if __name__ 
 "__main__":`` breaks the pool, and the call is then run here (with a warning), so the outputs
 are the same either way.
 
+Importing MLflow or shap takes a second or two of CPU. A :class:`SpareProcess` is started
+while a core is idle (the main process alone in a single-threaded step) and imports what a
+call will need; the call is handed to it later (:meth:`SpareProcess.run`).
+
 Examples
 --------
 >>> job = SideProcess(sorted, [3, 1, 2], min_cpus=10_000)  # too few cores here: run in place
@@ -34,13 +38,19 @@ class SideProcess:
     there is no second core or the pool broke; it must give the same outputs.
     """
 
-    def __init__(self, fn: Callable, *args, fallback: Callable | None = None, min_cpus: int = 2) -> None:
+    def __init__(self, fn: Callable, *args, fallback: Callable | None = None, min_cpus: int = 2,
+                 _pool: ProcessPoolExecutor | None = None) -> None:
         self.fn, self.args = fn, args
         self.fallback = fallback or (lambda: fn(*args))
         self._pool = self._future = None
-        if (os.cpu_count() or 1) >= min_cpus:
-            self._pool = ProcessPoolExecutor(1, mp_context=get_context("spawn"))
-            self._future = self._pool.submit(fn, *args)
+        if _pool is None and (os.cpu_count() or 1) >= min_cpus:
+            _pool = _spawned_pool()
+        if _pool is not None:
+            self._pool = _pool
+            try:
+                self._future = self._pool.submit(fn, *args)
+            except BrokenProcessPool:  # the spare process died while preloading: run it here
+                self.close()
 
     @property
     def in_process(self) -> bool:
@@ -63,6 +73,52 @@ class SideProcess:
 
     def close(self) -> None:
         """Stop waiting: shut the pool down (a running call is not interrupted)."""
+        if self._pool is not None:
+            self._pool.shutdown(wait=False, cancel_futures=True)
+            self._pool = None
+
+
+def _spawned_pool() -> ProcessPoolExecutor:
+    return ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+
+
+class SpareProcess:
+    """A spawned process started now, which runs ``preload()`` (imports, typically) while
+    this process goes on; :meth:`run` later hands it the call that needs them.
+
+    Start one just before a single-threaded step, so that the preloading takes the idle core
+    rather than a core the later steps need. Without ``min_cpus`` cores nothing is started and
+    :meth:`run` runs the call here when its result is asked for, as :class:`SideProcess` does.
+
+    Examples
+    --------
+    >>> spare = SpareProcess(min_cpus=10_000)          # too few cores here: nothing started
+    >>> spare.run(sorted, [3, 1, 2]).result()
+    [1, 2, 3]
+    """
+
+    def __init__(self, preload: Callable | None = None, min_cpus: int = 2) -> None:
+        self.min_cpus = min_cpus
+        self._pool = None
+        if (os.cpu_count() or 1) >= min_cpus:
+            self._pool = _spawned_pool()
+            if preload is not None:
+                self._pool.submit(preload)  # an import error shows again when the call runs
+
+    @property
+    def started(self) -> bool:
+        """True while a process is waiting for its call."""
+        return self._pool is not None
+
+    def run(self, fn: Callable, *args, fallback: Callable | None = None) -> SideProcess:
+        """``fn(*args)`` in the spare process (which is then used up), as a :class:`SideProcess`."""
+        pool, self._pool = self._pool, None
+        if pool is None:  # never started, or already used: a new process when there are the cores
+            return SideProcess(fn, *args, fallback=fallback, min_cpus=self.min_cpus)
+        return SideProcess(fn, *args, fallback=fallback, _pool=pool)
+
+    def close(self) -> None:
+        """Stop the process if no call was handed to it."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None

@@ -44,3 +44,58 @@ def test_a_data_error_in_the_worker_reaches_this_process_unchanged(tmp_path):
     with pytest.raises(DataError) as there:
         job.result()
     assert str(there.value) == str(here.value) and there.value.file == str(bad)
+
+
+def test_a_spare_process_runs_the_call_where_it_preloaded():
+    from functools import partial
+    from importlib import import_module
+
+    from territoria.workers import SpareProcess
+
+    module = "xml.dom.minidom"  # imported by nothing else in a fresh interpreter
+    spare = SpareProcess(partial(import_module, module), min_cpus=1)
+    assert spare.started
+    job = spare.run(eval, f"{module!r} in __import__('sys').modules")
+    assert not spare.started  # used up
+    assert job.in_process and job.result() is True
+    # used again: a new process, without the preload
+    assert spare.run(eval, f"{module!r} in __import__('sys').modules").result() is False
+
+
+def test_a_spare_process_whose_preload_fails_still_runs_the_call():
+    from functools import partial
+    from importlib import import_module
+
+    from territoria.workers import SpareProcess
+
+    spare = SpareProcess(partial(import_module, "no_such_module_here"), min_cpus=1)
+    assert spare.run(os.getpid).result() != os.getpid()
+
+
+def test_without_a_second_core_a_spare_process_runs_the_call_here():
+    from territoria.workers import SpareProcess
+
+    spare = SpareProcess(min_cpus=10_000)
+    assert not spare.started
+    assert spare.run(os.getpid).result() == os.getpid()
+
+
+def test_a_closed_spare_process_is_not_used():
+    from territoria.workers import SpareProcess
+
+    spare = SpareProcess(min_cpus=1)
+    spare.close()
+    assert not spare.started
+    assert spare.run(os.getpid).result() != os.getpid()  # a new process
+
+
+def test_a_spare_process_that_dies_while_preloading_falls_back_to_this_process():
+    import warnings
+    from functools import partial
+
+    from territoria.workers import SpareProcess
+
+    spare = SpareProcess(partial(os._exit, 3), min_cpus=1)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)  # warned when the break shows only at result()
+        assert spare.run(os.getpid, fallback=lambda: "written here").result() == "written here"
