@@ -13,7 +13,7 @@ import hashlib
 import inspect
 import os
 import warnings
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_context
 from pathlib import Path
@@ -149,6 +149,10 @@ class ResultCache:
     columns, parameters, code version). ``folder=None`` computes every time.
     :meth:`prune` removes the entries no lookup of this run asked for.
 
+    New entries are written by a background thread while the caller goes on (NumPy and the
+    file writes release the GIL); :meth:`wait` (called by :meth:`prune`) waits for them. The
+    arrays returned are read-only: one being written must not change.
+
     Examples
     --------
     >>> import tempfile, numpy as np
@@ -164,6 +168,8 @@ class ResultCache:
         self.folder = Path(folder) if folder is not None else None
         self.used: set[str] = set()
         self.hits = 0
+        self._writer: ThreadPoolExecutor | None = None
+        self._pending: list = []
 
     @staticmethod
     def key(*parts) -> str:
@@ -196,21 +202,43 @@ class ResultCache:
                 with np.load(path, allow_pickle=False) as f:
                     out = {k: f[k] for k in f.files}
                 self.hits += 1
-                return out
+                return _read_only(out)
             except (OSError, ValueError):
                 path.unlink(missing_ok=True)  # a damaged entry is recomputed, never trusted
-        out = compute()
+        out = _read_only(compute())
         self.folder.mkdir(parents=True, exist_ok=True)
-        write_atomic(path, lambda tmp: _save_npz(tmp, out))
+        if self._writer is None:
+            self._writer = ThreadPoolExecutor(1, thread_name_prefix="result-cache")
+        self._pending.append(self._writer.submit(write_atomic, path, lambda tmp: _save_npz(tmp, out)))
         return out
 
+    def wait(self) -> None:
+        """Wait for the entries being written (an error writing one is raised here)."""
+        pending, self._pending = self._pending, []
+        try:
+            for job in pending:
+                job.result()
+        finally:
+            if self._writer is not None:
+                self._writer.shutdown(wait=True)
+                self._writer = None
+
     def prune(self) -> None:
-        """Remove the entries that no :meth:`get` of this cache asked for."""
+        """Wait for the entries being written, then remove those no :meth:`get` of this cache
+        asked for."""
+        self.wait()
         if self.folder is None or not self.folder.is_dir():
             return
         for p in self.folder.glob("*.npz"):
             if p.name not in self.used:
                 p.unlink(missing_ok=True)
+
+
+def _read_only(arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    for a in arrays.values():
+        if isinstance(a, np.ndarray):
+            a.flags.writeable = False
+    return arrays
 
 
 def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:

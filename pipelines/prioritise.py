@@ -32,6 +32,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -95,12 +96,15 @@ def _forecasts_of(forecasts: pd.DataFrame | None, measure: str, zones: pd.Index,
         return None
     rows = forecasts[(forecasts["target"] == measure) & (forecasts["origin"] == origin)
                      & (forecasts["horizon_end"] == horizon_end)]
-    if len(rows) != len(zones) or not rows["zone_code"].is_unique:
+    if len(rows) != len(zones) or not zones.is_unique:
         return None
-    rows = rows.set_index("zone_code")
-    if not rows.index.isin(zones).all():
+    # positions, not isin or reindex: both convert Arrow strings one by one
+    pos = zones.get_indexer(rows["zone_code"])
+    if (pos < 0).any() or np.unique(pos).size != len(pos):
         return None
-    return rows.reindex(zones).rename_axis("zone_code").reset_index()
+    order = np.empty(len(pos), dtype=np.intp)
+    order[pos] = np.arange(len(pos))
+    return rows.iloc[order].reset_index(drop=True)
 
 
 @dataclass
@@ -392,21 +396,25 @@ def run_prioritise(
             programmes = programme_job(data_dir, fb.params.target_cog if fb.params else 2026)
             side.append(programmes)
 
-        # on disk and out of memory before the stability audit, which sets the stage's peak memory
-        t0 = time.perf_counter()
+        # written by a thread while the clusters are found (Arrow encodes without the GIL), on
+        # disk and out of memory before the stability audit
         console.log(f"writing explanations and score points to {out_dir}")
-        write_parquet(explanations, out_dir / "explanations.parquet")
-        write_parquet(points, out_dir / "score_points.parquet")
-        del explanations, points, location
-        timings["write"] = time.perf_counter() - t0
+        with ThreadPoolExecutor(1, thread_name_prefix="explanations-writer") as writer:
+            written = [writer.submit(write_parquet, explanations, out_dir / "explanations.parquet"),
+                       writer.submit(write_parquet, points, out_dir / "score_points.parquet")]
+            del explanations, points, location
+            t0 = time.perf_counter()
+            console.log("border-crossing clusters (Gi*, local Moran, FDR) and contiguous perimeters")
+            table = scored.table
+            stats = clu.local_statistics(table["priority_score"], fb.graph, seed=fb.params.seed if fb.params else 42)
+            perim = clu.priority_perimeters(table["priority_flag"], fb.graph, fb.identity)
+            summary = clu.cluster_summary(perim, fb.identity, population=table["population"])
+            timings["clusters"] = time.perf_counter() - t0
+            t0 = time.perf_counter()
+            for job in written:
+                job.result()
+            timings["write"] = time.perf_counter() - t0
         release_free_memory()
-        t0 = time.perf_counter()
-        console.log("border-crossing clusters (Gi*, local Moran, FDR) and contiguous perimeters")
-        table = scored.table
-        stats = clu.local_statistics(table["priority_score"], fb.graph, seed=fb.params.seed if fb.params else 42)
-        perim = clu.priority_perimeters(table["priority_flag"], fb.graph, fb.identity)
-        summary = clu.cluster_summary(perim, fb.identity, population=table["population"])
-        timings["clusters"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
         stability = None

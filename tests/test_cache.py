@@ -73,3 +73,43 @@ def test_read_only_cache_is_used_and_never_written(tmp_path, copy_bundled):
     pd.testing.assert_frame_equal(load_cached(src, None, cache, write=False), good)
     assert {p.name: p.stat().st_mtime_ns for p in cache.iterdir()} == before
     assert len(list(cache.iterdir())) == 1  # no entry added for ips_colleges
+
+
+def test_result_cache_writes_in_the_background_and_reads_back_read_only(tmp_path):
+    import numpy as np
+    import pytest
+
+    from territoria.pipelines.cache import ResultCache
+
+    cache = ResultCache(tmp_path)
+    key = cache.key("model text", pd.DataFrame({"x": [1.0, 2.0]}))
+    calls = []
+    out = cache.get("shap", key, lambda: calls.append(1) or {"phi": np.arange(4.0)})
+    with pytest.raises(ValueError, match="read-only"):
+        out["phi"][0] = 99.0  # an entry being written must not change under the writer
+    cache.wait()
+    assert [p.name for p in tmp_path.glob("*.npz")] == [f"shap-{key}.npz"]
+
+    again = ResultCache(tmp_path)
+    back = again.get("shap", key, lambda: calls.append(1) or {"phi": np.zeros(4)})
+    assert calls == [1] and again.hits == 1
+    assert back["phi"].tolist() == [0.0, 1.0, 2.0, 3.0] and not back["phi"].flags.writeable
+    again.prune()  # only the entry asked for is kept
+    assert len(list(tmp_path.glob("*.npz"))) == 1
+
+
+def test_result_cache_write_error_is_raised_by_wait(tmp_path, monkeypatch):
+    import numpy as np
+    import pytest
+
+    from territoria.pipelines import cache as cache_module
+
+    def disk_full(path, arrays):
+        raise OSError(28, "No space left on device")
+
+    monkeypatch.setattr(cache_module, "_save_npz", disk_full)
+    cache = cache_module.ResultCache(tmp_path)
+    assert cache.get("shap", "k", lambda: {"phi": np.ones(3)})["phi"].tolist() == [1.0, 1.0, 1.0]
+    with pytest.raises(OSError, match="No space left"):
+        cache.prune()
+    assert not list(tmp_path.iterdir())  # no half-written entry
