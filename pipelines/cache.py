@@ -12,6 +12,7 @@ from __future__ import annotations
 import hashlib
 import inspect
 import os
+import threading
 import warnings
 from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
@@ -170,6 +171,7 @@ class ResultCache:
         self.hits = 0
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list = []
+        self._lock = threading.Lock()  # lookups may come from two threads
 
     @staticmethod
     def key(*parts) -> str:
@@ -196,32 +198,36 @@ class ResultCache:
         if self.folder is None:
             return compute()
         path = self.folder / f"{name}-{key}.npz"
-        self.used.add(path.name)
+        with self._lock:
+            self.used.add(path.name)
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as f:
                     out = {k: f[k] for k in f.files}
-                self.hits += 1
+                with self._lock:
+                    self.hits += 1
                 return _read_only(out)
             except (OSError, ValueError):
                 path.unlink(missing_ok=True)  # a damaged entry is recomputed, never trusted
         out = _read_only(compute())
         self.folder.mkdir(parents=True, exist_ok=True)
-        if self._writer is None:
-            self._writer = ThreadPoolExecutor(1, thread_name_prefix="result-cache")
-        self._pending.append(self._writer.submit(write_atomic, path, lambda tmp: _save_npz(tmp, out)))
+        with self._lock:
+            if self._writer is None:
+                self._writer = ThreadPoolExecutor(1, thread_name_prefix="result-cache")
+            self._pending.append(self._writer.submit(write_atomic, path, lambda tmp: _save_npz(tmp, out)))
         return out
 
     def wait(self) -> None:
         """Wait for the entries being written (an error writing one is raised here)."""
-        pending, self._pending = self._pending, []
+        with self._lock:
+            pending, self._pending = self._pending, []
+            writer, self._writer = self._writer, None
         try:
             for job in pending:
                 job.result()
         finally:
-            if self._writer is not None:
-                self._writer.shutdown(wait=True)
-                self._writer = None
+            if writer is not None:
+                writer.shutdown(wait=True)
 
     def prune(self) -> None:
         """Wait for the entries being written, then remove those no :meth:`get` of this cache

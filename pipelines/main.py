@@ -195,7 +195,8 @@ def run_main(
     models = {tr.spec.measure: tr for tr in res.models.values()}
     try:
         pri = run_prioritise(fb, res.index_model, models, out_dir, data_dir=data_dir, lang=lang, console=console,
-                             model_config=config, forecasts=res.predictions, programmes=side["programmes"])
+                             model_config=config, forecasts=res.predictions, programmes=side["programmes"],
+                             release_panel=features is None)
     except BaseException:
         if res.tracking is not None:  # the worker finishes logging its runs and exits
             res.tracking.close()

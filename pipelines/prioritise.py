@@ -32,7 +32,7 @@ from __future__ import annotations
 import json
 import time
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -344,6 +344,7 @@ def run_prioritise(
     model_config: ModelConfig | None = None,
     forecasts: pd.DataFrame | None = None,
     programmes: SideProcess | None = None,
+    release_panel: bool = False,
 ) -> PriorityResult:
     """Score, flag, cluster and explain every commune; write the outputs under ``out_dir``.
 
@@ -353,6 +354,9 @@ def run_prioritise(
     stage's forecasts of ``trained`` at the reference period (``predictions.parquet``),
     reused rather than predicted again. ``programmes`` is a worker already reading the
     programme table (:func:`programme_job`; the main job starts it during the feature build).
+    ``release_panel`` frees ``fb``'s panel once the zones are scored
+    (:meth:`~territoria.pipelines.build_features.FeatureBuild.release_panel`: a later use reads
+    ``panel.parquet`` back); the main job, which owns its build, does.
     """
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
@@ -368,6 +372,8 @@ def run_prioritise(
         scored = engine.baseline(forecasts)
         # scored holds the forecast designs it needs; bootstrap refits would read the prepared targets
         FeatureCache.of(fb).release()
+        if release_panel and fb.release_panel():
+            release_free_memory()  # 0.75 GB less under the SHAP step's peak
         timings["score"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -383,6 +389,14 @@ def run_prioritise(
         _, figures = global_views(scored, {m: c[0] for m, c in contributions.items()}, out_dir / "explain")
         side.append(figures)
         timings["global_views"] = time.perf_counter() - t1
+        settings = stability_settings(engine.config)
+        folds = None
+        if settings.replicates > 0 and settings.training_sample == "folds" and trained:
+            # the stability audit's fold-model forecasts, by a thread (LightGBM predicts without
+            # the GIL) while this one tidies the SHAP values
+            background = ThreadPoolExecutor(1, thread_name_prefix="fold-forecasts")
+            folds = background.submit(_then_release, fold_forecasts, engine, scored, console, results)
+            background.shutdown(wait=False)
         t0 = time.perf_counter()
         explanations, points = explain(engine, scored, contributions)
         del contributions
@@ -418,11 +432,10 @@ def run_prioritise(
 
         t0 = time.perf_counter()
         stability = None
-        settings = stability_settings(engine.config)
         if settings.replicates > 0:
             console.log(f"stability: {settings.replicates} replicates of the scoring with perturbed inputs")
             stability = stability_audit(engine, scored, settings, model_config=model_config, console=console,
-                                        cache=results)
+                                        cache=results, folds=folds)
         timings["stability"] = time.perf_counter() - t0
         if results.hits:
             console.log(f"{results.hits} SHAP or refit results read back from {results.folder} (unchanged inputs)")
@@ -545,6 +558,15 @@ def fold_forecasts(engine: PriorityEngine, scored: Scored, console: Console | No
     return BootstrapForecasts(measures, zones, np.stack(preds, axis=2), seed=0, method="folds")
 
 
+def _then_release(fn: Callable, *args):
+    """``fn(*args)``, then the freed memory given back: a thread's temporaries stay in its own
+    allocator arena, which the main thread does not reuse."""
+    try:
+        return fn(*args)
+    finally:
+        release_free_memory()
+
+
 def _refit_arrays(b: BootstrapForecasts) -> dict[str, np.ndarray]:
     return {"measures": np.asarray(b.measures, dtype=str), "zones": np.asarray(b.zones, dtype=str),
             "predictions": b.predictions, "seed": np.asarray(b.seed)}
@@ -552,21 +574,23 @@ def _refit_arrays(b: BootstrapForecasts) -> dict[str, np.ndarray]:
 
 def stability_audit(engine: PriorityEngine, scored: Scored,
                     settings: stab.StabilitySettings | None = None, model_config: ModelConfig | None = None,
-                    console: Console | None = None, cache: ResultCache | None = None) -> stab.StabilityResult:
+                    console: Console | None = None, cache: ResultCache | None = None,
+                    folds: Future | None = None) -> stab.StabilityResult:
     """Replicates of the baseline scoring with perturbed inputs and replicate models of the
     training sample (``settings.training_sample``: the fold models as jackknife replicates, or
     refits on bootstrap samples; see :mod:`territoria.models.stability`); checks that the
     unperturbed replicate reproduces the run's scores and flags (``summary["reproduces_run"]``).
 
     Models saved without their fold models (an older run) fall back to ``bootstrap_refits``
-    bootstrap refits, which the summary's ``refits.method`` records.
+    bootstrap refits, which the summary's ``refits.method`` records. ``folds`` is
+    :func:`fold_forecasts` of the same scoring already started in a thread.
     """
     settings = settings or stability_settings(engine.config)
     t = scored.table
     dcfg = diag.load_diagnostics_config(registry=engine.registry)
     refits = None
     if settings.training_sample == "folds" and engine.trained:
-        refits = fold_forecasts(engine, scored, console, cache)
+        refits = folds.result() if folds is not None else fold_forecasts(engine, scored, console, cache)
         if refits is None and console:
             console.log("stability: the saved models have no fold models; bootstrap refits instead")
     if refits is None and settings.training_sample != "none" and settings.bootstrap_refits > 0 and engine.trained:
