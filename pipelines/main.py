@@ -24,7 +24,13 @@ from pathlib import Path
 from rich.console import Console
 
 from territoria.io import write_json
-from territoria.memory import configure_allocators, release_free_memory
+from territoria.memory import configure_allocators, fewer_collections, release_free_memory
+from territoria.models.backtest import FeatureCache
+from territoria.models.targets import load_model_config
+from territoria.pipelines.build_features import run_build_features
+from territoria.pipelines.prioritise import programme_job, run_prioritise
+from territoria.pipelines.report import run_report
+from territoria.pipelines.train import run_train
 from territoria.paths import conf_dir
 from territoria.settings import load_parameters, load_yaml
 from territoria.verify import git_commit, package_versions, sha256_of, write_manifest
@@ -117,6 +123,7 @@ def _reuse_training(fb, out_dir: Path, previous: dict, console: Console):
                        timings={"reuse": time.perf_counter() - t0})
 
 
+@fewer_collections
 def run_main(
     out_dir: Path | str,
     *,
@@ -137,15 +144,9 @@ def run_main(
     ``models_conf`` replaces ``conf/models.yml``; ``features`` reuses a feature build of the
     same data (its outputs must already be in ``out_dir`` or are written there); ``retrain``
     trains even when ``out_dir`` holds reusable models of the same inputs. The process's
-    allocators are set for a long job first (:func:`territoria.memory.configure_allocators`).
+    allocators are set for a long job first (:func:`territoria.memory.configure_allocators`),
+    and its garbage collector runs less often (:func:`territoria.memory.fewer_collections`).
     """
-    from territoria.models.backtest import FeatureCache
-    from territoria.models.targets import load_model_config
-    from territoria.pipelines.build_features import run_build_features
-    from territoria.pipelines.prioritise import programme_job, run_prioritise
-    from territoria.pipelines.report import run_report
-    from territoria.pipelines.train import run_train
-
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
     timings: dict[str, float] = {}
