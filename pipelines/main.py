@@ -27,11 +27,11 @@ from territoria.io import write_json
 from territoria.memory import configure_allocators, fewer_collections, release_free_memory
 from territoria.models.backtest import FeatureCache
 from territoria.models.targets import load_model_config
+from territoria.paths import conf_dir
 from territoria.pipelines.build_features import run_build_features
 from territoria.pipelines.prioritise import programme_job, run_prioritise
 from territoria.pipelines.report import run_report
 from territoria.pipelines.train import run_train
-from territoria.paths import conf_dir
 from territoria.settings import load_parameters, load_yaml
 from territoria.verify import git_commit, package_versions, sha256_of, write_manifest
 
@@ -196,7 +196,7 @@ def run_main(
     models = {tr.spec.measure: tr for tr in res.models.values()}
     try:
         pri = run_prioritise(fb, res.index_model, models, out_dir, data_dir=data_dir, lang=lang, console=console,
-                             model_config=config, forecasts=res.predictions, programmes=side["programmes"],
+                             model_config=config, forecasts=res.predictions, programmes=side.get("programmes"),
                              release_panel=features is None)
     except BaseException:
         if res.tracking is not None:  # the worker finishes logging its runs and exits

@@ -33,7 +33,7 @@ import json
 import time
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from functools import partial
 from pathlib import Path
 
@@ -395,7 +395,7 @@ def run_prioritise(
             # the stability audit's fold-model forecasts, by a thread (LightGBM predicts without
             # the GIL) while this one tidies the SHAP values
             background = ThreadPoolExecutor(1, thread_name_prefix="fold-forecasts")
-            folds = background.submit(_then_release, fold_forecasts, engine, scored, console, results)
+            folds = background.submit(_then_release, fold_forecasts, engine, _shallow(scored), console, results)
             background.shutdown(wait=False)
         t0 = time.perf_counter()
         explanations, points = explain(engine, scored, contributions)
@@ -556,6 +556,13 @@ def fold_forecasts(engine: PriorityEngine, scored: Scored, console: Console | No
         raise ValueError(f"the models have different numbers of fold models: {[p.shape[0] for p in preds]}")
     zones = pd.Index(scored.designs[measures[0]][0].index)
     return BootstrapForecasts(measures, zones, np.stack(preds, axis=2), seed=0, method="folds")
+
+
+def _shallow(scored: Scored) -> Scored:
+    """``scored`` with shallow copies of the frames a second thread reads: the data are
+    shared, but not the objects pandas may reorganise in place (block consolidation, caches)."""
+    return replace(scored, predictions=scored.predictions.copy(deep=False),
+                   designs={m: (X.copy(deep=False), M.copy(deep=False)) for m, (X, M) in scored.designs.items()})
 
 
 def _then_release(fn: Callable, *args):

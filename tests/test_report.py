@@ -212,6 +212,19 @@ def test_report_lists_gaps_changes_and_clusters(run_dir, reports):
     assert "sorties de la liste" in html and "nouvelles" in html
 
 
+def test_report_shows_populations_not_python_objects(run_dir, reports):
+    """``{{ r.pop }}`` reads the context's "pop" key, not the dict's ``pop`` method (whose
+    repr the report once showed in place of every population)."""
+    _, texts = reports
+    for lang, pages in texts.items():
+        for name, html in pages.items():
+            assert "built-in method" not in html and "object at 0x" not in html, (lang, name)
+    html = texts["fr"]["report"]
+    pri = pd.read_csv(run_dir / "priorities.csv", dtype={"zone_code": str})
+    assert rep.fmt_int(pri.loc[pri["priority_flag"], "population"].sum(), "fr") in html
+    assert rep.fmt_int(12000.0, "fr") in html  # the cluster's
+
+
 def test_audit_files_and_lineage(run_dir, reports):
     paths, _ = reports
     audit = run_dir / "audit"
