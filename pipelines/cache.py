@@ -171,6 +171,7 @@ class ResultCache:
         self.hits = 0
         self._writer: ThreadPoolExecutor | None = None
         self._pending: list = []
+        self._in_flight: dict[str, dict[str, np.ndarray]] = {}  # entries being written
         self._lock = threading.Lock()  # lookups may come from two threads
 
     @staticmethod
@@ -200,6 +201,9 @@ class ResultCache:
         path = self.folder / f"{name}-{key}.npz"
         with self._lock:
             self.used.add(path.name)
+            in_flight = self._in_flight.get(path.name)
+        if in_flight is not None:
+            return in_flight
         if path.exists():
             try:
                 with np.load(path, allow_pickle=False) as f:
@@ -211,10 +215,18 @@ class ResultCache:
                 path.unlink(missing_ok=True)  # a damaged entry is recomputed, never trusted
         out = _read_only(compute())
         self.folder.mkdir(parents=True, exist_ok=True)
+        def write() -> None:
+            try:
+                write_atomic(path, lambda tmp: _save_npz(tmp, out))
+            finally:
+                with self._lock:
+                    self._in_flight.pop(path.name, None)
+
         with self._lock:
             if self._writer is None:
                 self._writer = ThreadPoolExecutor(1, thread_name_prefix="result-cache")
-            self._pending.append(self._writer.submit(write_atomic, path, lambda tmp: _save_npz(tmp, out)))
+            self._in_flight[path.name] = out
+            self._pending.append(self._writer.submit(write))
         return out
 
     def wait(self) -> None:

@@ -113,3 +113,27 @@ def test_result_cache_write_error_is_raised_by_wait(tmp_path, monkeypatch):
     with pytest.raises(OSError, match="No space left"):
         cache.prune()
     assert not list(tmp_path.iterdir())  # no half-written entry
+
+
+def test_result_cache_serves_an_entry_still_being_written(tmp_path, monkeypatch):
+    import threading
+
+    import numpy as np
+
+    from territoria.pipelines import cache as cache_module
+
+    release, save = threading.Event(), cache_module._save_npz
+
+    def slow_save(path, arrays):
+        release.wait(10)
+        save(path, arrays)
+
+    monkeypatch.setattr(cache_module, "_save_npz", slow_save)
+    cache = cache_module.ResultCache(tmp_path)
+    calls = []
+    first = cache.get("folds", "k", lambda: calls.append(1) or {"folds": np.arange(3.0)})
+    second = cache.get("folds", "k", lambda: calls.append(1) or {"folds": np.zeros(3)})
+    assert calls == [1] and second["folds"] is first["folds"]
+    release.set()
+    cache.wait()
+    assert cache_module.ResultCache(tmp_path).get("folds", "k", lambda: {})["folds"].tolist() == [0.0, 1.0, 2.0]
