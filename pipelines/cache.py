@@ -14,9 +14,8 @@ import inspect
 import os
 import threading
 import warnings
-from concurrent.futures import ProcessPoolExecutor, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
-from multiprocessing import get_context
 from pathlib import Path
 
 import geopandas as gpd
@@ -28,6 +27,7 @@ from territoria import readers
 from territoria.features.sources import base
 from territoria.features.sources.base import Source, file_sha256
 from territoria.io import write_atomic, write_parquet
+from territoria.workers import spawned_pool
 
 
 def cache_key(src: Source, vintages: list[int]) -> str:
@@ -103,7 +103,7 @@ def load_all(
         todo.sort(key=lambda name: -_input_bytes(*requests[name]))
         # spawn, not fork: forking a process that runs Arrow threads may deadlock
         try:
-            with ProcessPoolExecutor(workers, mp_context=get_context("spawn")) as pool:
+            with spawned_pool(workers) as pool:
                 if cache_dir is not None and write:
                     # the workers store their tables, read back below as a warm run reads
                     # them: faster than pickling them back through a pipe (7 s of the

@@ -23,6 +23,8 @@ Examples
 from __future__ import annotations
 
 import os
+import threading
+import time
 import warnings
 from collections.abc import Callable
 from concurrent.futures import ProcessPoolExecutor
@@ -79,7 +81,29 @@ class SideProcess:
 
 
 def _spawned_pool() -> ProcessPoolExecutor:
-    return ProcessPoolExecutor(1, mp_context=get_context("spawn"))
+    return spawned_pool(1)
+
+
+def spawned_pool(workers: int) -> ProcessPoolExecutor:
+    """A pool of ``workers`` spawned processes that exit if this process is killed
+    (:func:`exit_with_parent`)."""
+    return ProcessPoolExecutor(workers, mp_context=get_context("spawn"), initializer=exit_with_parent,
+                               initargs=(os.getpid(),))
+
+
+def exit_with_parent(parent: int, interval: float = 0.5) -> None:
+    """In a worker process: exit as soon as ``parent`` is no longer its parent.
+
+    A pool's idle worker waits for its next call forever: when the main job is killed
+    (SIGKILL, the out-of-memory killer), its workers would live on, holding their memory.
+    A daemon thread checks the parent every ``interval`` seconds.
+    """
+    def watch() -> None:
+        while os.getppid() == parent:
+            time.sleep(interval)
+        os._exit(1)
+
+    threading.Thread(target=watch, name="exit-with-parent", daemon=True).start()
 
 
 class SpareProcess:

@@ -99,3 +99,44 @@ def test_a_spare_process_that_dies_while_preloading_falls_back_to_this_process()
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)  # warned when the break shows only at result()
         assert spare.run(os.getpid, fallback=lambda: "written here").result() == "written here"
+
+
+def test_workers_exit_when_the_main_process_is_killed(tmp_path):
+    """A killed main job (SIGKILL, out-of-memory killer) leaves no worker waiting forever."""
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    pid_file = tmp_path / "workers.pid"
+    script = (
+        "import os, time\n"
+        "from territoria.workers import SpareProcess\n"
+        "if __name__ == '__main__':\n"
+        "    spares = [SpareProcess(min_cpus=1) for _ in range(2)]  # two idle workers\n"
+        "    pids = [spare._pool.submit(os.getpid).result() for spare in spares]\n"
+        f"    open({str(pid_file)!r}, 'w').write(' '.join(map(str, pids)))\n"
+        "    time.sleep(120)\n"
+    )
+    proc = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 120
+    while time.time() < deadline and not (pid_file.exists() and len(pid_file.read_text().split()) == 2):
+        time.sleep(0.2)
+    workers = [int(p) for p in pid_file.read_text().split()]
+    assert all(_alive(w) for w in workers)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    alive, deadline = workers, time.time() + 15
+    while alive and time.time() < deadline:
+        time.sleep(0.2)
+        alive = [w for w in workers if _alive(w)]
+    assert not alive, f"workers {alive} outlived their killed parent"
+
+
+def _alive(pid: int) -> bool:
+    """The process exists and is not a zombie (an exited orphan not reaped yet)."""
+    try:
+        with open(f"/proc/{pid}/stat", encoding="ascii") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except FileNotFoundError:
+        return False
