@@ -215,6 +215,7 @@ class ResultCache:
                 path.unlink(missing_ok=True)  # a damaged entry is recomputed, never trusted
         out = _read_only(compute())
         self.folder.mkdir(parents=True, exist_ok=True)
+
         def write() -> None:
             try:
                 write_atomic(path, lambda tmp: _save_npz(tmp, out))

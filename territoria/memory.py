@@ -131,7 +131,8 @@ def fewer_collections(fn: Callable) -> Callable:
 
     pandas and scikit-learn create and drop millions of small containers: with the default
     thresholds the main job ran 2,100 collections, 1.4 s of its main thread, most of it in
-    full collections walking every imported module's objects again (0.5 s with these).
+    full collections walking every imported module's objects again (635 collections and 0.6 s
+    with these).
 
     Examples
     --------

@@ -46,7 +46,7 @@ class SideProcess:
         self.fallback = fallback or (lambda: fn(*args))
         self._pool = self._future = None
         if _pool is None and (os.cpu_count() or 1) >= min_cpus:
-            _pool = _spawned_pool()
+            _pool = spawned_pool(1)
         if _pool is not None:
             self._pool = _pool
             try:
@@ -78,10 +78,6 @@ class SideProcess:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-
-
-def _spawned_pool() -> ProcessPoolExecutor:
-    return spawned_pool(1)
 
 
 def spawned_pool(workers: int) -> ProcessPoolExecutor:
@@ -125,7 +121,7 @@ class SpareProcess:
         self.min_cpus = min_cpus
         self._pool = None
         if (os.cpu_count() or 1) >= min_cpus:
-            self._pool = _spawned_pool()
+            self._pool = spawned_pool(1)
             if preload is not None:
                 self._pool.submit(preload)  # an import error shows again when the call runs
 
