@@ -347,6 +347,14 @@ def indicator_unit(name: str) -> str:
     return ""
 
 
+def _codes_in(zones) -> tuple:
+    """A parquet filter on ``zone_code``; typed, because Arrow cannot type an empty list (a run
+    with no flagged zone has no cards to read for)."""
+    import pyarrow as pa
+
+    return ("zone_code", "in", pa.array([str(z) for z in zones], pa.string()))
+
+
 def read_series(out_dir: Path, zones: list[str] | None = None,
                 measures: tuple[str, ...] = KEY_INDICATORS) -> pd.DataFrame:
     """Commune rows of ``panel.parquet`` for ``measures`` (and ``zones`` when given)."""
@@ -356,7 +364,7 @@ def read_series(out_dir: Path, zones: list[str] | None = None,
         return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else "object") for c in cols})
     filters = [("level", "==", "commune"), ("measure", "in", list(measures))]
     if zones is not None:
-        filters.append(("zone_code", "in", list(zones)))
+        filters.append(_codes_in(zones))
     df = pd.read_parquet(path, columns=cols, filters=filters)
     return df[df["value"].notna()].reset_index(drop=True)
 
@@ -387,7 +395,7 @@ def read_neighbours(out_dir: Path, zones: list[str] | None = None,
     names = set(pq.read_schema(path).names)
     cols = [f"{m}__nbr_mean" for m in measures if f"{m}__nbr_mean" in names]
     df = pd.read_parquet(path, columns=["zone_code", *cols],
-                         filters=[("zone_code", "in", list(zones))] if zones is not None else None)
+                         filters=[_codes_in(zones)] if zones is not None else None)
     return df.set_index("zone_code").rename(columns=lambda c: c.removesuffix("__nbr_mean"))
 
 
@@ -395,20 +403,20 @@ def read_points(out_dir: Path, zones: list[str]) -> pd.DataFrame:
     path = Path(out_dir) / "score_points.parquet"
     if not path.exists() or not zones:
         return pd.DataFrame(columns=["zone_code", "indicator", "is_location", "domain", "points", "is_lever"])
-    return pd.read_parquet(path, filters=[("zone_code", "in", list(zones))])
+    return pd.read_parquet(path, filters=[_codes_in(zones)])
 
 
 # --------------------------------------------------------------------------- chart geometry (pure)
 def bar_chart(items: list[tuple[str, float]], width: int = 300, row: int = 18, label_w: int = 110,
               clip: float = 3.0) -> dict:
     """Diverging horizontal bars around 0 (domain scores): coordinates for the SVG template."""
-    vals = [v for _, v in items if v is not None and np.isfinite(v)]
+    vals = [v for _, v in items if v is not None and math.isfinite(v)]
     m = min(max([abs(v) for v in vals] + [1.0]), clip)
     plot_w = width - label_w - 40
     zero = label_w + plot_w / 2
     bars = []
     for k, (label, v) in enumerate(items):
-        ok = v is not None and np.isfinite(v)
+        ok = v is not None and math.isfinite(v)
         vv = max(-m, min(m, v)) if ok else 0.0
         w = abs(vv) / m * plot_w / 2
         bars.append({"y": k * row + 4, "label": label, "x": zero - w if vv < 0 else zero, "w": max(w, 0.5),
@@ -422,7 +430,7 @@ def line_chart(periods_zone, values_zone, periods_dep, values_dep, nbr: float | 
     pz = [int(p) for p in periods_zone]
     pd_ = [int(p) for p in periods_dep]
     allp = sorted(set(pz) | set(pd_) | ({ref_period} if nbr is not None else set()))
-    ys = [v for v in (*values_zone, *values_dep, *( [nbr] if nbr is not None else [])) if np.isfinite(v)]
+    ys = [v for v in (*values_zone, *values_dep, *( [nbr] if nbr is not None else [])) if math.isfinite(v)]
     if not allp or not ys:
         return None
     x0, x1 = min(allp), max(allp)
@@ -437,16 +445,18 @@ def line_chart(periods_zone, values_zone, periods_dep, values_dep, nbr: float | 
     def Y(v):
         return T + (height - T - B) * (1 - (v - lo) / (hi - lo))
 
+    xs = {p: round(X(p), 1) for p in allp}  # the zone's and the department's points share years
+
     def pts(ps, vs):
-        return [(round(X(p), 1), round(Y(v), 1)) for p, v in zip(ps, vs) if np.isfinite(v)]
+        return [(xs[p], round(Y(v), 1)) for p, v in zip(ps, vs) if math.isfinite(v)]
 
     zone_pts, dep_pts = pts(pz, values_zone), pts(pd_, values_dep)
     return {
         "width": width, "height": height, "L": L, "bottom": height - B, "right": width - R,
         "zone": zone_pts, "zone_line": " ".join(f"{x},{y}" for x, y in zone_pts),
         "dep": dep_pts, "dep_line": " ".join(f"{x},{y}" for x, y in dep_pts),
-        "nbr": (round(X(ref_period), 1), round(Y(nbr), 1)) if nbr is not None and np.isfinite(nbr) else None,
-        "ticks": _year_ticks([(round(X(p), 1), p) for p in allp]),
+        "nbr": (round(X(ref_period), 1), round(Y(nbr), 1)) if nbr is not None and math.isfinite(nbr) else None,
+        "ticks": _year_ticks([(xs[p], p) for p in allp]),
         "y_hi": hi - pad, "y_lo": lo + pad, "y_hi_y": round(Y(hi - pad), 1), "y_lo_y": round(Y(lo + pad), 1),
     }
 
@@ -492,7 +502,7 @@ def waterfall(base: float, items: list[tuple[str, float, str]], final: float, wi
 def interval_bar(value: float, low: float, high: float, lo: float = 0.0, hi: float = 100.0,
                  width: int = 220, height: int = 22) -> dict | None:
     """A value with its interval on a fixed scale."""
-    if any(x is None or not np.isfinite(x) for x in (value, low, high)):
+    if any(x is None or not math.isfinite(x) for x in (value, low, high)):
         return None
 
     def X(v):
@@ -670,7 +680,9 @@ def card_contexts(cd: CardData, zones: list[str], lang: str = "fr") -> list[dict
     rows = P["rows"].reindex([z for z in zones if z in P["codes"]])
     adapters = _adapters()
     reg = _registry()
+    # plain dicts: a DataFrame's .at per chart took an eighth of the cards' time
     nbr = cd.neighbours
+    nbr = nbr[nbr.index.isin(rows.index)].to_dict("index") if len(nbr) else {}
     domains = run.domains
     lev_col = f"top_levers_{lang}" if f"top_levers_{lang}" in pri else "top_levers"
     measures = [c.removeprefix("pred_") for c in pri.columns
@@ -690,7 +702,7 @@ def card_contexts(cd: CardData, zones: list[str], lang: str = "fr") -> list[dict
                 continue
             p1, v1, s1 = zs.get(m, ([], [], []))
             p2, v2, _ = ds.get(m, ([], [], []))
-            nb = _f(nbr.at[code, m]) if (m in nbr.columns and code in nbr.index) else None
+            nb = _f(nbr[code].get(m)) if code in nbr else None
             indexed = m in COUNT_INDICATORS
             if indexed:
                 v1 = [v / v1[0] * 100 for v in v1] if v1 and v1[0] else []
@@ -926,6 +938,8 @@ def remove_other_cards(folder: Path, cards: list[Path]) -> None:
 
 def _write_run_cards(run: RunOutputs, out_dir: Path, lang: str, zones: list[str]) -> tuple[list[Path], float]:
     """The cards of ``zones`` of the run ``run`` read from ``out_dir``, and the seconds spent."""
+    if not zones:
+        return [], 0.0
     t0 = time.perf_counter()
     cards = write_cards(prepare_cards(run, zones, read_series(out_dir)), zones, out_dir / "zones", lang)
     return cards, time.perf_counter() - t0
@@ -975,7 +989,12 @@ def simplified_geometries(out_dir: Path, codes: pd.Series, tolerance: float = SI
     geoms = np.where(pd.isna(geoms), None, geoms)
     ok = geoms != None  # noqa: E711 - numpy object comparison
     out = np.full(len(geoms), None, dtype=object)
-    out[ok] = shapely.simplify(geoms[ok].astype(object), tolerance, preserve_topology=True)
+    # Douglas-Peucker, then the topology-preserving simplifier for the few polygons it made
+    # invalid or empty (10 of 34,875 communes): 0.32 s instead of 0.83 s for all of them
+    simple = shapely.simplify(geoms[ok].astype(object), tolerance, preserve_topology=False)
+    broken = ~shapely.is_valid(simple) | shapely.is_empty(simple)
+    simple[broken] = shapely.simplify(geoms[ok][broken].astype(object), tolerance, preserve_topology=True)
+    out[ok] = simple
     return out
 
 

@@ -279,3 +279,40 @@ def test_year_labels_of_the_small_charts_do_not_overlap():
     assert xs[-1] + 12 <= c["width"]  # the last label, centred on its tick, is not cut
     two = rep.line_chart([2018, 2021], [1.0, 2.0], [2018, 2021], [1.5, 1.7], 1.6, 2021)
     assert [p for _, p in two["ticks"]] == [2018, 2021]
+
+
+def test_a_run_without_flagged_zones_gets_its_report_and_no_cards(run_dir, tmp_path):
+    """A policy can flag no zone (a strict threshold, a small area): the map, the report and
+    the audit are written, the cards folder holds no card, and no parquet filter on an empty
+    list of codes fails (Arrow cannot type an empty list)."""
+    import shutil
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    pri = pd.read_csv(out / "priorities.csv", dtype={"zone_code": str})
+    pri["priority_flag"] = False
+    pri.to_csv(out / "priorities.csv", index=False)
+    timings = {}
+    paths = rep.run_report(out, lang="en", timings=timings)
+    assert timings["n_cards"] == 0 and not list((out / "zones").glob("*.html"))
+    assert paths["map"].exists() and paths["report"].exists() and paths["model_card"].exists()
+    assert rep.read_points(out, []).empty and rep.read_neighbours(out, []).empty and rep.read_series(out, []).empty
+
+
+def test_simplified_polygons_are_valid_and_within_the_tolerance(run_dir):
+    """The map's polygons: one per zone in the order asked (None for a zone without polygon),
+    valid, non-empty and near the commune's outline (Douglas-Peucker bounds each dropped
+    vertex's distance to the simplified line, not the Hausdorff distance: within twice the
+    tolerance)."""
+    import pyogrio
+    import shapely
+
+    codes = pd.Series(["59999", *pd.read_csv(run_dir / "priorities.csv", dtype={"zone_code": str})["zone_code"]])
+    simple = rep.simplified_geometries(run_dir, codes, tolerance=0.002)
+    g = pyogrio.read_dataframe(run_dir / "priorities.gpkg", layer="priorities", columns=["zone_code"])
+    orig = dict(zip(g["zone_code"], g.geometry))
+    assert simple[0] is None and len(simple) == len(codes)
+    for code, s in zip(codes[1:], simple[1:]):
+        assert s is not None and shapely.is_valid(s) and not s.is_empty
+        assert shapely.get_num_coordinates(s) <= shapely.get_num_coordinates(orig[code])
+        assert shapely.hausdorff_distance(s, orig[code]) <= 2 * 0.002
