@@ -272,6 +272,19 @@ def tree_shap(booster, X, num_iteration: int | None = None, n_jobs: int | None =
     return out
 
 
+def compile_kernels() -> None:
+    """Compile the numba kernels into numba's cache (next to this module) by explaining a
+    tiny model: ``scripts/install.sh`` calls it, so that the first run does not spend 1.5 s
+    compiling them in each process that explains (the main job's and MLflow's worker)."""
+    import lightgbm as lgb
+
+    rng = np.random.default_rng(0)
+    X = rng.normal(size=(200, 3))
+    booster = lgb.train({"num_leaves": 4, "verbose": -1, "num_threads": 1},
+                        lgb.Dataset(X, X[:, 0] + rng.normal(size=200)), num_boost_round=2)
+    tree_shap(booster, X, n_jobs=1)
+
+
 def contributions(booster, X, num_iteration: int | None = None, n_jobs: int | None = None) -> np.ndarray:
     """TreeSHAP contributions of ``X``'s rows (layout of ``pred_contrib``): :func:`tree_shap`
     when it serves the booster, LightGBM's ``pred_contrib`` otherwise (the same values)."""

@@ -25,4 +25,6 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
+# numba caches the TreeSHAP kernels it compiles next to the module: compiled once here
+.venv/bin/python -c "from territoria.models.treeshap import compile_kernels; compile_kernels()"
 echo "installed: $(.venv/bin/territoria --help >/dev/null && echo territoria) in .venv"
