@@ -83,9 +83,10 @@ def _quiet() -> None:
         logging.getLogger(name).setLevel(max(logging.getLogger(name).level, logging.WARNING))
 
 
-def preload() -> None:
+def preload(store: TrackingStore | None = None) -> None:
     """Import what :func:`log_runs` needs (MLflow, its LightGBM flavour and SQL store, the
-    TreeSHAP kernels): a :class:`territoria.workers.SpareProcess` does it while a core is idle."""
+    TreeSHAP kernels) and open ``store`` (a new embedded store creates its tables then: 0.9 s):
+    a :class:`territoria.workers.SpareProcess` does it while a core is idle."""
     _quiet()
     import lightgbm  # noqa: F401
     import mlflow.lightgbm  # noqa: F401
@@ -95,6 +96,9 @@ def preload() -> None:
     from mlflow.models import ModelSignature  # noqa: F401
 
     import territoria.models.treeshap  # noqa: F401
+
+    if store is not None:
+        store.client()
 
 
 def default_tracking_uri(out_dir: Path | str) -> str:

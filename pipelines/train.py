@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -33,7 +34,7 @@ from territoria.io import write_csv, write_parquet
 from territoria.models.backtest import FeatureCache, backtest_folds, predict_target, run_backtest, train_target
 from territoria.models.index import DeprivationIndex
 from territoria.models.targets import ModelConfig, TargetSpec, load_model_config
-from territoria.models.tracking import log_runs, preload
+from territoria.models.tracking import log_runs, preload, tracking_store
 from territoria.pipelines.build_features import FeatureBuild
 from territoria.workers import SideProcess, SpareProcess
 
@@ -137,9 +138,9 @@ def run_train(
     out_dir = Path(out_dir)
     config = config or load_model_config()
 
-    # the MLflow worker imports its modules now, while the index and the first design
-    # matrices keep one core only
-    tracker = SpareProcess(preload)
+    # the MLflow worker imports its modules and opens the store now, while the index and the
+    # first design matrices keep one core only
+    tracker = SpareProcess(partial(preload, tracking_store(out_dir, tracking_uri)))
     try:
         return _run_train(fb, out_dir, as_of, config, tracker, tracking_uri=tracking_uri, backtest=backtest,
                           measures=measures, console=console, wait_for_tracking=wait_for_tracking)

@@ -218,3 +218,18 @@ def test_log_training_is_quiet(logged, capfd):
     assert logging.getLogger("mlflow").getEffectiveLevel() >= logging.WARNING
     assert logging.getLogger("alembic").getEffectiveLevel() >= logging.WARNING
     assert os.environ["MLFLOW_DISABLE_TELEMETRY"] == "true"
+
+
+def test_preload_opens_the_store_that_runs_are_then_logged_to(logged, tmp_path):
+    """The MLflow worker's preload creates the embedded store's tables ahead of the runs;
+    a run logged afterwards lands in that store."""
+    from mlflow import MlflowClient
+
+    store = tr.tracking_store(tmp_path)
+    tr.preload(store)
+    assert (tmp_path / "mlflow.db").stat().st_size > 0
+    run_id = tr.log_training(out_dir=tmp_path, run_name="after-preload", params={"seed": 1},
+                             metrics={"lightgbm": {"spearman": 0.5}}, features=list(logged["X"].columns),
+                             model=logged["booster"])
+    client = MlflowClient(tracking_uri=store.tracking_uri)
+    assert client.get_run(run_id).data.params["seed"] == "1"
