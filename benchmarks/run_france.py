@@ -94,9 +94,14 @@ def _report(label: str, wall: float, out: Path, rss: RssSampler, imports: float 
 
 
 def main() -> None:
-    # imported here: the source-parsing workers re-import this script (spawn); timed, and
-    # counted in the first run's total, as `territoria run` pays it
+    # imported here: the workers re-import this script; timed, and counted in the first
+    # run's total, as `territoria run` pays it (which starts the workers' fork server first)
     start = time.perf_counter()
+    from territoria.memory import configure_allocators
+    from territoria.workers import start_fork_server
+
+    configure_allocators()
+    start_fork_server()
     from territoria.pipelines.main import run_main
     imports = time.perf_counter() - start
 

@@ -27,7 +27,7 @@ from territoria import readers
 from territoria.features.sources import base
 from territoria.features.sources.base import Source, file_sha256
 from territoria.io import write_atomic, write_parquet
-from territoria.workers import spawned_pool
+from territoria.workers import worker_pool
 
 
 def cache_key(src: Source, vintages: list[int]) -> str:
@@ -101,9 +101,10 @@ def load_all(
     parsed = {}
     if workers > 1:
         todo.sort(key=lambda name: -_input_bytes(*requests[name]))
-        # spawn, not fork: forking a process that runs Arrow threads may deadlock
+        # new processes (the fork server's or spawned), not forks of this one: forking a process
+        # that runs Arrow threads may deadlock
         try:
-            with spawned_pool(workers) as pool:
+            with worker_pool(workers) as pool:
                 if cache_dir is not None and write:
                     # the workers store their tables, read back below as a warm run reads
                     # them: faster than pickling them back through a pipe (7 s of the
@@ -114,7 +115,7 @@ def load_all(
                     futures = {name: pool.submit(load_cached, *requests[name], cache_dir, write) for name in todo}
                     parsed = {name: f.result() for name, f in futures.items()}
         except BrokenProcessPool:
-            # e.g. a calling script without ``if __name__ == "__main__":``, which spawned
+            # e.g. a calling script without ``if __name__ == "__main__":``, which new
             # workers re-run: parse here instead
             warnings.warn("parallel parsing failed (is the calling script guarded by "
                           "`if __name__ == '__main__'`?): parsing sources one by one", stacklevel=2)

@@ -92,6 +92,12 @@ def run(
     priorities, clusters and explanations; ``run.json`` and ``manifest.json`` at the end.
     Models of a previous run in --out are reused when data, configuration and code are unchanged.
     With ``--level iris``: the same for the IRIS, under ``<out>/iris``."""
+    from territoria.workers import start_fork_server
+
+    # the workers' fork server imports their modules while this process imports the stages;
+    # it inherits the allocators' settings, so they come first
+    configure_allocators()
+    start_fork_server()
     from territoria.pipelines.main import run_main
 
     if level not in ("commune", "iris"):

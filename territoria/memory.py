@@ -72,7 +72,7 @@ def configure_allocators() -> bool:
     this process and in the worker processes it starts afterwards.
 
     * glibc's ``mmap`` and trim thresholds (``GLIBC_MALLOC_SETTINGS``, with ``mallopt`` here
-      and in the environment, which spawned workers' allocators read at start): large blocks
+      and in the environment, which new workers' allocators read at start): large blocks
       come from the heap and stay there for reuse until :func:`release_free_memory` returns
       them between stages;
     * glibc as Arrow's allocator too (``ARROW_DEFAULT_MEMORY_POOL=system``): Arrow's mimalloc

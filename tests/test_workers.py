@@ -140,3 +140,20 @@ def _alive(pid: int) -> bool:
             return f.read().rsplit(")", 1)[1].split()[0] != "Z"
     except FileNotFoundError:
         return False
+
+
+def test_workers_start_with_the_fork_servers_modules():
+    """Where the platform has a fork server, a worker is forked from it with the modules of
+    PRELOAD already imported, instead of importing them again (0.5-0.6 s of CPU each)."""
+    import multiprocessing
+
+    from territoria import workers
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform: workers are spawned")
+    assert workers.worker_context().get_start_method() == "forkserver"
+    workers.start_fork_server()
+    probe = "[m in __import__('sys').modules for m in {!r}]".format(workers.PRELOAD[1:])
+    with workers.worker_pool(1) as pool:
+        assert pool.submit(eval, probe).result() == [True] * (len(workers.PRELOAD) - 1)
+        assert pool.submit(os.getppid).result() != os.getpid()  # forked by the server
