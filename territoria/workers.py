@@ -26,6 +26,7 @@ Examples
 
 from __future__ import annotations
 
+import functools
 import os
 import threading
 import time
@@ -96,25 +97,29 @@ def worker_pool(workers: int) -> ProcessPoolExecutor:
                                initargs=(os.getpid(),))
 
 
+@functools.lru_cache(maxsize=1)
 def worker_context():
-    """The multiprocessing context of the workers: the fork server, which imports
-    :data:`PRELOAD` when it starts (the first pool starts it; :func:`start_fork_server`
-    earlier), where the platform has one; spawn elsewhere."""
-    if "forkserver" not in get_all_start_methods():
-        return get_context("spawn")
-    ctx = get_context("forkserver")
-    ctx.set_forkserver_preload(list(PRELOAD))
-    return ctx
+    """The multiprocessing context of the workers: the fork server, started by the first
+    call, which imports :data:`PRELOAD` once, where the platform has one and it starts;
+    spawn otherwise."""
+    if "forkserver" in get_all_start_methods():
+        from multiprocessing import forkserver
+
+        ctx = get_context("forkserver")
+        ctx.set_forkserver_preload(list(PRELOAD))
+        try:
+            forkserver.ensure_running()
+            return ctx
+        except OSError as exc:  # e.g. no Unix sockets in a sandbox
+            warnings.warn(f"no fork server ({exc}): worker processes are spawned", stacklevel=2)
+    return get_context("spawn")
 
 
 def start_fork_server() -> None:
-    """Start the fork server now, so that it imports :data:`PRELOAD` while this process is
-    busy importing on one core (``territoria run`` calls it first). Its environment is this
-    process's now: set what the workers must inherit before."""
-    if worker_context().get_start_method() == "forkserver":
-        from multiprocessing import forkserver
-
-        forkserver.ensure_running()
+    """Start the workers' fork server now, so that it imports :data:`PRELOAD` while this
+    process is busy importing on one core (``territoria run`` calls it first). Its
+    environment is this process's now: set what the workers must inherit before."""
+    worker_context()
 
 
 def exit_with_parent(owner: int, interval: float = 0.5) -> None:

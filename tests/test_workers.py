@@ -157,3 +157,27 @@ def test_workers_start_with_the_fork_servers_modules():
     with workers.worker_pool(1) as pool:
         assert pool.submit(eval, probe).result() == [True] * (len(workers.PRELOAD) - 1)
         assert pool.submit(os.getppid).result() != os.getpid()  # forked by the server
+
+
+def test_without_a_fork_server_workers_are_spawned(monkeypatch):
+    """A fork server that cannot start (no Unix sockets in a sandbox) leaves spawned workers
+    and a warning, not a failed run."""
+    import multiprocessing
+    from multiprocessing import forkserver
+
+    from territoria import workers
+
+    if "forkserver" not in multiprocessing.get_all_start_methods():
+        pytest.skip("no fork server on this platform")
+
+    def refuse():
+        raise OSError("Unix sockets are not allowed here")
+
+    monkeypatch.setattr(forkserver, "ensure_running", refuse)
+    workers.worker_context.cache_clear()
+    try:
+        with pytest.warns(UserWarning, match="spawned"):
+            assert workers.worker_context().get_start_method() == "spawn"
+        assert SideProcess(os.getpid, min_cpus=1).result() != os.getpid()
+    finally:
+        workers.worker_context.cache_clear()
