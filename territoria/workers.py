@@ -91,10 +91,19 @@ class SideProcess:
 
 
 def worker_pool(workers: int) -> ProcessPoolExecutor:
-    """A pool of ``workers`` new processes (:func:`worker_context`) that exit if this
-    process is killed (:func:`exit_with_parent`)."""
-    return ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=exit_with_parent,
-                               initargs=(os.getpid(),))
+    """A pool of ``workers`` new processes (:func:`worker_context`) with this process's
+    environment, that exit if this process is killed (:func:`exit_with_parent`)."""
+    return ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=_start_worker,
+                               initargs=(os.getpid(), dict(os.environ)))
+
+
+def _start_worker(owner: int, environ: dict[str, str]) -> None:
+    """A worker takes its owner's environment as it is now (a fork server's workers would
+    otherwise have the server's, fixed when it started: ``TERRITORIA_DATA`` set since would
+    not reach them) and exits with it."""
+    os.environ.clear()
+    os.environ.update(environ)
+    exit_with_parent(owner)
 
 
 @functools.lru_cache(maxsize=1)

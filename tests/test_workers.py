@@ -181,3 +181,16 @@ def test_without_a_fork_server_workers_are_spawned(monkeypatch):
         assert SideProcess(os.getpid, min_cpus=1).result() != os.getpid()
     finally:
         workers.worker_context.cache_clear()
+
+
+def test_workers_see_the_environment_of_when_they_start(monkeypatch):
+    """A fork server keeps the environment it started with; a worker still sees the
+    variables set since (``TERRITORIA_DATA`` pointing every command at newer files)."""
+    from territoria import workers
+
+    workers.start_fork_server()
+    monkeypatch.setenv("TERRITORIA_DATA", "/newer/files")
+    monkeypatch.delenv("TERRITORIA_TEST_UNSET", raising=False)
+    probe = "[__import__('os').environ.get(k) for k in ('TERRITORIA_DATA', 'TERRITORIA_TEST_UNSET')]"
+    with workers.worker_pool(1) as pool:
+        assert pool.submit(eval, probe).result() == ["/newer/files", None]
