@@ -117,7 +117,7 @@ def cross_conformal_intervals(
 
 
 def fit_spread_model(X, abs_residual, groups, fold, sample_weight=None, params: dict | None = None,
-                     bins=None):
+                     bins=None, threads: int = 1):
     """Cross-fitted spread (expected |residual|) and the spread model fitted on all rows.
 
     LightGBM on the absolute out-of-fold residuals (L2 objective: it estimates the expected
@@ -132,8 +132,10 @@ def fit_spread_model(X, abs_residual, groups, fold, sample_weight=None, params: 
     measurement).
 
     ``bins`` are the :class:`~territoria.models.trajectory.SharedBins` of the rows of ``X``
-    (the spread models then reuse the trajectory model's bins).
+    (the spread models then reuse the trajectory model's bins). ``threads`` fits run at once
+    (:func:`~territoria.models.backtest.map_folds`).
     """
+    from territoria.models.backtest import map_folds
     from territoria.models.trajectory import TrajectoryRegressor
 
     params = {"num_leaves": 15, "min_child_samples": 40, "n_estimators": 150, "learning_rate": 0.1,
@@ -144,13 +146,22 @@ def fit_spread_model(X, abs_residual, groups, fold, sample_weight=None, params: 
     groups = np.asarray(groups)
     w = None if sample_weight is None else np.asarray(sample_weight, float)
     oof = np.full(len(r), np.nan)
-    rows = (lambda idx: X.iloc[idx]) if hasattr(X, "iloc") else (lambda idx: X[idx])
-    for k in np.unique(fold):
+
+    def fit(k, n_jobs):
+        p = params if n_jobs is None else {**params, "n_jobs": n_jobs}
+        # a thread's own shallow copy: pandas may reorganise a frame in place
+        Xk = X.copy(deep=False) if hasattr(X, "iloc") else X
+        if k is None:  # the model of every row
+            return TrajectoryRegressor(**p).fit(Xk, r, w, groups=groups, bins=bins)
         tr, te = np.flatnonzero(fold != k), np.flatnonzero(fold == k)
-        m = TrajectoryRegressor(**params).fit(rows(tr), r[tr], None if w is None else w[tr], groups=groups[tr],
-                                              bins=None if bins is None else bins.take(tr))
-        oof[te] = m.predict(rows(te))
-    model = TrajectoryRegressor(**params).fit(X, r, w, groups=groups, bins=bins)
+        rows = (lambda idx: Xk.iloc[idx]) if hasattr(Xk, "iloc") else (lambda idx: Xk[idx])
+        m = TrajectoryRegressor(**p).fit(rows(tr), r[tr], None if w is None else w[tr], groups=groups[tr],
+                                         bins=None if bins is None else bins.take(tr))
+        return te, m.predict(rows(te))
+
+    *cross_fitted, model = map_folds(fit, [*np.unique(fold), None], threads)
+    for te, p in cross_fitted:
+        oof[te] = p
     return np.maximum(oof, floor), model, floor
 
 

@@ -79,7 +79,8 @@ class SharedBins:
         self.feature_names = [str(c) for c in X.columns] if hasattr(X, "columns") else "auto"
         data = np.asarray(X, dtype=np.float64)
         # the label is set on each subset; LightGBM only needs one to exist here
-        self._dataset = lgb.Dataset(data, np.zeros(data.shape[0]), params=self.params,
+        self._dataset = lgb.Dataset(data, np.zeros(data.shape[0]),
+                                    params={**self.params, "num_threads": estimator.n_jobs},
                                     feature_name=self.feature_names, free_raw_data=True).construct()
         self.n_features = data.shape[1]
         self.rows = np.arange(data.shape[0])
@@ -89,8 +90,11 @@ class SharedBins:
 
     @staticmethod
     def _params_of(estimator: _LGBMBase) -> dict:
-        # no pre-filtering: the spread models' larger min_child_samples may share the bins
-        return {**estimator._dataset_params(), "feature_pre_filter": False}
+        # no pre-filtering: the spread models' larger min_child_samples may share the bins;
+        # the threads do not change the bins, so each fit keeps its own
+        params = {**estimator._dataset_params(), "feature_pre_filter": False}
+        params.pop("num_threads")
+        return params
 
     def take(self, idx) -> SharedBins:
         """The same bins restricted to rows ``idx`` of this view (positions or a boolean mask)."""

@@ -363,3 +363,30 @@ def test_ridge_baseline_handles_empty_constant_and_gappy_columns_like_sklearn():
     Z[::3, 0] = np.nan                   # missing where training had none: imputed, no indicator
     np.testing.assert_allclose(model.predict(Z), reference(Z), atol=1e-9)
     np.testing.assert_allclose(RidgeBaseline().fit(X, y).predict(Z), sklearn_ridge_reference(X, y, None)[1](Z), atol=1e-9)
+
+
+def test_map_folds_keeps_the_order_and_gives_a_leftover_fold_every_thread():
+    from territoria.models.backtest import map_folds
+
+    assert map_folds(lambda k, n_jobs: (k, n_jobs), [0, 1, 2, 3, 4], 2) == [(0, 1), (1, 1), (2, 1), (3, 1), (4, 2)]
+    assert map_folds(lambda k, n_jobs: (k, n_jobs), [0, 1], 1) == [(0, None), (1, None)]
+
+
+def test_folds_fitted_two_at_a_time_give_the_same_models(feature_build, normalised_config):
+    """With two LightGBM threads on two cores, the folds and the spread model's fits run two
+    at a time on one thread each (a fold left over on both): the same predictions, intervals
+    and metrics as one fit at a time, and the final model reuses them as before."""
+    from territoria.models.backtest import backtest_folds, fold_threads
+
+    if fold_threads({"n_jobs": 2}, normalised_config.cv.n_splits) < 2:
+        pytest.skip("one core: the folds are fitted one at a time")
+    name = "unemployment_rate_2018_2021"  # a hurdle model: regressor and classifier per fold
+    one = run_backtest(feature_build, [name], config=normalised_config, params=FAST, temporal=False)
+    two = run_backtest(feature_build, [name], config=normalised_config, params={**FAST, "n_jobs": 2},
+                       temporal=False)
+    pd.testing.assert_frame_equal(one.predictions, two.predictions)
+    pd.testing.assert_frame_equal(one.metrics, two.metrics)
+    folds = backtest_folds(two, name, normalised_config.cv.groups)
+    assert [m.regressor.n_jobs for m in folds.models] == [1, 1, 2]  # three folds here (hurdle models)
+    reused = train_target(feature_build, name, config=normalised_config, params={**FAST, "n_jobs": 2}, folds=folds)
+    assert reused.fold_models == folds.models  # the final model's calibration reuses them
