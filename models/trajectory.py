@@ -59,8 +59,8 @@ class SharedBins:
     X : DataFrame or array of shape (n_rows, n_features)
         The design matrix (DataFrame columns become the feature names).
     estimator : TrajectoryRegressor or DeteriorationClassifier
-        The models that will fit on the bins share its ``max_bin``, ``random_state`` and
-        ``n_jobs`` (checked at ``fit``).
+        The models that will fit on the bins share its ``max_bin`` and ``random_state``
+        (checked at ``fit``); the bins are found with its ``n_jobs`` threads.
 
     Examples
     --------
@@ -90,11 +90,8 @@ class SharedBins:
 
     @staticmethod
     def _params_of(estimator: _LGBMBase) -> dict:
-        # no pre-filtering: the spread models' larger min_child_samples may share the bins;
-        # the threads do not change the bins, so each fit keeps its own
-        params = {**estimator._dataset_params(), "feature_pre_filter": False}
-        params.pop("num_threads")
-        return params
+        # no pre-filtering: the spread models' larger min_child_samples may share the bins
+        return {**estimator._dataset_params(), "feature_pre_filter": False}
 
     def take(self, idx) -> SharedBins:
         """The same bins restricted to rows ``idx`` of this view (positions or a boolean mask)."""
@@ -224,9 +221,9 @@ class _LGBMBase(BaseEstimator):
         return mono
 
     def _dataset_params(self) -> dict:
-        """The parameters LightGBM fixes when it bins a Dataset (a fit must use the same)."""
-        return {"max_bin": self.max_bin, "data_random_seed": int(self.random_state) + 3,
-                "num_threads": self.n_jobs, "verbose": -1}
+        """The parameters LightGBM fixes when it bins a Dataset (a fit must use the same; the
+        threads, which do not change the bins, are each fit's own)."""
+        return {"max_bin": self.max_bin, "data_random_seed": int(self.random_state) + 3, "verbose": -1}
 
     def _train(self, X, y, sample_weight, groups, objective: str, extra: dict | None = None,
                bins: SharedBins | None = None):
