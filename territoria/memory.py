@@ -124,6 +124,17 @@ def configure_allocators() -> bool:
 LONG_JOB_GC_THRESHOLD = (20_000, 20, 20)
 
 
+def collect_as_long_job() -> tuple[int, int, int]:
+    """Freeze the objects alive now (the imported modules) out of the cyclic garbage
+    collector and set its thresholds to :data:`LONG_JOB_GC_THRESHOLD`; returns the previous
+    thresholds. The main job (:func:`fewer_collections`) and its worker processes
+    (:mod:`territoria.workers`) collect this way."""
+    previous = gc.get_threshold()
+    gc.freeze()
+    gc.set_threshold(*LONG_JOB_GC_THRESHOLD)
+    return previous
+
+
 def fewer_collections(fn: Callable) -> Callable:
     """Run ``fn`` with the objects alive at its start (the imported modules) frozen out of
     the cyclic garbage collector and fewer collections (:data:`LONG_JOB_GC_THRESHOLD`); the
@@ -142,9 +153,7 @@ def fewer_collections(fn: Callable) -> Callable:
     """
     @functools.wraps(fn)
     def wrapper(*args, **kwargs):
-        previous = gc.get_threshold()
-        gc.freeze()
-        gc.set_threshold(*LONG_JOB_GC_THRESHOLD)
+        previous = collect_as_long_job()
         try:
             return fn(*args, **kwargs)
         finally:

@@ -27,7 +27,6 @@ Examples
 from __future__ import annotations
 
 import functools
-import gc
 import os
 import threading
 import time
@@ -37,7 +36,7 @@ from concurrent.futures import ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_all_start_methods, get_context
 
-from territoria.memory import LONG_JOB_GC_THRESHOLD
+from territoria.memory import collect_as_long_job
 
 
 #: modules the fork server imports once, for every worker forked from it ("__main__": the
@@ -105,7 +104,7 @@ def _start_worker(owner: int, environ: dict[str, str]) -> None:
     otherwise have the server's, fixed when it started: ``TERRITORIA_DATA`` set since would
     not reach them) and exits with it.
 
-    Its garbage collector runs as the main job's does (:func:`territoria.memory.fewer_collections`):
+    Its garbage collector runs as the main job's does (:func:`territoria.memory.collect_as_long_job`):
     the modules imported so far (the fork server's) are frozen out of it, so a collection
     does not walk them (nor copy their pages, shared with the server), and collections are
     rarer. Importing MLflow took 0.85 x the CPU time.
@@ -113,8 +112,7 @@ def _start_worker(owner: int, environ: dict[str, str]) -> None:
     os.environ.clear()
     os.environ.update(environ)
     exit_with_parent(owner)
-    gc.freeze()
-    gc.set_threshold(*LONG_JOB_GC_THRESHOLD)
+    collect_as_long_job()
 
 
 @functools.lru_cache(maxsize=1)
