@@ -134,36 +134,66 @@ def tidy_contributions(
     n, k = C.shape
     base = np.asarray(base_value, dtype=float)
     output = np.asarray(output, dtype=float)
+    domain = info["domain"].to_numpy(dtype=object)
+    is_lever = info["is_lever"].to_numpy(dtype=bool)
     # rows grouped by zone, the zones in code order: each zone's kept contributions (largest
     # first), then its "(other features)" row
     by_code = np.argsort(zones, kind="stable")
     if top is not None and top < k:
-        order = np.argsort(-np.abs(np.nan_to_num(C)), axis=1, kind="stable")
-        keep = order[:, :top][by_code]
-        rows = np.repeat(by_code, top + 1)
+        C = C[by_code]
+        keep = largest_first(np.nan_to_num(np.abs(C), copy=False), top)
+        kept = np.take_along_axis(C, keep, axis=1)
+        other = C.sum(axis=1) - kept.sum(axis=1)
+        contribution = np.hstack([kept, other[:, None]]).ravel()
+        feature_value = np.hstack([np.take_along_axis(V[by_code], keep, axis=1), np.full((n, 1), np.nan)]).ravel()
         cols = np.hstack([keep, np.full((n, 1), k)]).ravel()  # column k: the other features
-        other = C.sum(axis=1) - np.take_along_axis(C, order[:, :top], axis=1).sum(axis=1)
-        C = np.hstack([C, other[:, None]])
-        V = np.hstack([V, np.full((n, 1), np.nan)])
+        rows = np.repeat(by_code, top + 1)
         names = np.append(names, "(other features)")
-        domain = np.append(info["domain"].to_numpy(dtype=object), "other")
-        is_lever = np.append(info["is_lever"].to_numpy(dtype=bool), False)
+        domain = np.append(domain, "other")
+        is_lever = np.append(is_lever, False)
     else:
         rows = np.repeat(by_code, k)
         cols = np.tile(np.arange(k), n)
-        domain = info["domain"].to_numpy(dtype=object)
-        is_lever = info["is_lever"].to_numpy(dtype=bool)
+        contribution, feature_value = C[rows, cols], V[rows, cols]
+    # string columns taken from their few distinct values by Arrow: ten times faster than
+    # converting millions of Python strings
     return pd.DataFrame({
-        "zone_code": zones[rows],
-        "model": model,
-        "feature": names[cols],
-        "domain": domain[cols],
+        "zone_code": pd.array(zones, dtype="str").take(rows),
+        "model": pd.array([model], dtype="str").take(np.zeros(len(rows), np.intp)),
+        "feature": pd.array(names, dtype="str").take(cols),
+        "domain": pd.array(domain, dtype="str").take(cols),
         "is_lever": is_lever[cols],
-        "feature_value": V[rows, cols],
-        "contribution": C[rows, cols],
+        "feature_value": feature_value,
+        "contribution": contribution,
         "base_value": base[rows],
         "model_output": output[rows],
     })
+
+
+def largest_first(A: np.ndarray, top: int) -> np.ndarray:
+    """Column positions of the ``top`` largest values of each row of ``A``, largest first,
+    equal values in column order: ``np.argsort(-A, axis=1, kind="stable")[:, :top]``, by a
+    partial selection (a third of the time on a commune SHAP matrix).
+
+    Examples
+    --------
+    >>> largest_first(np.array([[1.0, 3.0, 2.0, 3.0], [0.0, 0.0, 5.0, 0.0]]), 2)
+    array([[1, 3],
+           [2, 0]])
+    """
+    n, k = A.shape
+    if top >= k:
+        return np.argsort(-A, axis=1, kind="stable")
+    picked = np.argpartition(-A, top - 1, axis=1)[:, :top]
+    picked.sort(axis=1)
+    values = np.take_along_axis(A, picked, axis=1)
+    out = np.take_along_axis(picked, np.argsort(-values, axis=1, kind="stable"), axis=1)
+    # where values equal to the top-th largest are also left out, the partition chose among
+    # equals arbitrarily: those rows take the full stable sort
+    tied = (A >= values.min(axis=1, keepdims=True)).sum(axis=1) > top
+    if tied.any():
+        out[tied] = np.argsort(-A[tied], axis=1, kind="stable")[:, :top]
+    return out
 
 
 def global_importance(contributions: pd.DataFrame, meta: pd.DataFrame) -> pd.DataFrame:
