@@ -57,6 +57,8 @@ class FeatureBuild:
     timings: dict[str, float] = field(default_factory=dict)
     report_lines: list[str] = field(default_factory=list)
     file_hashes: dict[str, str] = field(default_factory=dict)
+    #: the folder of parsed sources the build read through (``<out>/.cache``), if any
+    source_cache: Path | None = None
 
     def release_panel(self) -> bool:
         """Free the in-memory panel (about 0.75 GB for all communes) when ``panel.parquet``
@@ -245,6 +247,7 @@ def run_build_features(
         result = FeatureBuild(
             panel=panel, features=features, meta=meta, identity=identity, graph=graph,
             reference_period=t, townhalls=townhalls, points=points, params=params, timings=timings, report_lines=report.lines(), file_hashes=hashes,
+            source_cache=cache_dir,
         )
         if out_dir is not None:
             t0 = step(f"writing outputs to {out_dir}")
