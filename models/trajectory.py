@@ -10,11 +10,10 @@ Both follow the scikit-learn contract (``__init__`` stores parameters only, ``fi
 * stop early on a **spatially blocked** validation split: whole groups (departments) carved
   out of the training rows when ``fit(..., groups=...)`` receives them, a random split
   otherwise; ``best_iteration_`` records the rounds kept;
-* are reproducible: ``deterministic=True``, the histogram layout forced, and every LightGBM
-  seed set from ``random_state`` (same seed, same data → same predictions). Column-wise and
-  row-wise histograms give the same trees here, bit for bit; on the commune matrices (about
-  16,000 rows by 170-190 features) column-wise ones take 0.9 x the time on two threads and
-  row-wise ones 0.91 x on one (the cross-validation's folds, fitted two at a time);
+* are reproducible: ``deterministic=True``, ``force_col_wise=True`` and every LightGBM seed
+  set from ``random_state`` (same seed, same data → same predictions). Column-wise histograms
+  give the same trees as row-wise ones here, bit for bit, in 0.9 x the time on the commune
+  matrices (about 16,000 rows by 170-190 features) on two threads;
 * accept ``sample_weight``; the pipelines pass sqrt(population) (small communes are noisy,
   see :func:`territoria.models.targets.sample_weights`);
 * take optional monotone constraints (``{feature: +1|-1}``), e.g. from the registry's
@@ -194,9 +193,9 @@ class _LGBMBase(BaseEstimator):
             "feature_fraction_seed": seed + 2,
             "data_random_seed": seed + 3,
             "deterministic": True,
-            # the same trees either way, bit for bit; on one thread, row-wise histograms are the
-            # faster (0.91 x the time on a commune matrix), on two, column-wise ones (0.9 x)
-            "force_row_wise" if self.n_jobs == 1 else "force_col_wise": True,
+            # row-wise histograms, faster on one thread, crash LightGBM 4.7 (a segmentation
+            # fault) when two folds' subsets of one binned Dataset are fitted at once
+            "force_col_wise": True,
             "verbose": -1,
         }
         mono = self._monotone_list()
