@@ -140,10 +140,12 @@ def tidy_contributions(
     # first), then its "(other features)" row
     by_code = np.argsort(zones, kind="stable")
     if top is not None and top < k:
+        # summed in the frame's own memory layout, which sets the rounding of the last bits
+        total = C.sum(axis=1)[by_code]
         C = C[by_code]
         keep = largest_first(np.nan_to_num(np.abs(C), copy=False), top)
         kept = np.take_along_axis(C, keep, axis=1)
-        other = C.sum(axis=1) - kept.sum(axis=1)
+        other = total - kept.sum(axis=1)
         contribution = np.hstack([kept, other[:, None]]).ravel()
         feature_value = np.hstack([np.take_along_axis(V[by_code], keep, axis=1), np.full((n, 1), np.nan)]).ravel()
         cols = np.hstack([keep, np.full((n, 1), k)]).ravel()  # column k: the other features
