@@ -148,6 +148,9 @@ class Bpe(Source):
         check_unique(wide["code"], path=path, column=code_col)
         cells: dict[str, pd.Series] = {}
         variables = {}
+        width = len(header)
+        # a rectangular sheet (calamine pads its rows) is transposed once, in C
+        columns = list(zip(*rows)) if all(len(r) == width for r in rows) else None
         for var, (since, labels) in _CROSSTAB.items():
             if vintage < since:
                 continue
@@ -157,8 +160,8 @@ class Bpe(Source):
                 if idx is None:
                     check_columns(pd.DataFrame(columns=[str(h) for h in header]), [label], path)
                 if label not in cells:
-                    raw = pd.Series([_cell(r, idx) for r in rows], dtype=object)
-                    cells[label] = _counts(raw, path, str(header[idx]), first_row - 1)
+                    column = columns[idx] if columns is not None else [_cell(r, idx) for r in rows]
+                    cells[label] = _column_counts(column, path, str(header[idx]), first_row - 1)
                 total = total + cells[label]
             wide[var] = total
             variables[var] = var
@@ -257,6 +260,19 @@ def _is_total(first: object) -> bool:
 
 def _cell(row: list, idx: int):
     return row[idx] if idx < len(row) and row[idx] != "" else None
+
+
+def _column_counts(column, path, column_name: str, header_lines: int) -> pd.Series:
+    """Facility counts of one crosstab column's cells (:func:`_counts`). Numbers as the
+    workbook stores them (floats, empty cells) are checked at once; a column with text cells
+    goes through the strict parser, which names the bad line."""
+    values = [0.0 if v == "" or v is None else v for v in column]
+    if all(type(v) is float for v in values):
+        counts = np.array(values)
+        if ((counts >= 0) & (counts <= 5000) & (counts == np.round(counts))).all():
+            return pd.Series(counts)
+    raw = pd.Series([None if v == "" else v for v in column], dtype=object)
+    return _counts(raw, path, column_name, header_lines)
 
 
 def _counts(raw: pd.Series, path, column: str, header_lines: int) -> pd.Series:
