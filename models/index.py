@@ -622,8 +622,17 @@ class DeprivationIndex:
             out[n] = z
         return pd.DataFrame(out, index=X.index)
 
-    def _domain_scores(self, X: pd.DataFrame) -> pd.DataFrame:
-        z = self.normalise(X)
+    def reuse_normalised(self, X: pd.DataFrame, normalised: pd.DataFrame | None) -> pd.DataFrame:
+        """:meth:`normalise` of X, or ``normalised`` when it is already that of X's zones (a
+        scoring normalises its feature matrix once for the index, its terms, its points and
+        the stability audit: 0.24 s each on the communes)."""
+        if normalised is not None and normalised.index.equals(_zone_frame(X).index) \
+                and all(n in normalised.columns for n in self.indicators_.index):
+            return normalised
+        return self.normalise(X)
+
+    def _domain_scores(self, X: pd.DataFrame, normalised: pd.DataFrame | None = None) -> pd.DataFrame:
+        z = self.reuse_normalised(X, normalised)
         cols = {}
         for d in self.domains_:
             names = self.indicators_.index[self.indicators_["domain"] == d]
@@ -637,15 +646,17 @@ class DeprivationIndex:
             cols[f"coverage_{d}"] = avail.sum(axis=1)
         return pd.DataFrame(cols, index=z.index)
 
-    def domain_frame(self, X: pd.DataFrame) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
+    def domain_frame(self, X: pd.DataFrame, normalised: pd.DataFrame | None = None
+                     ) -> tuple[pd.DataFrame, pd.DataFrame, pd.DataFrame]:
         """Domain scores, the transformed scores that enter the weighted sum, and coverage counts.
 
         Returns three frames indexed by zone: ``scores`` (domain → mean normalised score),
         ``combined`` (domain → the value weighted into the index: exponential 0-100 or the
         score itself; NaN when the zone has no indicator in the domain), ``coverage``.
+        ``normalised`` is X's :meth:`normalise` when the caller already has it.
         """
         self._check_fitted()
-        dom = self._domain_scores(X)
+        dom = self._domain_scores(X, normalised)
         scores = dom[self.domains_]
         coverage = dom[[f"coverage_{d}" for d in self.domains_]]
         if self.transform_ == "exponential":
@@ -690,9 +701,10 @@ class DeprivationIndex:
         idx = np.where(cover > 0, idx, np.nan)
         return idx[:, 0] if np.ndim(weights) == 1 else idx
 
-    def transform(self, X: pd.DataFrame) -> pd.DataFrame:
-        """Index, rank, decile, domain scores and coverage of every zone of X (index: zone code)."""
-        scores, combined, coverage = self.domain_frame(X)
+    def transform(self, X: pd.DataFrame, normalised: pd.DataFrame | None = None) -> pd.DataFrame:
+        """Index, rank, decile, domain scores and coverage of every zone of X (index: zone code);
+        ``normalised`` is X's :meth:`normalise` when the caller already has it."""
+        scores, combined, coverage = self.domain_frame(X, normalised)
         w = self.weights_.reindex(self.domains_).to_numpy()
         index = self._combine(combined.to_numpy(), w)
         index = np.where(self.eligible(_zone_frame(X)), index, np.nan)

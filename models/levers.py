@@ -24,15 +24,17 @@ from territoria.models.explain import feature_info
 INDEX_MODEL = "deprivation_index"
 
 
-def index_points(index_model, X: pd.DataFrame, terms: pd.DataFrame, factor: pd.Series) -> pd.DataFrame:
+def index_points(index_model, X: pd.DataFrame, terms: pd.DataFrame, factor: pd.Series,
+                 normalised: pd.DataFrame | None = None) -> pd.DataFrame:
     """Score points of each (zone, indicator) through the composite index.
 
     ``terms`` are the index's domain terms (:func:`~territoria.models.priority.index_terms`)
     and ``factor`` the score points per index point of each zone. Wide: zones × (indicator,
     is_location, domain) columns (see :func:`indicator_points`); every index indicator is
-    present for every zone (0 where it adds nothing).
+    present for every zone (0 where it adds nothing). ``normalised`` is
+    ``index_model.normalise(X)`` when the caller already has it.
     """
-    z = index_model.normalise(X)
+    z = index_model.reuse_normalised(X, normalised)
     ind = index_model.indicators_
     blocks, keys = [], []
     for d in terms.columns:

@@ -135,7 +135,7 @@ def load_priority_config(path: Path | str | None = None) -> PriorityConfig:
     return load_config(PriorityConfig, path, "priority.yml", "priority policy")
 
 # --------------------------------------------------------------------------- components
-def index_terms(index_model, X: pd.DataFrame) -> tuple[pd.DataFrame, float]:
+def index_terms(index_model, X: pd.DataFrame, normalised: pd.DataFrame | None = None) -> tuple[pd.DataFrame, float]:
     """Exact decomposition of the composite index into domain terms.
 
     ``index = base + sum of terms``, with ``base`` the value of a zone at the national median
@@ -148,8 +148,10 @@ def index_terms(index_model, X: pd.DataFrame) -> tuple[pd.DataFrame, float]:
         The fitted index.
     X : DataFrame
         Feature matrix (zones × indicators) it was applied to.
+    normalised : DataFrame, optional
+        ``index_model.normalise(X)``, when the caller already has it.
     """
-    _, combined, _ = index_model.domain_frame(X)
+    _, combined, _ = index_model.domain_frame(X, normalised)
     w = index_model.weights_.reindex(index_model.domains_).to_numpy(float)
     neutral = index_model.neutral_value()
     vals = combined.to_numpy(float)

@@ -773,15 +773,18 @@ def refit_spread(tr: TrajectoryInputs) -> dict:
 
 
 # --------------------------------------------------------------------------- from a scored run
-def index_inputs(index_model, X: pd.DataFrame, indicator_noise: bool = True) -> IndexInputs:
+def index_inputs(index_model, X: pd.DataFrame, indicator_noise: bool = True,
+                 normalised: pd.DataFrame | None = None) -> IndexInputs:
     """Domain scores, transformed values, weights and measurement noise of a fitted
     :class:`~territoria.models.index.DeprivationIndex` applied to ``X`` (zones × features,
-    indexed by zone code)."""
-    scores, combined, _ = index_model.domain_frame(X)
+    indexed by zone code); ``normalised`` is ``index_model.normalise(X)`` when the caller
+    already has it."""
+    z = index_model.reuse_normalised(X, normalised)
+    scores, combined, _ = index_model.domain_frame(X, z)
     domains = list(index_model.domains_)
     noise = np.zeros(scores.shape)
     if indicator_noise and getattr(index_model, "shrinkage_", None):
-        noise = _domain_noise(index_model, X, domains)
+        noise = _domain_noise(index_model, X, domains, z)
     return IndexInputs(
         scores=scores[domains].to_numpy(float), combined=combined[domains].to_numpy(float),
         weights=index_model.weights_.reindex(domains).to_numpy(float), noise_sd=noise,
@@ -793,11 +796,11 @@ def index_inputs(index_model, X: pd.DataFrame, indicator_noise: bool = True) -> 
     )
 
 
-def _domain_noise(index_model, X: pd.DataFrame, domains: list[str]) -> np.ndarray:
-    """Zones × domains: sd of each domain score from the shrunk indicators' posterior error."""
+def _domain_noise(index_model, X: pd.DataFrame, domains: list[str], z: pd.DataFrame) -> np.ndarray:
+    """Zones × domains: sd of each domain score from the shrunk indicators' posterior error
+    (``z``: X's normalised indicators)."""
     ind = index_model.indicators_
     pop = pd.to_numeric(X[index_model.config_.population_column], errors="coerce").to_numpy(float)
-    z = index_model.normalise(X)
     out = np.zeros((len(X), len(domains)))
     for j, d in enumerate(domains):
         names = list(ind.index[ind["domain"] == d])
@@ -868,7 +871,8 @@ def cumulated_thresholds(index_inputs_: IndexInputs, worst_share: float) -> np.n
 def problem_from_run(index_model, features: pd.DataFrame, table: pd.DataFrame, predictions: pd.DataFrame,
                      config, signs: dict[str, int], norms: dict, *, worst_share: float = 0.10,
                      min_domains: int = 3, groups: pd.Series | None = None,
-                     indicator_noise: bool = True, refits=None) -> StabilityProblem:
+                     indicator_noise: bool = True, refits=None,
+                     normalised: pd.DataFrame | None = None) -> StabilityProblem:
     """The stability problem of a scored run.
 
     Parameters
@@ -892,9 +896,13 @@ def problem_from_run(index_model, features: pd.DataFrame, table: pd.DataFrame, p
         Department of each zone (correlated forecast errors).
     refits : BootstrapForecasts, optional
         Forecasts of the replicate models (:mod:`territoria.models.bootstrap`).
+    normalised : DataFrame, optional
+        ``index_model.normalise(features)``, when the caller already has it.
     """
     X = features.reindex(table.index)
-    ix = index_inputs(index_model, X, indicator_noise=indicator_noise)
+    if normalised is not None:
+        normalised = normalised.reindex(table.index)
+    ix = index_inputs(index_model, X, indicator_noise=indicator_noise, normalised=normalised)
     tr = trajectory_inputs(table, predictions, config.trajectory, norms, signs)
     if refits is not None and refits.refits:
         tr.refit_pred = align_refits(refits, table.index, tr.measures)

@@ -85,6 +85,9 @@ class Scored:
     table: pd.DataFrame
     designs: dict[str, tuple[pd.DataFrame, pd.DataFrame]]
     diagnostics: pd.DataFrame
+    #: the index's normalised indicators of ``features`` (its terms, points and the stability
+    #: audit read them again)
+    normalised: pd.DataFrame | None = None
 
 
 def _forecasts_of(forecasts: pd.DataFrame | None, measure: str, zones: pd.Index, origin: int,
@@ -137,7 +140,8 @@ class PriorityEngine:
         of these designs already made (the training stage's); a measure they do not cover
         for every zone is predicted here."""
         F = features.set_index("zone_code")
-        index = self.index_model.transform(F)
+        normalised = self.index_model.normalise(F)
+        index = self.index_model.transform(F, normalised)
         given, forecasts, designs = forecasts, [], {}
         for measure, trained in self.trained.items():
             if design is not None:
@@ -160,7 +164,7 @@ class PriorityEngine:
         flags = flag_priorities(table, dflags["flag_cumulated"], self.config.flags, self.period,
                                 self.previous)
         table = table.join(flags).join(dflags)
-        return Scored(F, meta, index, predictions, table, designs, dflags)
+        return Scored(F, meta, index, predictions, table, designs, dflags, normalised)
 
     def baseline(self, forecasts: pd.DataFrame | None = None) -> Scored:
         """The run's own scoring: the design matrices the training stage built for its
@@ -271,7 +275,7 @@ def explain(engine: PriorityEngine, scored: Scored, contributions: dict) -> tupl
         tidy.append(tidy_contributions(measure, phi, X, base, out, M, top=N_TOP_FEATURES))
         if measure in factors:
             points.append(model_points(phi, M, factors[measure]))
-    terms, neutral = index_terms(engine.index_model, scored.features)
+    terms, neutral = index_terms(engine.index_model, scored.features, scored.normalised)
     idx = scored.index["deprivation_index"]
     dom = terms.stack().rename("contribution").reset_index()
     dom.columns = ["zone_code", "feature", "contribution"]
@@ -284,7 +288,7 @@ def explain(engine: PriorityEngine, scored: Scored, contributions: dict) -> tupl
     dom["base_value"] = neutral
     dom["model_output"] = idx.reindex(dom["zone_code"]).to_numpy()
     tidy.append(dom[dom["model_output"].notna()])
-    points.append(index_points(engine.index_model, scored.features, terms, factors["index"]))
+    points.append(index_points(engine.index_model, scored.features, terms, factors["index"], scored.normalised))
     explanations = pd.concat(tidy, ignore_index=True)[
         ["zone_code", "model", "feature", "domain", "is_lever", "feature_value", "contribution",
          "base_value", "model_output"]]
@@ -606,7 +610,8 @@ def stability_audit(engine: PriorityEngine, scored: Scored,
     problem = stab.problem_from_run(
         engine.index_model, scored.features, t, scored.predictions, engine.config, engine.signs, engine.norms,
         worst_share=dcfg.cumulated.worst_share, min_domains=dcfg.cumulated.min_domains,
-        groups=engine.fb.identity["departement"], indicator_noise=settings.indicator_noise, refits=refits)
+        groups=engine.fb.identity["departement"], indicator_noise=settings.indicator_noise, refits=refits,
+        normalised=scored.normalised)
     return stab.replicate(problem, settings, baseline_score=t["priority_score"].to_numpy(float),
                           baseline_flag=t["priority_flag"].to_numpy(bool))
 

@@ -270,6 +270,19 @@ def test_deterministic_and_independent_of_row_order():
     pd.testing.assert_frame_equal(a, c)
 
 
+def test_a_scoring_normalises_once_and_never_reuses_another_matrix():
+    X = _synthetic(n=400)
+    idx = DeprivationIndex(weights=TWO_DOMAINS).fit(X)
+    z = idx.normalise(X)
+    assert idx.reuse_normalised(X, z) is z
+    pd.testing.assert_frame_equal(idx.transform(X, z), idx.transform(X))
+    # the normalised indicators of other zones (or of another order) are not taken for X's
+    other = idx.normalise(X.iloc[::-1])
+    assert idx.reuse_normalised(X, other) is not other
+    pd.testing.assert_frame_equal(idx.transform(X, other), idx.transform(X))
+    pd.testing.assert_frame_equal(idx.transform(X, z.iloc[:10]), idx.transform(X))
+
+
 def test_rank_and_decile_conventions():
     s = pd.Series([5.0, 1.0, np.nan, 3.0, 3.0], index=list("abcde"))
     rank, decile = rank_and_decile(s)
