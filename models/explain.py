@@ -184,6 +184,8 @@ def largest_first(A: np.ndarray, top: int) -> np.ndarray:
            [2, 0]])
     """
     n, k = A.shape
+    if top <= 0:
+        return np.zeros((n, 0), np.intp)
     if top >= k:
         return np.argsort(-A, axis=1, kind="stable")
     picked = np.argpartition(-A, top - 1, axis=1)[:, :top]
