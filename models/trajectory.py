@@ -37,6 +37,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from territoria.features.build import zone_cube
 from territoria.features.spatial import neighbour_mean
+from territoria.models.lgbm_threads import lightgbm_threads, num_threads_param
 from territoria.models.validation import group_validation_split
 
 #: rows below which early stopping is skipped (too few to carve a validation set)
@@ -78,10 +79,10 @@ class SharedBins:
         self.params = self._params_of(estimator)
         self.feature_names = [str(c) for c in X.columns] if hasattr(X, "columns") else "auto"
         data = np.asarray(X, dtype=np.float64)
-        # the label is set on each subset; LightGBM only needs one to exist here
-        self._dataset = lgb.Dataset(data, np.zeros(data.shape[0]),
-                                    params={**self.params, "num_threads": estimator.n_jobs},
-                                    feature_name=self.feature_names, free_raw_data=True).construct()
+        with lightgbm_threads(estimator.n_jobs) as threads:
+            # the label is set on each subset; LightGBM only needs one to exist here
+            self._dataset = lgb.Dataset(data, np.zeros(data.shape[0]), params={**self.params, "num_threads": threads},
+                                        feature_name=self.feature_names, free_raw_data=True).construct()
         self.n_features = data.shape[1]
         self.rows = np.arange(data.shape[0])
 
@@ -113,11 +114,13 @@ class SharedBins:
             # LightGBM would go on with a broken booster rather than fail
             raise ValueError(f"the shared bins were found with {self.params}, the model has {own}")
 
-    def subset(self, idx, label, weight=None) -> lgb.Dataset:
-        """A constructed Dataset of rows ``idx`` of this view, with their label and weight."""
+    def subset(self, idx, label, weight=None, n_jobs: int | None = None) -> lgb.Dataset:
+        """A constructed Dataset of rows ``idx`` of this view, with their label and weight, cut
+        with ``n_jobs`` threads (the fit's own: see :mod:`~territoria.models.lgbm_threads`)."""
         rows = self.rows[idx]
         order = np.argsort(rows, kind="stable")  # LightGBM keeps a subset's rows sorted
-        ds = self._dataset.subset(rows[order]).construct()
+        with lightgbm_threads(n_jobs) as threads:
+            ds = self._dataset.subset(rows[order], params={**self.params, "num_threads": threads}).construct()
         ds.set_label(np.asarray(label, dtype=np.float64)[order])
         if weight is not None:
             ds.set_weight(np.asarray(weight, dtype=np.float64)[order])
@@ -187,14 +190,12 @@ class _LGBMBase(BaseEstimator):
             "lambda_l1": self.reg_alpha,
             "min_gain_to_split": self.min_split_gain,
             "max_bin": self.max_bin,
-            "num_threads": self.n_jobs,
+            "num_threads": num_threads_param(self.n_jobs),
             "seed": seed,
             "bagging_seed": seed + 1,
             "feature_fraction_seed": seed + 2,
             "data_random_seed": seed + 3,
             "deterministic": True,
-            # row-wise histograms, faster on one thread, crash LightGBM 4.7 (a segmentation
-            # fault) when two folds' subsets of one binned Dataset are fitted at once
             "force_col_wise": True,
             "verbose": -1,
         }
@@ -241,26 +242,27 @@ class _LGBMBase(BaseEstimator):
         def dataset(rows, reference=None):
             yr, wr = y[rows], None if w is None else w[rows]
             if bins is not None:
-                return bins.subset(rows, yr, wr)
+                return bins.subset(rows, yr, wr, self.n_jobs)
             # the booster keeps the real feature names (MLflow signature, SHAP tables)
             return lgb.Dataset(X[rows], yr, weight=wr, reference=reference, free_raw_data=True,
                                feature_name=self._feature_names(X))
 
         es = self.early_stopping_rounds
-        if es and n >= MIN_ROWS_EARLY_STOPPING:
-            g = np.asarray(groups) if groups is not None else np.arange(n)
-            if groups is None:  # rows as their own groups: a random split
-                g = np.arange(n)
-            tr, va = group_validation_split(g, self.validation_fraction, seed=int(self.random_state))
-            dtr = dataset(tr)
-            booster = lgb.train(
-                params, dtr, num_boost_round=self.n_estimators, valid_sets=[dataset(va, reference=dtr)],
-                callbacks=[lgb.early_stopping(es, verbose=False)],
-            )
-            self.best_iteration_ = int(booster.best_iteration or self.n_estimators)
-        else:
-            booster = lgb.train(params, dataset(np.arange(n)), num_boost_round=self.n_estimators)
-            self.best_iteration_ = int(self.n_estimators)
+        with lightgbm_threads(self.n_jobs):
+            if es and n >= MIN_ROWS_EARLY_STOPPING:
+                g = np.asarray(groups) if groups is not None else np.arange(n)
+                if groups is None:  # rows as their own groups: a random split
+                    g = np.arange(n)
+                tr, va = group_validation_split(g, self.validation_fraction, seed=int(self.random_state))
+                dtr = dataset(tr)
+                booster = lgb.train(
+                    params, dtr, num_boost_round=self.n_estimators, valid_sets=[dataset(va, reference=dtr)],
+                    callbacks=[lgb.early_stopping(es, verbose=False)],
+                )
+                self.best_iteration_ = int(booster.best_iteration or self.n_estimators)
+            else:
+                booster = lgb.train(params, dataset(np.arange(n)), num_boost_round=self.n_estimators)
+                self.best_iteration_ = int(self.n_estimators)
         self.booster_ = booster
         return self
 
@@ -271,7 +273,8 @@ class _LGBMBase(BaseEstimator):
     def _raw_predict(self, X):
         check_is_fitted(self, "booster_")
         X = validate_data(self, X, reset=False, ensure_all_finite="allow-nan", dtype=np.float64)
-        return self.booster_.predict(X, num_iteration=self.best_iteration_)
+        with lightgbm_threads(self.n_jobs) as threads:
+            return self.booster_.predict(X, num_iteration=self.best_iteration_, num_threads=threads)
 
     @property
     def feature_importances_(self) -> np.ndarray:

@@ -43,6 +43,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 from numba import njit
 
+from territoria.models.lgbm_threads import lightgbm_threads
+
 #: longest path (distinct features from the root to a leaf) the tables serve: 2^12 patterns
 MAX_PATH_FEATURES = 12
 
@@ -280,8 +282,9 @@ def compile_kernels() -> None:
 
     rng = np.random.default_rng(0)
     X = rng.normal(size=(200, 3))
-    booster = lgb.train({"num_leaves": 4, "verbose": -1, "num_threads": 1},
-                        lgb.Dataset(X, X[:, 0] + rng.normal(size=200)), num_boost_round=2)
+    with lightgbm_threads(1) as threads:
+        booster = lgb.train({"num_leaves": 4, "verbose": -1, "num_threads": threads},
+                            lgb.Dataset(X, X[:, 0] + rng.normal(size=200)), num_boost_round=2)
     tree_shap(booster, X, n_jobs=1)
 
 
@@ -291,6 +294,6 @@ def contributions(booster, X, num_iteration: int | None = None, n_jobs: int | No
     try:
         return tree_shap(booster, X, num_iteration, n_jobs)
     except Unsupported:
-        threads = {} if n_jobs is None else {"num_threads": n_jobs}
-        return booster.predict(np.asarray(X, dtype=np.float64), pred_contrib=True, num_iteration=num_iteration,
-                               **threads)
+        with lightgbm_threads(n_jobs) as threads:
+            return booster.predict(np.asarray(X, dtype=np.float64), pred_contrib=True, num_iteration=num_iteration,
+                                   num_threads=threads)

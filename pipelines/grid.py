@@ -80,6 +80,7 @@ from territoria.features.grid import (
     validate_grid,
 )
 from territoria.io import atomic_path, write_atomic, write_csv, write_json
+from territoria.models.lgbm_threads import lightgbm_threads
 from territoria.models.treeshap import contributions
 from territoria.registry import load_registry
 from territoria.settings import load_config
@@ -391,11 +392,12 @@ def explain_part(feats: pd.DataFrame, part_no: int, model: str, spec: ExplainSpe
     """
     booster = lgb.Booster(model_str=model)
     X = spec.bins.codes(feats)
-    p_det = (lgb.Booster(model_str=classifier).predict(X, num_threads=spec.threads)
-             if classifier is not None else None)
-    raw = contributions(booster, X, n_jobs=spec.threads)
+    with lightgbm_threads(spec.threads) as threads:
+        p_det = (lgb.Booster(model_str=classifier).predict(X, num_threads=threads)
+                 if classifier is not None else None)
+        raw = contributions(booster, X, n_jobs=spec.threads)
+        output = booster.predict(X, num_threads=threads)
     phi, base = raw[:, :-1], raw[:, -1]
-    output = booster.predict(X, num_threads=spec.threads)
     gap = float(np.max(np.abs(phi.sum(axis=1) + base - output))) if len(X) else 0.0
     if gap > ADDITIVITY_TOL:
         raise AssertionError(f"SHAP additivity broken in partition {part_no}: max gap {gap:.3g}")
@@ -770,14 +772,15 @@ def _run_local(cells, indicators, cfg, holdout, target, spec_kw, work, timings, 
     console.log(f"training LightGBM on {len(y):,} cells")
     params = lgbm_params(cfg, n_jobs=threads, forced_bins=_forced_bins_file(bins, work))
     X = training_rows(feats, bins, target)
-    model = lgb.LGBMRegressor(**params)
-    model.fit(X, training_rows(feats, None, target, mean))
-    booster = add_to_first_tree(model.booster_, mean)
-    classifier = threshold = None
-    if cfg.deteriorating_quantile > 0:
-        threshold = deterioration_threshold(y, cfg.deteriorating_quantile)
-        console.log(f"training the deterioration classifier (target above {threshold:.4g})")
-        classifier = lgb.LGBMClassifier(**params).fit(X, deteriorating_rows(feats, target, threshold)).booster_
+    with lightgbm_threads(threads):
+        model = lgb.LGBMRegressor(**params)
+        model.fit(X, training_rows(feats, None, target, mean))
+        booster = add_to_first_tree(model.booster_, mean)
+        classifier = threshold = None
+        if cfg.deteriorating_quantile > 0:
+            threshold = deterioration_threshold(y, cfg.deteriorating_quantile)
+            console.log(f"training the deterioration classifier (target above {threshold:.4g})")
+            classifier = lgb.LGBMClassifier(**params).fit(X, deteriorating_rows(feats, target, threshold)).booster_
     del X
     timings["train"] = time.perf_counter() - t
     t = time.perf_counter()
