@@ -146,13 +146,6 @@ def _present(codes: np.ndarray, labels):
     return (np.cumsum(seen) - 1)[codes], labels[np.flatnonzero(seen)]
 
 
-def commune_series(cube: pd.DataFrame, measure: str, period: int) -> pd.Series:
-    """Values of one measure and period for communes, indexed by zone code."""
-    if (measure, period) not in cube.columns:
-        return pd.Series(dtype=float)
-    return cube[(measure, period)].dropna()
-
-
 def measure_periods(cube: pd.DataFrame, measure: str) -> list[int]:
     """Vintages of a measure in the cube (all dated <= t)."""
     if measure not in cube.columns.get_level_values(0):
@@ -218,6 +211,10 @@ def add_spatial_context(
         fs.add(f"{n}__gap_dep", gap_dep[n], ind, "gap_dep")
 
 
+#: measures an access memo keeps (one per facility type and vintage in a backtest: about 25)
+ACCESS_MEMO_SIZE = 128
+
+
 def add_access(
     fs: FeatureSet,
     cube: pd.DataFrame,
@@ -226,35 +223,56 @@ def add_access(
     registry: Registry,
     params,
     t: int,
+    memo: dict | None = None,
 ) -> None:
     """Distances to facilities, mobile sites nearby and IREP exposure, dated <= t.
 
     ``townhalls`` is indexed by zone code with ``lon, lat, territory``; distances are only
-    measured within a territory (mainland, or each overseas department).
+    measured within a territory (mainland, or each overseas department). ``memo``, a dict the
+    caller keeps between reference periods, holds the measures already taken, keyed by all
+    they read (the town halls, the facilities' hosts or positions, the radii): the origins of
+    a backtest between two vintages of the BPE or of a points file read the same ones.
     """
+    memo = {} if memo is None else memo
     origins = townhalls.reindex(fs.index).rename_axis("zone_code").reset_index()
+    at = _digest(origins[["lon", "lat"]].to_numpy(float), origins["territory"].astype(str).str.cat(sep="\0"))
+
+    def measured(key: tuple, compute):
+        key = (at, *key)
+        if key not in memo:
+            while len(memo) >= ACCESS_MEMO_SIZE:  # the oldest go first (what-if scenarios add some)
+                del memo[next(iter(memo))]
+            memo[key] = compute()
+        return memo[key]
+
+    cube_rows = cube.index.get_indexer(pd.Index(origins["zone_code"]))
     for label, variables in params.nearest_facility.items():
         name = f"dist_{label}"
         variables = [variables] if isinstance(variables, str) else variables
         periods = measure_periods(cube, variables[0])
         if not periods or name not in registry.indicators:
             continue
-        counts = pd.concat([commune_series(cube, v, periods[-1]) for v in variables], axis=1).sum(axis=1)
-        hosts = counts.reindex(pd.Index(origins["zone_code"])).to_numpy(float) > 0
-        targets = origins[hosts]
+        columns = [cube[(v, periods[-1])].to_numpy(float) for v in variables if (v, periods[-1]) in cube.columns]
+        counts = np.nansum(np.column_stack(columns), axis=1)
+        hosts = np.where(cube_rows >= 0, counts[cube_rows], 0.0) > 0
         # hosts are town halls themselves (distance 0): no need to match them by code
-        dist = distance_to_nearest(origins, targets, group="territory", same_zone_zero=False)
+        dist = measured(("nearest", _digest(hosts)),
+                        lambda: distance_to_nearest(origins, origins[hosts], group="territory", same_zone_zero=False))
         fs.add(name, dist, registry.indicator(name), "level", (periods[-1], periods[-1]))
 
     services = _latest_upto(points.get("france_services"), t)
     if services is not None and "dist_france_services" in registry.indicators:
         tg = _lonlat(services)
-        dist = distance_to_nearest(origins, tg, group="territory", same_zone_zero=False)
+        dist = measured(("nearest", _digest(tg[["lon", "lat"]].to_numpy())),
+                        lambda: distance_to_nearest(origins, tg, group="territory", same_zone_zero=False))
         fs.add("dist_france_services", dist, registry.indicator("dist_france_services"), "level", _span(services))
 
     sites = _latest_upto(points.get("arcep_mobile_sites"), t)
     if sites is not None and "mobile_sites_nearby" in registry.indicators:
-        n = count_within(origins, _lonlat(sites), params.mobile_site_radius_km, group="territory")
+        xy = _lonlat(sites)
+        radius = params.mobile_site_radius_km
+        n = measured(("within", radius, _digest(xy[["lon", "lat"]].to_numpy())),
+                     lambda: count_within(origins, xy, radius, group="territory"))
         # the file covers mainland France only: overseas communes have no measure, not zero
         n = n.where(origins.set_index("zone_code")["territory"].reindex(n.index) == "metro")
         fs.add("mobile_sites_nearby", n, registry.indicator("mobile_sites_nearby"), "level", _span(sites))
@@ -262,13 +280,24 @@ def add_access(
     irep = _latest_upto(points.get("irep"), t)
     if irep is not None:
         radii = tuple(params.irep_radii_km)
-        counts = distance_weighted_count(origins, _lonlat(irep), radii=radii, group="territory")
+        xy = _lonlat(irep)
+        counts = measured(("weighted", radii, _digest(xy[["lon", "lat"]].to_numpy())),
+                          lambda: distance_weighted_count(origins, xy, radii=radii, group="territory"))
         for r in radii:
             name = f"irep_within_{r:g}km"
             col = f"n_within_{r:g}km"
             if name in registry.indicators and col in counts:
                 fs.add(name, counts[col], registry.indicator(name), "level", _span(irep))
         fs.add("irep_exposure", counts["decay_weighted"], registry.indicator("irep_exposure"), "level", _span(irep))
+
+
+def _digest(*parts) -> bytes:
+    """SHA-1 of arrays' bytes and strings (a memo key)."""
+    h = hashlib.sha1()
+    for part in parts:
+        h.update(part.encode() if isinstance(part, str) else np.ascontiguousarray(part).tobytes())
+        h.update(b"|")
+    return h.digest()
 
 
 def _latest_upto(points: pd.DataFrame | None, t: int) -> pd.DataFrame | None:

@@ -59,6 +59,9 @@ class FeatureBuild:
     file_hashes: dict[str, str] = field(default_factory=dict)
     #: the folder of parsed sources the build read through (``<out>/.cache``), if any
     source_cache: Path | None = None
+    #: access measures already taken, for the feature matrices at other periods
+    #: (:func:`~territoria.features.build.add_access`)
+    access_memo: dict = field(default_factory=dict, repr=False, compare=False)
 
     def release_panel(self) -> bool:
         """Free the in-memory panel (about 0.75 GB for all communes) when ``panel.parquet``
@@ -96,7 +99,7 @@ class FeatureBuild:
         """
         return build_feature_matrix(
             self.panel, self.identity, self.graph, self.townhalls, self.points,
-            load_registry(), self.params, t,
+            load_registry(), self.params, t, access_memo=self.access_memo,
         )
 
     def summary(self) -> str:
@@ -143,12 +146,14 @@ def build_feature_matrix(
     registry: Registry,
     params: Parameters,
     t: int,
+    access_memo: dict | None = None,
 ) -> tuple[pd.DataFrame, pd.DataFrame]:
-    """Wide feature matrix (identity columns first) and its metadata, for reference period t."""
+    """Wide feature matrix (identity columns first) and its metadata, for reference period t
+    (``access_memo``: see :func:`~territoria.features.build.add_access`)."""
     fs = fb.FeatureSet(identity.index)
     cube = fb.zone_cube(panel, t)
     levels = fb.add_levels_and_changes(fs, cube, registry)
-    fb.add_access(fs, cube, townhalls, points, registry, params.features, t)
+    fb.add_access(fs, cube, townhalls, points, registry, params.features, t, memo=access_memo)
     fb.add_iris_contrasts(fs, panel, registry, params.features, t)
     fb.add_spatial_context(fs, graph, identity, registry, levels)
     feats = fs.frame()
@@ -233,8 +238,9 @@ def run_build_features(
         timings["graph"] = time.perf_counter() - t0
 
         t0 = step(f"feature matrix at t = {t}")
+        access_memo: dict = {}
         features, meta = build_feature_matrix(
-            panel, identity, graph, townhalls, points, registry, params, t
+            panel, identity, graph, townhalls, points, registry, params, t, access_memo=access_memo
         )
         timings["features"] = time.perf_counter() - t0
 
@@ -247,7 +253,7 @@ def run_build_features(
         result = FeatureBuild(
             panel=panel, features=features, meta=meta, identity=identity, graph=graph,
             reference_period=t, townhalls=townhalls, points=points, params=params, timings=timings, report_lines=report.lines(), file_hashes=hashes,
-            source_cache=cache_dir,
+            source_cache=cache_dir, access_memo=access_memo,
         )
         if out_dir is not None:
             t0 = step(f"writing outputs to {out_dir}")

@@ -179,7 +179,8 @@ class PriorityEngine:
         zones = selected_zones(sc.zones, self.fb.identity)
         panel = apply_to_panel(self.fb.panel, sc, zones, self.registry, self.period)
         features, meta = build_feature_matrix(panel, self.fb.identity, self.fb.graph, self.fb.townhalls,
-                                              self.fb.points, self.registry, self.fb.params, self.period)
+                                              self.fb.points, self.registry, self.fb.params, self.period,
+                                              access_memo=self.fb.access_memo)
         return self.score(features, meta, panel), zones
 
     def counterfactual(self, scored: Scored, zone: str, max_steps: int = 40) -> dict:

@@ -69,6 +69,39 @@ def test_no_leakage_from_later_vintages(feature_build):
     assert (features.reference_period == 2018).all()
 
 
+def test_access_measures_are_reused_between_periods_and_retaken_when_facilities_change(feature_build):
+    from territoria.features.build import FeatureSet, add_access, zone_cube
+
+    fb = feature_build
+
+    def access(panel, t, memo):
+        fs = FeatureSet(fb.identity.index)
+        add_access(fs, zone_cube(panel, t), fb.townhalls, fb.points, load_registry(), fb.params.features, t, memo=memo)
+        return fs.frame()
+
+    memo: dict = {}
+    at_2016 = access(fb.panel, 2016, memo)
+    measured = len(memo)
+    assert measured >= 9  # one per facility of conf/parameters.yml
+    at_2014 = access(fb.panel, 2014, memo)  # the same BPE vintage (2013), no points file yet
+    assert len(memo) == measured
+    pd.testing.assert_frame_equal(at_2014, access(fb.panel, 2014, None))
+    pd.testing.assert_frame_equal(at_2016, access(fb.panel, 2016, None))
+
+    # a post office opens (BPE 2013) in a commune that had none: its distance is measured again
+    panel = fb.panel.copy()
+    none = panel.index[(panel["measure"] == "n_post_office") & (panel["period"] == 2013) & (panel["value"] == 0)
+                       & (panel["level"] == "commune")]
+    row = none[0]
+    zone = panel.at[row, "zone_code"]
+    assert at_2016.at[zone, "dist_post_office"] > 0
+    panel.loc[row, "value"] = 1.0
+    opened = access(panel, 2016, memo)
+    assert len(memo) == measured + 1
+    assert opened.at[zone, "dist_post_office"] == 0
+    pd.testing.assert_frame_equal(opened, access(panel, 2016, None))
+
+
 def test_as_of_stage_keeps_the_earlier_periods_of_later_files(feature_build, tmp_path):
     """``run --as-of 2018`` builds its own panel: periods up to 2018 of every file, including
     the census 2013 and 2018 series of files published later (the comparateur), which the
