@@ -216,6 +216,9 @@ def test_average_ranks_are_dataframe_rank_with_missing_at_the_mean_rank():
     expected = X.rank()
     expected = expected.fillna(expected.mean())
     np.testing.assert_array_equal(_average_ranks(X.to_numpy()), expected.to_numpy())
+    ranks, distinct = _average_ranks(X.to_numpy(), distinct=True)
+    np.testing.assert_array_equal(ranks, expected.to_numpy())
+    np.testing.assert_array_equal(distinct, X.nunique().to_numpy())
 
 
 # --------------------------------------------------------------------------- history features
