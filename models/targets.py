@@ -171,9 +171,10 @@ def measure_at(panel: pd.DataFrame, measure: str, period: int, level: str = "com
     pos = codes.by_measure.get(measure, np.zeros(0, np.int32))
     level_code = codes.levels.get_indexer([level])[0]
     pos = pos[(codes.period[pos] == period) & (codes.level[pos] == level_code)]
-    zones = codes.zones.take(codes.zone[pos]).rename("zone_code")
-    values = pd.Series(panel["value"].to_numpy(float)[pos], index=zones, name=measure)
-    return values.dropna()
+    values = panel["value"].to_numpy(float)[pos]
+    ok = ~np.isnan(values)
+    zones = codes.zones.take(codes.zone[pos[ok]]).rename("zone_code")
+    return pd.Series(values[ok], index=zones, name=measure)
 
 
 def measure_periods(panel: pd.DataFrame, measure: str, upto: int | None = None) -> list[int]:
@@ -205,7 +206,10 @@ def change_target(
             raise DataError("panel", f"measure '{measure}' has no vintage {p} (has {have})")
     cur = measure_at(panel, measure, end)
     prev = measure_at(panel, measure, origin)
-    out = change(cur, prev, relative).dropna()
+    out = change(cur, prev, relative)
+    # not dropna(): numpy's look-up of __array_struct__ on the Series would hash its zone
+    # codes for pandas' attribute access (4 ms for 35,000 codes)
+    out = out[out.notna().to_numpy()]
     out.index.name = "zone_code"
     return out.rename(f"{measure}_{origin}_{end}")
 

@@ -523,13 +523,23 @@ def history_features(
     dep = identity["departement"]
     measures = set(cube.columns.get_level_values(0))
 
+    rows = cube.index.get_indexer(index)
+    present = rows >= 0
+
+    def column(m, p) -> np.ndarray:
+        """Column ``(m, p)`` of the cube in the order of ``index`` (NaN where the cube has no row):
+        the changes are computed on arrays, not on Series realigned one by one."""
+        out = np.full(len(index), np.nan)
+        out[present] = cube[(m, p)].to_numpy(float)[rows[present]]
+        return out
+
     def periods_of(m, coverage=0.0):
         if m not in measures:
             return []
-        return sorted(int(p) for p in cube[m].columns if cube[(m, p)].notna().mean() > coverage)
+        return sorted(int(p) for p in cube[m].columns if (~np.isnan(cube[(m, p)].to_numpy(float))).mean() > coverage)
 
     pop_periods = periods_of("population")
-    pop = cube[("population", pop_periods[-1])].reindex(index) if pop_periods else None
+    pop = pd.Series(column("population", pop_periods[-1]), index=index) if pop_periods else None
 
     lagged: dict[str, tuple[str, pd.Series]] = {}  # neighbour means, computed in one product
 
@@ -545,7 +555,7 @@ def history_features(
         rel = _count_like(m, registry)
         pairs = list(zip(per[:-1], per[1:]))[::-1][:max_lags]
         return {
-            j + 1: ((a, b), (change_series(cube[(m, b)], cube[(m, a)], rel) / (b - a)).reindex(index))
+            j + 1: ((a, b), pd.Series(change_series(column(m, b), column(m, a), rel) / (b - a), index=index))
             for j, (a, b) in enumerate(pairs)
         }
 
@@ -564,7 +574,7 @@ def history_features(
             add_nbr(f"hist__{measure}__lag_mean__nbr", allc, measure, "change_annual_mean_nbr_mean", span)
     if own:
         last = own[-1]
-        lvl = cube[(measure, last)].reindex(index)
+        lvl = pd.Series(column(measure, last), index=index)
         add(f"hist__{measure}__level", lvl, measure, "level", (last, last))
         add(f"hist__{measure}__level__gap_dep", lvl - _group_mean(lvl, dep, pop), measure, "gap_dep", (last, last))
         add_nbr(f"hist__{measure}__level__nbr", lvl, measure, "nbr_mean", (last, last))
@@ -587,9 +597,11 @@ def history_features(
     return X, pd.DataFrame(meta)
 
 
-def change_series(cur: pd.Series, prev: pd.Series, relative: bool) -> pd.Series:
+def change_series(cur: np.ndarray, prev: np.ndarray, relative: bool) -> np.ndarray:
+    """``cur - prev``, or the change in % of a positive ``prev`` when ``relative``."""
     if relative:
-        return (cur - prev) / prev.where(prev > 0) * 100.0
+        with np.errstate(invalid="ignore"):
+            return (cur - prev) / np.where(prev > 0, prev, np.nan) * 100.0
     return cur - prev
 
 
