@@ -73,6 +73,7 @@ from territoria.models.trajectory import (
     SharedBins,
     TrajectoryRegressor,
     design_matrix,
+    predicting_with,
     restrict_design,
 )
 from territoria.models.validation import SpatialGroupKFold
@@ -493,7 +494,7 @@ def cross_validate_target(
 
     fold_models = []
     for model, held, p_held, kb, p_below, te, ridge, p in map_folds(fit_fold, folds, threads):
-        fold_models.append(model)
+        fold_models.append(predicting_with(model, params.get("n_jobs", TrajectoryRegressor().n_jobs)))
         pred[MODEL][held] = p_held
         if p_below is not None:
             below_pred[kb] = p_below

@@ -430,6 +430,22 @@ class HurdleRegressor(RegressorMixin, BaseEstimator):
         return (1.0 - p) * self.regressor_.predict(X)
 
 
+def predicting_with(model, n_jobs: int | None):
+    """``model``, fitted, set to predict with ``n_jobs`` LightGBM threads (its trees unchanged).
+
+    A fold model fitted on one thread beside another fold (:func:`~territoria.models.backtest.map_folds`)
+    predicts with one thread; the stability audit's forecasts, later and alone, use every thread.
+    """
+    if isinstance(model, _LGBMBase):
+        model.n_jobs = n_jobs
+    elif isinstance(model, HurdleRegressor):
+        for part in (model.regressor, model.classifier, getattr(model, "regressor_", None),
+                     getattr(model, "classifier_", None)):
+            if isinstance(part, _LGBMBase):
+                part.n_jobs = n_jobs
+    return model
+
+
 def monotone_constraints_from_registry(
     feature_names, meta: pd.DataFrame, registry, target_sign: int, relation: int = 1,
     transforms: tuple[str, ...] = ("level",),

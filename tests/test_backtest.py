@@ -387,6 +387,11 @@ def test_folds_fitted_two_at_a_time_give_the_same_models(feature_build, normalis
     pd.testing.assert_frame_equal(one.predictions, two.predictions)
     pd.testing.assert_frame_equal(one.metrics, two.metrics)
     folds = backtest_folds(two, name, normalised_config.cv.groups)
-    assert [m.regressor.n_jobs for m in folds.models] == [1, 1, 2]  # three folds here (hurdle models)
+    # three folds here (hurdle models): two fitted at once on one thread each, one on two, as
+    # LightGBM saved; all of them forecast later (the stability audit) with the two threads
+    for k, m in enumerate(folds.models):
+        parts = (m.regressor_, m.classifier_)
+        assert all(f"[num_threads: {1 if k < 2 else 2}]" in part.booster_.model_to_string() for part in parts)
+        assert {part.n_jobs for part in parts} == {2}
     reused = train_target(feature_build, name, config=normalised_config, params={**FAST, "n_jobs": 2}, folds=folds)
     assert reused.fold_models == folds.models  # the final model's calibration reuses them
