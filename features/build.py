@@ -18,6 +18,7 @@ transform, vintages) so that explanations can group contributions by domain and 
 from __future__ import annotations
 
 import hashlib
+import threading
 
 import numpy as np
 import pandas as pd
@@ -213,6 +214,7 @@ def add_spatial_context(
 
 #: measures an access memo keeps (one per facility type and vintage in a backtest: about 25)
 ACCESS_MEMO_SIZE = 128
+_ACCESS_MEMO_LOCK = threading.Lock()
 
 
 def add_access(
@@ -239,11 +241,14 @@ def add_access(
 
     def measured(key: tuple, compute):
         key = (at, *key)
-        if key not in memo:
-            while len(memo) >= ACCESS_MEMO_SIZE:  # the oldest go first (what-if scenarios add some)
-                del memo[next(iter(memo))]
-            memo[key] = compute()
-        return memo[key]
+        value = memo.get(key)
+        if value is None:
+            value = compute()
+            with _ACCESS_MEMO_LOCK:  # the dashboard's scenarios may share a build's memo
+                while len(memo) >= ACCESS_MEMO_SIZE:  # the oldest go first (what-if scenarios add some)
+                    del memo[next(iter(memo))]
+                memo[key] = value
+        return value
 
     cube_rows = cube.index.get_indexer(pd.Index(origins["zone_code"]))
     for label, variables in params.nearest_facility.items():

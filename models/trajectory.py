@@ -659,7 +659,7 @@ def _average_ranks(A: np.ndarray, distinct: bool = False):
 
     One sort per column, by numpy's quicksort: tied values share their average rank, so the
     order a sort leaves them in does not matter, and the vectorised quicksort takes 0.35 x the
-    time of a stable sort (0.2 x the time of ``DataFrame.rank`` on a commune design matrix)."""
+    time of a stable sort on a commune design matrix."""
     out = np.empty_like(A)
     counts = np.zeros(A.shape[1], int)
     for j in range(A.shape[1]):
