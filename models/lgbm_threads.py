@@ -86,6 +86,7 @@ def lightgbm_threads(n_jobs: int | None) -> Iterator[int]:
                 _state.wait()
         finally:
             del _queue[_position(ticket)]
+            _state.notify_all()  # a block queued behind this one may go now (or if the wait failed)
         _count = n
         _holders += 1
     _local.count, _local.depth = n, 1
