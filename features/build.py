@@ -24,6 +24,7 @@ import numpy as np
 import pandas as pd
 import pandera.pandas as pa
 
+from territoria.digest import value_digest
 from territoria.features.access import count_within, distance_to_nearest, distance_weighted_count
 from territoria.features.panel import measure_rows, panel_codes
 from territoria.features.spatial import gap_to_group, gap_to_neighbours, neighbour_mean
@@ -237,7 +238,7 @@ def add_access(
     """
     memo = {} if memo is None else memo
     origins = townhalls.reindex(fs.index).rename_axis("zone_code").reset_index()
-    at = _digest(origins[["lon", "lat"]].to_numpy(float), origins["territory"].astype(str).str.cat(sep="\0"))
+    at = value_digest(origins[["lon", "lat"]].to_numpy(float), origins["territory"])
 
     def measured(key: tuple, compute):
         key = (at, *key)
@@ -261,14 +262,14 @@ def add_access(
         counts = np.nansum(np.column_stack(columns), axis=1)
         hosts = np.where(cube_rows >= 0, counts[cube_rows], 0.0) > 0
         # hosts are town halls themselves (distance 0): no need to match them by code
-        dist = measured(("nearest", _digest(hosts)),
+        dist = measured(("nearest", value_digest(hosts)),
                         lambda: distance_to_nearest(origins, origins[hosts], group="territory", same_zone_zero=False))
         fs.add(name, dist, registry.indicator(name), "level", (periods[-1], periods[-1]))
 
     services = _latest_upto(points.get("france_services"), t)
     if services is not None and "dist_france_services" in registry.indicators:
         tg = _lonlat(services)
-        dist = measured(("nearest", _digest(tg[["lon", "lat"]].to_numpy())),
+        dist = measured(("nearest", value_digest(tg[["lon", "lat"]].to_numpy())),
                         lambda: distance_to_nearest(origins, tg, group="territory", same_zone_zero=False))
         fs.add("dist_france_services", dist, registry.indicator("dist_france_services"), "level", _span(services))
 
@@ -276,7 +277,7 @@ def add_access(
     if sites is not None and "mobile_sites_nearby" in registry.indicators:
         xy = _lonlat(sites)
         radius = params.mobile_site_radius_km
-        n = measured(("within", radius, _digest(xy[["lon", "lat"]].to_numpy())),
+        n = measured(("within", radius, value_digest(xy[["lon", "lat"]].to_numpy())),
                      lambda: count_within(origins, xy, radius, group="territory"))
         # the file covers mainland France only: overseas communes have no measure, not zero
         n = n.where(origins.set_index("zone_code")["territory"].reindex(n.index) == "metro")
@@ -286,7 +287,7 @@ def add_access(
     if irep is not None:
         radii = tuple(params.irep_radii_km)
         xy = _lonlat(irep)
-        counts = measured(("weighted", radii, _digest(xy[["lon", "lat"]].to_numpy())),
+        counts = measured(("weighted", radii, value_digest(xy[["lon", "lat"]].to_numpy())),
                           lambda: distance_weighted_count(origins, xy, radii=radii, group="territory"))
         for r in radii:
             name = f"irep_within_{r:g}km"
@@ -294,15 +295,6 @@ def add_access(
             if name in registry.indicators and col in counts:
                 fs.add(name, counts[col], registry.indicator(name), "level", _span(irep))
         fs.add("irep_exposure", counts["decay_weighted"], registry.indicator("irep_exposure"), "level", _span(irep))
-
-
-def _digest(*parts) -> bytes:
-    """SHA-1 of arrays' bytes and strings (a memo key)."""
-    h = hashlib.sha1()
-    for part in parts:
-        h.update(part.encode() if isinstance(part, str) else np.ascontiguousarray(part).tobytes())
-        h.update(b"|")
-    return h.digest()
 
 
 def _latest_upto(points: pd.DataFrame | None, t: int) -> pd.DataFrame | None:

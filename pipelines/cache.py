@@ -24,6 +24,7 @@ import pandas as pd
 
 import territoria
 from territoria import readers
+from territoria.digest import value_digest
 from territoria.features.sources import base
 from territoria.features.sources.base import Source, file_sha256
 from territoria.io import write_atomic, write_parquet
@@ -177,23 +178,9 @@ class ResultCache:
 
     @staticmethod
     def key(*parts) -> str:
-        """Digest of strings, bytes, numbers, arrays and DataFrames (values, index and columns)."""
-        h = hashlib.sha256(f"{territoria.__version__}".encode())
-        for p in parts:
-            if isinstance(p, pd.DataFrame):
-                h.update(repr(list(p.columns)).encode())
-                h.update(pd.util.hash_pandas_object(p, index=True).to_numpy().tobytes())
-            elif isinstance(p, (pd.Series, pd.Index)):
-                h.update(pd.util.hash_pandas_object(p, index=False).to_numpy().tobytes())
-            elif isinstance(p, np.ndarray):
-                h.update(f"{p.dtype}{p.shape}".encode())
-                h.update(np.ascontiguousarray(p).tobytes() if p.dtype != object else repr(p.tolist()).encode())
-            elif isinstance(p, bytes):
-                h.update(p)
-            else:
-                h.update(repr(p).encode())
-            h.update(b"|")
-        return h.hexdigest()[:24]
+        """Digest of strings, bytes, numbers, arrays and DataFrames (values, index and columns)
+        and of the package's version (:func:`~territoria.digest.value_digest`)."""
+        return value_digest(*parts, seed=f"{territoria.__version__}")
 
     def get(self, name: str, key: str, compute) -> dict[str, np.ndarray]:
         """``compute()`` (a dict of arrays), read from the folder when an entry has this key."""
