@@ -98,6 +98,9 @@ class TargetData:
     #: zones below the training threshold (their target table, design rows and groups), which
     #: the cross-validation predicts out of fold for the fairness audit only; None: not built
     below: tuple[pd.DataFrame, pd.DataFrame, np.ndarray] | None = None
+    #: the bins of ``X`` by their LightGBM settings (:func:`shared_bins`), found once for the
+    #: cross-validation and the final model of a prepared target
+    bins: dict = field(default_factory=dict, repr=False, compare=False)
 
 
 class FeatureCache:
@@ -292,10 +295,21 @@ def fit_regressor(model, X, y, w, groups, zero=None, bins: SharedBins | None = N
     return model.fit(X, y, sample_weight=w, groups=groups, bins=bins)
 
 
-def shared_bins(X: pd.DataFrame, params: dict, share: bool = True) -> SharedBins | None:
-    """The bins of a target's design matrix for all the models of its folds and spreads
-    (None with ``share=False``: each fit bins its own rows)."""
-    return SharedBins(X, TrajectoryRegressor(**params)) if share else None
+def shared_bins(data: TargetData, params: dict, share: bool = True) -> SharedBins | None:
+    """The bins of a target's design matrix for all the models of its folds, spreads and
+    final model (None with ``share=False``: each fit bins its own rows).
+
+    Kept in ``data.bins`` by the settings LightGBM bins with: the final model of a target
+    the backtest cross-validated in this process reuses its bins (0.3 s per target).
+    """
+    if not share:
+        return None
+    estimator = TrajectoryRegressor(**params)
+    key = json.dumps(SharedBins.params_of(estimator), sort_keys=True)
+    bins = data.bins.get(key)
+    if bins is None:
+        bins = data.bins.setdefault(key, SharedBins(data.X, estimator))
+    return bins
 
 
 def _rows_of(bins: SharedBins | None, idx) -> SharedBins | None:
@@ -466,7 +480,7 @@ def cross_validate_target(
     prob = np.full(n, np.nan)
     folds = [k for k in range(config.cv.n_splits) if ((fold == k) & data.scored).any()]
     threads = fold_threads(params, len(folds))
-    bins = shared_bins(data.X, params, share_bins)
+    bins = shared_bins(data, params, share_bins)
 
     def fit_fold(k: int, n_jobs: int | None) -> tuple:
         fold_params = params if n_jobs is None else {**params, "n_jobs": n_jobs}
@@ -788,7 +802,7 @@ def train_target(fb, spec, config: ModelConfig | None = None, params: dict | Non
     t = data.table
     y, w, zero = t["y"].to_numpy(), t["weight"].to_numpy(), t["repeated_survey"].to_numpy()
     fold = assign_folds(data.groups, data.scored, config.cv.n_splits, config.seed)
-    bins = shared_bins(data.X, params)
+    bins = shared_bins(data, params)
     if folds is not None:
         oof = folds.oof
     given = None

@@ -27,6 +27,9 @@ matrix (``features_at(origin)``) plus target-specific history from the panel (se
 
 from __future__ import annotations
 
+import os
+from concurrent.futures import ThreadPoolExecutor
+
 import lightgbm as lgb
 import numpy as np
 import pandas as pd
@@ -37,6 +40,7 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from territoria.features.build import zone_cube
 from territoria.features.spatial import neighbour_mean
+from territoria.memory import release_free_memory
 from territoria.models.lgbm_threads import lightgbm_threads, num_threads_param
 from territoria.models.validation import group_validation_split
 
@@ -76,7 +80,7 @@ class SharedBins:
     """
 
     def __init__(self, X, estimator: _LGBMBase) -> None:
-        self.params = self._params_of(estimator)
+        self.params = self.params_of(estimator)
         self.feature_names = [str(c) for c in X.columns] if hasattr(X, "columns") else "auto"
         data = np.asarray(X, dtype=np.float64)
         with lightgbm_threads(estimator.n_jobs) as threads:
@@ -90,7 +94,8 @@ class SharedBins:
         return len(self.rows)
 
     @staticmethod
-    def _params_of(estimator: _LGBMBase) -> dict:
+    def params_of(estimator: _LGBMBase) -> dict:
+        """The settings bins are found with for ``estimator`` (those of every model fitted on them)."""
         # no pre-filtering: the spread models' larger min_child_samples may share the bins
         return {**estimator._dataset_params(), "feature_pre_filter": False}
 
@@ -109,7 +114,7 @@ class SharedBins:
             raise ValueError(f"the shared bins hold {len(self)} rows, the fit got {n_rows}")
         if n_features != self.n_features or feature_names != self.feature_names:
             raise ValueError("the shared bins were found on other features than the fit's")
-        own = self._params_of(estimator)
+        own = self.params_of(estimator)
         if own != self.params:
             # LightGBM would go on with a broken booster rather than fail
             raise ValueError(f"the shared bins were found with {self.params}, the model has {own}")
@@ -402,14 +407,36 @@ class HurdleRegressor(RegressorMixin, BaseEstimator):
         reg = clone(self.regressor if self.regressor is not None else TrajectoryRegressor())
         keep = ~zero
         rows = X.iloc[keep] if hasattr(X, "iloc") else X[keep]
-        reg.fit(rows, y[keep], sample_weight=None if w is None else w[keep], groups=None if g is None else g[keep],
-                bins=None if bins is None else bins.take(keep))
-        self.regressor_ = reg
-        self.classifier_ = None
+
+        def fit_regressor():
+            reg.fit(rows, y[keep], sample_weight=None if w is None else w[keep],
+                    groups=None if g is None else g[keep], bins=None if bins is None else bins.take(keep))
+
+        clf = None
         if zero.any() and not zero.all():
             clf = clone(self.classifier if self.classifier is not None else DeteriorationClassifier())
+        if clf is None:
+            fit_regressor()
+        elif min(_threads(reg.n_jobs), _threads(clf.n_jobs)) < 2:
+            fit_regressor()
             clf.fit(X, zero.astype(int), sample_weight=w, groups=g, bins=bins)
-            self.classifier_ = clf
+        else:
+            # both parts at once on one LightGBM thread each, as the backtest's folds: the same
+            # trees (deterministic), and two one-thread fits side by side waste less than
+            # two-thread fits one after the other, whose threads wait for each other at every tree
+            jobs = reg.n_jobs, clf.n_jobs
+            reg.n_jobs = clf.n_jobs = 1
+            try:
+                with ThreadPoolExecutor(1, thread_name_prefix="hurdle") as pool:
+                    part = pool.submit(clf.fit, X.copy(deep=False) if hasattr(X, "copy") else X, zero.astype(int),
+                                       sample_weight=w, groups=g, bins=bins)
+                    fit_regressor()
+                    part.result()
+            finally:
+                reg.n_jobs, clf.n_jobs = jobs
+            release_free_memory()  # the thread's temporaries stay in its own allocator arena
+        self.regressor_ = reg
+        self.classifier_ = clf
         return self
 
     def _check(self, X):
@@ -428,6 +455,11 @@ class HurdleRegressor(RegressorMixin, BaseEstimator):
         X = self._check(X)
         p = np.zeros(X.shape[0]) if self.classifier_ is None else self.classifier_.predict_proba(X)[:, 1]
         return (1.0 - p) * self.regressor_.predict(X)
+
+
+def _threads(n_jobs: int | None) -> int:
+    """The LightGBM threads ``n_jobs`` stands for (every core for None or -1)."""
+    return num_threads_param(n_jobs) or os.cpu_count() or 1
 
 
 def predicting_with(model, n_jobs: int | None):

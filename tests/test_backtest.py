@@ -372,7 +372,7 @@ def test_map_folds_keeps_the_order_and_gives_a_leftover_fold_every_thread():
     assert map_folds(lambda k, n_jobs: (k, n_jobs), [0, 1], 1) == [(0, None), (1, None)]
 
 
-def test_folds_fitted_two_at_a_time_give_the_same_models(feature_build, normalised_config):
+def test_folds_fitted_two_at_a_time_give_the_same_models(feature_build, normalised_config, monkeypatch):
     """With two LightGBM threads on two cores, the folds and the spread model's fits run two
     at a time on one thread each (a fold left over on both): the same predictions, intervals
     and metrics as one fit at a time, and the final model reuses them as before."""
@@ -387,11 +387,22 @@ def test_folds_fitted_two_at_a_time_give_the_same_models(feature_build, normalis
     pd.testing.assert_frame_equal(one.predictions, two.predictions)
     pd.testing.assert_frame_equal(one.metrics, two.metrics)
     folds = backtest_folds(two, name, normalised_config.cv.groups)
-    # three folds here (hurdle models): two fitted at once on one thread each, one on two, as
-    # LightGBM saved; all of them forecast later (the stability audit) with the two threads
-    for k, m in enumerate(folds.models):
+    # three folds here (hurdle models): two fitted at once on one thread each; the one left over
+    # gets both threads, and its hurdle fits its two parts at once, one thread each, as LightGBM
+    # saved; all of them forecast later (the stability audit) with the two threads
+    for m in folds.models:
         parts = (m.regressor_, m.classifier_)
-        assert all(f"[num_threads: {1 if k < 2 else 2}]" in part.booster_.model_to_string() for part in parts)
+        assert all("[num_threads: 1]" in part.booster_.model_to_string() for part in parts)
         assert {part.n_jobs for part in parts} == {2}
+    import territoria.models.trajectory as trajectory
+
+    built = []
+    binned = trajectory.SharedBins.__init__
+    monkeypatch.setattr(trajectory.SharedBins, "__init__", lambda self, *a, **k: built.append(1) or binned(self, *a, **k))
     reused = train_target(feature_build, name, config=normalised_config, params={**FAST, "n_jobs": 2}, folds=folds)
     assert reused.fold_models == folds.models  # the final model's calibration reuses them
+    assert not built  # and it fits on the cross-validation's bins
+    assert "[num_threads: 1]" in reused.model.classifier_.booster_.model_to_string()  # parts at once
+    # another number of bins is another binning
+    train_target(feature_build, name, config=normalised_config, params={**FAST, "max_bin": 31}, folds=folds)
+    assert built == [1]

@@ -189,6 +189,21 @@ def test_hurdle_on_shared_bins_fits_both_parts():
     assert h.regressor_.booster_.num_trees() > 0 and h.classifier_.booster_.num_trees() > 0
 
 
+def test_hurdle_parts_fitted_at_once_give_the_same_model():
+    # with two threads the two parts are fitted side by side on one thread each: the same trees
+    # as one after the other, and the model then predicts with its two threads
+    X, y, zero = _structural_zeros()
+    fits = {}
+    for n_jobs in (1, 2):
+        h = HurdleRegressor(regressor=TrajectoryRegressor(n_jobs=n_jobs), classifier=DeteriorationClassifier(n_jobs=n_jobs))
+        fits[n_jobs] = h.fit(X, y, structural_zero=zero, bins=SharedBins(X, TrajectoryRegressor(n_jobs=1)))
+    np.testing.assert_array_equal(fits[1].predict(X), fits[2].predict(X))
+    for part in (fits[2].regressor_, fits[2].classifier_):
+        assert "[num_threads: 1]" in part.booster_.model_to_string() and part.n_jobs == 2
+    assert fits[2].regressor_.booster_.model_to_string().split("parameters:")[0] == \
+        fits[1].regressor_.booster_.model_to_string().split("parameters:")[0]
+
+
 def test_select_features_drops_constant_empty_and_duplicates():
     rng = np.random.default_rng(0)
     a = rng.normal(size=200)
