@@ -15,7 +15,6 @@ Only these formats are read: no Python object is ever unpickled from a run direc
 
 from __future__ import annotations
 
-import hashlib
 import json
 from pathlib import Path
 
@@ -23,6 +22,7 @@ import lightgbm as lgb
 import numpy as np
 from sklearn.preprocessing import LabelEncoder
 
+from territoria.digest import file_sha256
 from territoria.errors import DataError
 from territoria.io import write_atomic, write_json
 from territoria.models.intervals import SplitConformal
@@ -32,14 +32,10 @@ from territoria.models.trajectory import DeteriorationClassifier, HurdleRegresso
 FORMAT = 1
 
 
-def _sha(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
-
-
 def _save_lgbm(estimator, path: Path) -> dict:
     text = estimator.booster_.model_to_string()
     write_atomic(path, lambda tmp: tmp.write_text(text, encoding="utf-8"))
-    return {"file": path.name, "sha256": _sha(path), "best_iteration": int(estimator.best_iteration_),
+    return {"file": path.name, "sha256": file_sha256(path), "best_iteration": int(estimator.best_iteration_),
             "n_features": int(estimator.n_features_in_),
             "feature_names": [str(c) for c in getattr(estimator, "feature_names_in_", [])]}
 
@@ -86,7 +82,7 @@ def _load_lgbm(cls, folder: Path, entry: dict):
     path = folder / entry["file"]
     if not path.exists():
         raise DataError(path, "model file missing")
-    if _sha(path) != entry["sha256"]:
+    if file_sha256(path) != entry["sha256"]:
         raise DataError(path, "model file does not match the SHA-256 recorded in model.json; refusing to load it")
     est = cls()
     est.booster_ = lgb.Booster(model_str=path.read_text(encoding="utf-8"))

@@ -33,7 +33,8 @@ from territoria.pipelines.prioritise import programme_job, run_prioritise
 from territoria.pipelines.report import run_report
 from territoria.pipelines.train import run_train
 from territoria.settings import load_parameters, load_yaml
-from territoria.verify import git_commit, package_versions, sha256_of, write_manifest
+from territoria.digest import FileDigests, file_sha256
+from territoria.verify import git_commit, package_versions, write_manifest
 
 #: outputs of a run that the manifest hashes (when present)
 OUTPUTS = (
@@ -98,7 +99,7 @@ def reusable_run(out_dir: Path, fingerprint: str) -> dict | None:
     recorded = manifest.get("outputs", {})
     for name in TRAIN_OUTPUTS:
         path = out_dir / name
-        if name not in recorded or not path.is_file() or sha256_of(path) != recorded[name]:
+        if name not in recorded or not path.is_file() or file_sha256(path) != recorded[name]:
             return None
     return previous
 
@@ -215,7 +216,8 @@ def run_main(
 
     t0 = stage("map, zone cards, report and audit")
     report_timings: dict[str, float] = {}
-    run_report(out_dir, lang=lang, console=console, timings=report_timings)
+    digests = FileDigests()  # the lineage hashes the outputs, the manifest reads them back
+    run_report(out_dir, lang=lang, console=console, timings=report_timings, digests=digests)
     timings.update({f"report.{k}": v for k, v in report_timings.items()})
     timings["report"] = time.perf_counter() - t0
 
@@ -245,6 +247,6 @@ def run_main(
     outputs = ([Path(n) for n in OUTPUTS if (out_dir / n).exists()]
                + sorted(p.relative_to(out_dir) for p in (out_dir / "audit").glob("*") if p.is_file())
                + [run_json.relative_to(out_dir)])
-    write_manifest(out_dir, fb.file_hashes, outputs, data_dir=data_dir)
+    write_manifest(out_dir, fb.file_hashes, outputs, data_dir=data_dir, digests=digests)
     return MainResult(fb, res, pri, timings, run_json,
                       reused_from=previous.get("created") if previous is not None else None)

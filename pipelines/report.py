@@ -51,6 +51,7 @@ import numpy as np
 import pandas as pd
 from markupsafe import Markup
 
+from territoria.digest import FileDigests, file_sha256
 from territoria.errors import DataError
 from territoria.io import write_atomic, write_csv, write_json
 from territoria.pipelines.explain_zone import _DOMAINS, _num, _ordinal, _signed, read_priorities
@@ -1358,14 +1359,6 @@ def figure_domains(pri: pd.DataFrame, path: Path, lang: str = "fr") -> Path:
 
 
 # --------------------------------------------------------------------------- audit
-def sha256(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(chunk), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def package_versions(names: tuple[str, ...] = PACKAGES) -> dict[str, str | None]:
     from importlib import metadata
 
@@ -1644,9 +1637,11 @@ def model_card(run: RunOutputs, sens: pd.DataFrame, lang: str = "fr", *, fairnes
     return "\n".join(L)
 
 
-def lineage(run: RunOutputs, written: dict[str, Path]) -> dict:
-    """Input (data files) and output hashes, package versions, git commit."""
+def lineage(run: RunOutputs, written: dict[str, Path], digests: FileDigests | None = None) -> dict:
+    """Input (data files) and output hashes, package versions, git commit (``digests``: the
+    run's :class:`~territoria.digest.FileDigests`, which keep them for its manifest)."""
     out_dir = run.out_dir
+    sha256 = digests or file_sha256
     outputs = {}
     for name in RUN_FILES:
         p = out_dir / name
@@ -1674,10 +1669,12 @@ def lineage(run: RunOutputs, written: dict[str, Path]) -> dict:
 
 
 # --------------------------------------------------------------------------- the stage
-def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dict | None = None) -> dict[str, Path]:
+def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dict | None = None,
+               digests: FileDigests | None = None) -> dict[str, Path]:
     """Write the planner and auditor outputs of the run in ``out_dir``; returns the written paths.
 
-    ``timings`` (optional dict) receives the seconds spent on each output.
+    ``timings`` (optional dict) receives the seconds spent on each output; ``digests`` keeps
+    the lineage's hashes of the outputs for the caller (the main job's manifest).
     """
     from rich.console import Console
 
@@ -1696,7 +1693,7 @@ def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dic
     console.log(f"zone cards of {len(flagged):,} priority zones")
     worker, here = _card_worker(run, out_dir, lang, flagged)
     try:
-        return _write_outputs(run, out_dir, lang, console, timings, paths, here, worker)
+        return _write_outputs(run, out_dir, lang, console, timings, paths, here, worker, digests)
     except BaseException:
         if worker is not None:  # the worker finishes its cards (atomically) and exits
             worker.close()
@@ -1704,7 +1701,7 @@ def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dic
 
 
 def _write_outputs(run: RunOutputs, out_dir: Path, lang: str, console, timings: dict, paths: dict,
-                   here: list[str], worker: SideProcess | None) -> dict[str, Path]:
+                   here: list[str], worker: SideProcess | None, digests: FileDigests | None) -> dict[str, Path]:
     """:func:`run_report`'s outputs other than the worker's cards (the cards of ``here``
     are written by this process), then the lineage of all."""
     pri = run.priorities
@@ -1765,6 +1762,6 @@ def _write_outputs(run: RunOutputs, out_dir: Path, lang: str, console, timings: 
     timings["n_cards"] = len(cards)
     # the lineage hashes every output, the cards included
     t0 = time.perf_counter()
-    paths["lineage"] = write_json(lineage(run, paths), out_dir / "audit" / "lineage.json")
+    paths["lineage"] = write_json(lineage(run, paths, digests), out_dir / "audit" / "lineage.json")
     timings["audit"] += time.perf_counter() - t0
     return paths

@@ -20,7 +20,6 @@ optional ``DIR/lineage.json`` (same keys as the manifest: ``data_dir``, ``inputs
 
 from __future__ import annotations
 
-import hashlib
 import json
 import platform
 import subprocess
@@ -29,6 +28,7 @@ from datetime import datetime, timezone
 from importlib import metadata
 from pathlib import Path
 
+from territoria.digest import FileDigests, file_sha256
 from territoria.errors import DataError
 from territoria.io import write_json
 from territoria.paths import bundled_data_dir
@@ -39,15 +39,6 @@ PACKAGES = ("territoria", "pandas", "numpy", "lightgbm", "scikit-learn", "shap",
             "mlflow-skinny")
 #: Files of a run folder that list expected hashes, and the keys holding input hashes.
 _RECORDS = {MANIFEST: ("inputs",), "data_report.json": ("files",), "lineage.json": ("inputs", "files")}
-
-
-def sha256_of(path: Path) -> str:
-    """SHA-256 of a file's bytes (read in 1 MiB chunks)."""
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def package_versions() -> dict[str, str | None]:
@@ -79,6 +70,7 @@ def write_manifest(
     outputs: list[Path],
     *,
     data_dir: Path | str | None = None,
+    digests: FileDigests | None = None,
 ) -> Path:
     """Write ``out_dir/manifest.json`` for a finished run.
 
@@ -93,6 +85,8 @@ def write_manifest(
         Output files (absolute, or relative to ``out_dir``); hashed now.
     data_dir : Path, optional
         Folder the inputs are relative to (the bundled data by default).
+    digests : FileDigests, optional
+        The run's digests of files it already hashed (its lineage's).
 
     Returns
     -------
@@ -100,12 +94,13 @@ def write_manifest(
         The manifest written.
     """
     out_dir = Path(out_dir)
+    digest = digests or file_sha256
     hashed = {}
     for p in outputs:
         p = Path(p) if Path(p).is_absolute() else out_dir / p
         if not p.is_file():
             raise DataError(p, "output listed for the manifest does not exist")
-        hashed[_relative(p, out_dir)] = sha256_of(p)
+        hashed[_relative(p, out_dir)] = digest(p)
     hashed.pop(MANIFEST, None)  # the manifest cannot hold its own hash
     doc = {
         "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
@@ -220,6 +215,6 @@ def verify_run(out_dir: Path | str, data_dir: Path | str | None = None) -> Verif
                 seen.add((kind, rel, sha))
                 path = root / rel
                 status = ("missing" if not path.is_file()
-                          else "ok" if sha256_of(path) == sha else "modified")
+                          else "ok" if file_sha256(path) == sha else "modified")
                 report.checks.append(FileCheck(kind, rel, path, status, name))
     return report

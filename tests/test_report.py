@@ -14,6 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
+from territoria.digest import file_sha256
 from territoria.pipelines import report as rep
 
 N = 30
@@ -236,7 +237,7 @@ def test_audit_files_and_lineage(run_dir, reports):
     assert lin["run_outputs"] and lin["report_outputs"]
     for section in ("run_outputs", "report_outputs"):
         for rel, entry in lin[section].items():
-            assert rep.sha256(run_dir / rel) == entry["sha256"], rel
+            assert file_sha256(run_dir / rel) == entry["sha256"], rel
     assert "map.html" in lin["report_outputs"] and "priorities.csv" in lin["run_outputs"]
     assert lin["zone_cards"]["count"] == 8
     assert lin["packages"]["pandas"]

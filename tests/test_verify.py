@@ -10,8 +10,9 @@ import pytest
 from typer.testing import CliRunner
 
 from territoria.cli import app
+from territoria.digest import FileDigests, file_sha256
 from territoria.errors import DataError
-from territoria.verify import MANIFEST, PACKAGES, sha256_of, verify_run, write_manifest
+from territoria.verify import MANIFEST, PACKAGES, verify_run, write_manifest
 
 CLI = str(Path(sys.executable).parent / "territoria")
 
@@ -27,7 +28,7 @@ def run_dir(tmp_path):
     (out / "models").mkdir(parents=True)
     (out / "features.parquet").write_bytes(b"PAR1" + bytes(range(256)) * 10 + b"PAR1")
     (out / "models" / "m.txt").write_text("tree\n", encoding="utf-8")
-    inputs = {rel: sha256_of(data / rel) for rel in ("insee/a.csv", "b.json")}
+    inputs = {rel: file_sha256(data / rel) for rel in ("insee/a.csv", "b.json")}
     # the feature stage's report, as pipelines/build_features.py writes it
     (out / "data_report.json").write_text(json.dumps({"data_dir": str(data), "files": inputs}))
     write_manifest(out, inputs, [out / "features.parquet", Path("models/m.txt")], data_dir=data)
@@ -40,13 +41,37 @@ def test_manifest_content(run_dir):
     assert doc["data_dir"] == str(data)
     assert set(doc["inputs"]) == {"insee/a.csv", "b.json"}
     assert doc["outputs"] == {
-        "features.parquet": sha256_of(out / "features.parquet"),
-        "models/m.txt": sha256_of(out / "models" / "m.txt"),
+        "features.parquet": file_sha256(out / "features.parquet"),
+        "models/m.txt": file_sha256(out / "models" / "m.txt"),
     }
     assert set(doc["versions"]) == {"python", *PACKAGES}
     assert doc["versions"]["pandas"] and doc["versions"]["territoria"]
     # this test runs from a git checkout: the commit is a full SHA-1
     assert doc["git_commit"] is None or len(doc["git_commit"]) == 40
+
+
+def test_run_digests_hash_a_file_once_until_it_is_replaced_or_rewritten(run_dir, monkeypatch):
+    import territoria.digest as digest
+
+    out, data = run_dir
+    hashed = []
+    monkeypatch.setattr(digest, "file_sha256", lambda p: hashed.append(Path(p).name) or file_sha256(p))
+    digests = FileDigests()
+    target = out / "features.parquet"
+    first = digests(target)
+    assert digests(target) == first == file_sha256(target) and hashed == ["features.parquet"]
+    # the manifest reads the lineage's digests: the same file is not read again
+    write_manifest(out, {}, [target], data_dir=data, digests=digests)
+    assert hashed == ["features.parquet"]
+    assert json.loads((out / MANIFEST).read_text())["outputs"] == {"features.parquet": first}
+    # replaced as the writers do (a new file renamed over it), or rewritten in place: hashed again
+    (out / "new.parquet").write_bytes(b"other bytes")
+    os.replace(out / "new.parquet", target)
+    assert digests(target) == file_sha256(target) != first
+    with open(target, "ab") as fh:
+        fh.write(b"!")
+    assert digests(target) == file_sha256(target)
+    assert hashed == ["features.parquet"] * 3
 
 
 def test_verify_passes_then_names_the_modified_output(run_dir):

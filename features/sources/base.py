@@ -16,7 +16,6 @@ Three output shapes exist, one per kind of source:
 
 from __future__ import annotations
 
-import hashlib
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -25,6 +24,7 @@ from typing import ClassVar, Literal
 import pandas as pd
 import pandera.pandas as pa
 
+from territoria import digest
 from territoria.errors import DataError
 from territoria.paths import bundled_data_dir, resolve_data_file
 
@@ -189,14 +189,11 @@ def _first_line(exc: Exception) -> str:
 
 
 def file_sha256(path: Path) -> str:
-    """SHA-256 of a file, recorded in lineage."""
+    """SHA-256 of an input file, recorded in lineage (:func:`territoria.digest.file_sha256`);
+    a missing file is a :class:`DataError`."""
     if not Path(path).exists():
         raise DataError(path, "file not found (check --data or the bundled data folder)")
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
+    return digest.file_sha256(path)
 
 
 def tidy(
