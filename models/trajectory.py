@@ -428,7 +428,7 @@ class HurdleRegressor(RegressorMixin, BaseEstimator):
             reg.n_jobs = clf.n_jobs = 1
             try:
                 with ThreadPoolExecutor(1, thread_name_prefix="hurdle") as pool:
-                    part = pool.submit(clf.fit, X.copy(deep=False) if hasattr(X, "copy") else X, zero.astype(int),
+                    part = pool.submit(clf.fit, X.copy(deep=False) if hasattr(X, "iloc") else X, zero.astype(int),
                                        sample_weight=w, groups=g, bins=bins)
                     fit_regressor()
                     part.result()

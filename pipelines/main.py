@@ -23,6 +23,7 @@ from pathlib import Path
 
 from rich.console import Console
 
+from territoria.digest import FileDigests, file_sha256
 from territoria.io import write_json
 from territoria.memory import configure_allocators, fewer_collections, release_free_memory
 from territoria.models.backtest import FeatureCache
@@ -33,7 +34,6 @@ from territoria.pipelines.prioritise import programme_job, run_prioritise
 from territoria.pipelines.report import run_report
 from territoria.pipelines.train import run_train
 from territoria.settings import load_parameters, load_yaml
-from territoria.digest import FileDigests, file_sha256
 from territoria.verify import git_commit, package_versions, write_manifest
 
 #: outputs of a run that the manifest hashes (when present)

@@ -202,6 +202,11 @@ def test_hurdle_parts_fitted_at_once_give_the_same_model():
         assert "[num_threads: 1]" in part.booster_.model_to_string() and part.n_jobs == 2
     assert fits[2].regressor_.booster_.model_to_string().split("parameters:")[0] == \
         fits[1].regressor_.booster_.model_to_string().split("parameters:")[0]
+    # a plain array too, each part binning its own rows
+    A = X.to_numpy()
+    plain = {n: HurdleRegressor(regressor=TrajectoryRegressor(n_jobs=n), classifier=DeteriorationClassifier(n_jobs=n))
+             .fit(A, y, structural_zero=zero).predict(A) for n in (1, 2)}
+    np.testing.assert_array_equal(plain[1], plain[2])
 
 
 def test_select_features_drops_constant_empty_and_duplicates():
