@@ -1641,7 +1641,7 @@ def lineage(run: RunOutputs, written: dict[str, Path], digests: FileDigests | No
     """Input (data files) and output hashes, package versions, git commit (``digests``: the
     run's :class:`~territoria.digest.FileDigests`, which keep them for its manifest)."""
     out_dir = run.out_dir
-    sha256 = digests or file_sha256
+    sha256 = digests if digests is not None else file_sha256
     outputs = {}
     for name in RUN_FILES:
         p = out_dir / name

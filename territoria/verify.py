@@ -94,7 +94,7 @@ def write_manifest(
         The manifest written.
     """
     out_dir = Path(out_dir)
-    digest = digests or file_sha256
+    digest = digests if digests is not None else file_sha256
     hashed = {}
     for p in outputs:
         p = Path(p) if Path(p).is_absolute() else out_dir / p

@@ -14,7 +14,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from territoria.digest import file_sha256
+from territoria.digest import FileDigests, file_sha256
 from territoria.pipelines import report as rep
 
 N = 30
@@ -239,6 +239,13 @@ def test_audit_files_and_lineage(run_dir, reports):
         for rel, entry in lin[section].items():
             assert file_sha256(run_dir / rel) == entry["sha256"], rel
     assert "map.html" in lin["report_outputs"] and "priorities.csv" in lin["run_outputs"]
+    # a run's digests keep what the lineage hashed, for the main job's manifest
+    digests = FileDigests()
+    written = {k: v for k, v in paths.items() if k != "lineage"}  # as when the lineage was made
+    again = rep.lineage(rep.load_run(run_dir), written, digests)
+    assert again["run_outputs"] == lin["run_outputs"] and again["report_outputs"] == lin["report_outputs"]
+    n_cards = len(list((run_dir / "zones").glob("*.html")))
+    assert len(digests) == len(lin["run_outputs"]) + len(lin["report_outputs"]) + n_cards
     assert lin["zone_cards"]["count"] == 8
     assert lin["packages"]["pandas"]
     sens = pd.read_csv(audit / "sensitivity.csv")

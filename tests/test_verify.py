@@ -63,6 +63,11 @@ def test_run_digests_hash_a_file_once_until_it_is_replaced_or_rewritten(run_dir,
     # the manifest reads the lineage's digests: the same file is not read again
     write_manifest(out, {}, [target], data_dir=data, digests=digests)
     assert hashed == ["features.parquet"]
+    # a run's digests start empty: the first to hash a file (the lineage) keeps it for the next
+    fresh = FileDigests()
+    write_manifest(out, {}, [target], data_dir=data, digests=fresh)
+    assert len(fresh) == 1 and hashed == ["features.parquet"] * 2
+    hashed.clear()
     assert json.loads((out / MANIFEST).read_text())["outputs"] == {"features.parquet": first}
     # replaced as the writers do (a new file renamed over it), or rewritten in place: hashed again
     (out / "new.parquet").write_bytes(b"other bytes")
@@ -71,7 +76,7 @@ def test_run_digests_hash_a_file_once_until_it_is_replaced_or_rewritten(run_dir,
     with open(target, "ab") as fh:
         fh.write(b"!")
     assert digests(target) == file_sha256(target)
-    assert hashed == ["features.parquet"] * 3
+    assert hashed == ["features.parquet"] * 2
 
 
 def test_verify_passes_then_names_the_modified_output(run_dir):
