@@ -34,7 +34,6 @@ How a target is scored (department-blocked CV by default):
 from __future__ import annotations
 
 import json
-import os
 import weakref
 from collections import OrderedDict
 from concurrent.futures import ThreadPoolExecutor
@@ -73,6 +72,7 @@ from territoria.models.trajectory import (
     SharedBins,
     TrajectoryRegressor,
     design_matrix,
+    fits_at_once,
     predicting_with,
     restrict_design,
 )
@@ -265,12 +265,9 @@ def make_regressor(spec: TargetSpec, params: dict | None = None):
 
 
 def fold_threads(params: dict, n_folds: int) -> int:
-    """Folds fitted at once: as many as the models' LightGBM threads (``n_jobs``) and the
-    machine's cores allow, each on one thread. The trees are the same (``deterministic``),
-    and two one-thread fits at once waste less than one two-thread fit after the other,
-    whose threads wait for each other at every tree: the backtest of the three key targets
-    took 0.96 x the time (benchmarks/README.md, fifteenth measurement)."""
-    return max(1, min(int(params.get("n_jobs") or 1), os.cpu_count() or 1, n_folds))
+    """Folds fitted at once (:func:`~territoria.models.trajectory.fits_at_once`): the backtest
+    of the three key targets took 0.96 x the time (benchmarks/README.md, fifteenth measurement)."""
+    return fits_at_once(params.get("n_jobs"), n_folds)
 
 
 def map_folds(fn, folds: list, threads: int) -> list:

@@ -417,7 +417,7 @@ class HurdleRegressor(RegressorMixin, BaseEstimator):
             clf = clone(self.classifier if self.classifier is not None else DeteriorationClassifier())
         if clf is None:
             fit_regressor()
-        elif min(_threads(reg.n_jobs), _threads(clf.n_jobs)) < 2:
+        elif min(fits_at_once(reg.n_jobs, 2), fits_at_once(clf.n_jobs, 2)) < 2:
             fit_regressor()
             clf.fit(X, zero.astype(int), sample_weight=w, groups=g, bins=bins)
         else:
@@ -457,9 +457,13 @@ class HurdleRegressor(RegressorMixin, BaseEstimator):
         return (1.0 - p) * self.regressor_.predict(X)
 
 
-def _threads(n_jobs: int | None) -> int:
-    """The LightGBM threads ``n_jobs`` stands for (every core for None or -1)."""
-    return num_threads_param(n_jobs) or os.cpu_count() or 1
+def fits_at_once(n_jobs: int | None, n_fits: int) -> int:
+    """How many of ``n_fits`` fits of models with ``n_jobs`` LightGBM threads run side by side,
+    on one thread each: as many as ``n_jobs`` and the machine's cores allow. The trees are the
+    same (``deterministic``), and two one-thread fits at once waste less than one two-thread fit
+    after the other, whose threads wait for each other at every tree (benchmarks/README.md,
+    fifteenth measurement)."""
+    return max(1, min(int(n_jobs or 1), os.cpu_count() or 1, n_fits))
 
 
 def predicting_with(model, n_jobs: int | None):
