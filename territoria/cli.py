@@ -16,7 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from territoria.errors import DataError
-from territoria.memory import configure_allocators
+from territoria.memory import configure_allocators, freeze_at_exit
 
 app = typer.Typer(
     no_args_is_help=True,
@@ -503,6 +503,7 @@ def grid(
 
 def main() -> None:
     """Console-script entry point: one-line errors and exit code 2 on bad input."""
+    freeze_at_exit()  # the process ends with the command
     try:
         app()
     except DataError as exc:

@@ -40,10 +40,10 @@ from territoria.memory import collect_as_long_job
 
 
 #: modules the fork server imports once, for every worker forked from it ("__main__": the
-#: calling script, which a worker imports anyway). shap (with matplotlib) is for the SHAP
-#: figures' worker: 1.7 s of imports the server does while the main job imports on its own
-#: core, rather than in the busy prioritise stage
-PRELOAD = ("__main__", "territoria.pipelines.cache", "territoria.pipelines.report", "territoria.models.programmes",
+#: calling script, which a worker imports anyway; territoria.fork_server: the server's own
+#: exit). shap (with matplotlib) is for the SHAP figures' worker: 1.7 s of imports the server
+#: does while the main job imports on its own core, rather than in the busy prioritise stage
+PRELOAD = ("territoria.fork_server", "__main__", "territoria.pipelines.cache", "territoria.pipelines.report", "territoria.models.programmes",
            "shap")
 
 

@@ -83,3 +83,18 @@ def test_configure_allocators_sets_arrow_and_numpy_unless_the_user_chose():
         chosen[bool(user)] = subprocess.run([sys.executable, "-c", code], env={**env, **user}, check=True,
                                             capture_output=True, text=True).stdout.split()
     assert chosen == {False: ["system", "False"], True: ["jemalloc", "True"]}
+
+
+def test_objects_alive_at_exit_are_frozen_out_of_the_collector():
+    """A process that ends with its work (the command, the fork server) does not walk its
+    live objects in the interpreter's final collections: they are frozen by then."""
+    code = textwrap.dedent("""
+        import atexit, gc
+        # registered first, so it runs last: after freeze_at_exit's handler
+        atexit.register(lambda: print(gc.get_freeze_count() > 0, len(gc.get_objects()) < 100))
+        from territoria.memory import freeze_at_exit
+        freeze_at_exit()
+        import pandas  # objects alive at exit
+    """)
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
+    assert out.split() == ["True", "True"]

@@ -143,9 +143,10 @@ def test_workers_start_with_the_fork_servers_modules():
     if "forkserver" not in multiprocessing.get_all_start_methods():
         pytest.skip("no fork server on this platform: workers are spawned")
     assert workers.worker_context().get_start_method() == "forkserver"
-    probe = "[m in __import__('sys').modules for m in {!r}]".format(workers.PRELOAD[1:])
+    modules = [m for m in workers.PRELOAD if m != "__main__"]  # the script is __mp_main__ there
+    probe = "[m in __import__('sys').modules for m in {!r}]".format(modules)
     with workers.worker_pool(1) as pool:
-        assert pool.submit(eval, probe).result() == [True] * (len(workers.PRELOAD) - 1)
+        assert pool.submit(eval, probe).result() == [True] * len(modules)
         assert pool.submit(os.getppid).result() != os.getpid()  # forked by the server
 
 
