@@ -38,6 +38,7 @@ from territoria.paths import bundled_data_dir
 from territoria.registry import Registry, load_registry
 from territoria.pipelines.cache import load_all
 from territoria.settings import Parameters, load_parameters
+from territoria.workers import SideThread
 
 
 @dataclass
@@ -137,6 +138,16 @@ def townhall_points(identity: pd.DataFrame, geoms: pd.DataFrame) -> pd.DataFrame
     return out
 
 
+def _spatial_weights(geoms: pd.DataFrame, identity: pd.DataFrame, k: int) -> tuple[object, pd.DataFrame, float]:
+    """The communes' graph (:func:`build_commune_graph` of the zones of ``identity``), their
+    town halls, and the seconds it took."""
+    t0 = time.perf_counter()
+    # get_indexer, not isin: pandas' isin on strings converts the codes one by one
+    in_study = identity.index.get_indexer(geoms["zone_code"]) >= 0
+    graph = build_commune_graph(geoms[in_study], k=k)
+    return graph, townhall_points(identity, geoms), time.perf_counter() - t0
+
+
 def build_feature_matrix(
     panel: pd.DataFrame,
     identity: pd.DataFrame,
@@ -217,25 +228,27 @@ def run_build_features(
     if sources_read is not None:
         sources_read()
 
-    t0 = step(f"harmonising to the COG {params.target_cog} and computing indicators")
-    panel, report = build_panel(tables, cog, registry, target_cog=params.target_cog)
-    del tables, loaded  # the tidy source tables live on in the panel only
-    if as_of is not None:
-        panel = panel[panel["period"] <= as_of].reset_index(drop=True)
-    timings["panel"] = time.perf_counter() - t0
-
-    # the panel (6.8 M rows) is written while the features are built: Arrow encodes it
-    # without the GIL
+    # the spatial weights need the geometries only: a thread builds them while the panel is
+    # harmonised, mostly in shapely's predicates, which run without the GIL
+    # (benchmarks/README.md, nineteenth measurement)
+    step(f"harmonising to the COG {params.target_cog} and computing indicators; spatial weights")
+    spatial = SideThread(_spatial_weights, geoms, identity, params.features.knn_fallback, name="spatial-weights")
     writer = ThreadPoolExecutor(1, thread_name_prefix="panel-writer")
-    panel_written = (writer.submit(write_parquet, panel, Path(out_dir) / "panel.parquet")
-                     if out_dir is not None else None)
     try:
-        t0 = step("spatial weights")
-        # get_indexer, not isin: pandas' isin on strings converts the codes one by one
-        in_study = identity.index.get_indexer(geoms["zone_code"]) >= 0
-        graph = build_commune_graph(geoms[in_study], k=params.features.knn_fallback)
-        townhalls = townhall_points(identity, geoms)
-        timings["graph"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        panel, report = build_panel(tables, cog, registry, target_cog=params.target_cog)
+        del tables, loaded  # the tidy source tables live on in the panel only
+        if as_of is not None:
+            panel = panel[panel["period"] <= as_of].reset_index(drop=True)
+        timings["panel"] = time.perf_counter() - t0
+        t0 = time.perf_counter()
+        graph, townhalls, timings["graph"] = spatial.result()
+        timings["graph_wait"] = time.perf_counter() - t0
+
+        # the panel (6.8 M rows) is written while the features are built: Arrow encodes it
+        # without the GIL
+        panel_written = (writer.submit(write_parquet, panel, Path(out_dir) / "panel.parquet")
+                         if out_dir is not None else None)
 
         t0 = step(f"feature matrix at t = {t}")
         access_memo: dict = {}

@@ -17,6 +17,15 @@ Importing MLflow or shap takes a second or two of CPU. A :class:`SpareProcess` i
 while a core is idle (the main process alone in a single-threaded step) and imports what a
 call will need; the call is handed to it later (:meth:`SpareProcess.run`).
 
+Side work has slack: its result is needed later. It runs at background priority (nice
+:data:`BACKGROUND_NICE`), so that it takes the core the main process leaves idle rather than a
+share of both while the main process runs two threads (two LightGBM folds, Arrow encoding):
+at equal priority a side process takes a third of two cores then. When the main process
+has to wait for it, its priority is restored first, or a machine busy with other work would
+starve it. Restoring a priority needs the right to raise one (``CAP_SYS_NICE``, or an
+``RLIMIT_NICE`` of 20); without it, side work keeps the normal priority
+(:func:`can_restore_priority`). Linux only, where each thread has its own nice value.
+
 Examples
 --------
 >>> job = SideProcess(sorted, [3, 1, 2], min_cpus=10_000)  # too few cores here: run in place
@@ -28,11 +37,12 @@ from __future__ import annotations
 
 import functools
 import os
+import sys
 import threading
 import time
 import warnings
 from collections.abc import Callable
-from concurrent.futures import ProcessPoolExecutor
+from concurrent.futures import Future, ProcessPoolExecutor
 from concurrent.futures.process import BrokenProcessPool
 from multiprocessing import get_all_start_methods, get_context
 
@@ -47,21 +57,81 @@ PRELOAD = ("territoria.fork_server", "__main__", "territoria.pipelines.cache", "
            "shap")
 
 
+#: nice value of side work (:class:`SideProcess`, :class:`SpareProcess`, :class:`SideThread`)
+BACKGROUND_NICE = 19
+
+
+@functools.lru_cache(maxsize=1)
+def can_restore_priority() -> bool:
+    """True where this process may lower a thread's priority and raise it back (Linux, with
+    ``CAP_SYS_NICE`` or an ``RLIMIT_NICE`` that allows it): tried on a throwaway thread."""
+    if not sys.platform.startswith("linux"):
+        return False
+    restored = []
+
+    def probe() -> None:
+        tid = threading.get_native_id()
+        nice = os.getpriority(os.PRIO_PROCESS, tid)
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, min(nice + 1, 19))
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+            restored.append(nice < 19)
+        except OSError:
+            pass
+
+    thread = threading.Thread(target=probe, name="priority-probe")
+    thread.start()
+    thread.join()
+    return bool(restored and restored[0])
+
+
+def _nice() -> int:
+    """The calling thread's nice value on Linux (each thread has its own); 0 elsewhere, where
+    side work keeps the normal priority."""
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id()) if sys.platform.startswith("linux") else 0
+
+
+def _to_background() -> None:
+    """Lower the calling thread (and the threads it starts later) to :data:`BACKGROUND_NICE`."""
+    tid = threading.get_native_id()
+    if os.getpriority(os.PRIO_PROCESS, tid) < BACKGROUND_NICE:
+        os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
+
+
+def restore_priority(tids: list[int], nice: int) -> None:
+    """Set the threads ``tids`` back to ``nice`` (threads that ended are skipped)."""
+    for tid in tids:
+        try:
+            os.setpriority(os.PRIO_PROCESS, tid, nice)
+        except OSError:
+            pass
+
+
+def _threads_of(pid: int) -> list[int]:
+    try:
+        return [int(t) for t in os.listdir(f"/proc/{pid}/task")]
+    except OSError:  # the process ended
+        return []
+
+
 class SideProcess:
     """Start ``fn(*args)`` in a one-process pool (:func:`worker_pool`) when the machine has at
     least ``min_cpus`` cores; :meth:`result` waits for it.
 
-    ``fallback`` (default: ``fn(*args)``) is what :meth:`result` runs in this process when
-    there is no second core or the pool broke; it must give the same outputs.
+    The process runs at background priority where that can be undone (module doc): if the call
+    is still running when :meth:`result` is asked for, its priority is restored to this
+    thread's. ``fallback`` (default: ``fn(*args)``) is what :meth:`result` runs in this process
+    when there is no second core or the pool broke; it must give the same outputs.
     """
 
     def __init__(self, fn: Callable, *args, fallback: Callable | None = None, min_cpus: int = 2,
-                 _pool: ProcessPoolExecutor | None = None) -> None:
+                 _pool: ProcessPoolExecutor | None = None, _pid: Future | None = None) -> None:
         self.fn, self.args = fn, args
         self.fallback = fallback or (lambda: fn(*args))
         self._pool = self._future = None
+        self._pid, self._nice = _pid, _nice()
         if _pool is None and (os.cpu_count() or 1) >= min_cpus:
-            _pool = worker_pool(1)
+            _pool, self._pid = _background_pool()
         if _pool is not None:
             self._pool = _pool
             try:
@@ -79,6 +149,8 @@ class SideProcess:
         if self._pool is None:
             return self.fallback()
         try:
+            if self._pid is not None and not self._future.done():
+                restore_priority(_threads_of(self._pid.result()), self._nice)
             return self._future.result()
         except BrokenProcessPool:
             warnings.warn(f"the worker process running {getattr(self.fn, '__name__', self.fn)} failed (is the "
@@ -95,14 +167,23 @@ class SideProcess:
             self._pool = None
 
 
-def worker_pool(workers: int) -> ProcessPoolExecutor:
+def worker_pool(workers: int, background: bool = False) -> ProcessPoolExecutor:
     """A pool of ``workers`` new processes (:func:`worker_context`) with this process's
-    environment, that exit if this process is killed (:func:`exit_with_parent`)."""
+    environment, that exit if this process is killed (:func:`exit_with_parent`), at
+    background priority if ``background``."""
     return ProcessPoolExecutor(workers, mp_context=worker_context(), initializer=_start_worker,
-                               initargs=(os.getpid(), dict(os.environ)))
+                               initargs=(os.getpid(), dict(os.environ), background))
 
 
-def _start_worker(owner: int, environ: dict[str, str]) -> None:
+def _background_pool() -> tuple[ProcessPoolExecutor, Future | None]:
+    """A one-process pool for side work, and the future of its process id when it runs at
+    background priority (None where that could not be undone: normal priority)."""
+    background = can_restore_priority()
+    pool = worker_pool(1, background=background)
+    return pool, pool.submit(os.getpid) if background else None
+
+
+def _start_worker(owner: int, environ: dict[str, str], background: bool = False) -> None:
     """A worker takes its owner's environment as it is now (a fork server's workers would
     otherwise have the server's, fixed when it started: ``TERRITORIA_DATA`` set since would
     not reach them) and exits with it.
@@ -114,6 +195,8 @@ def _start_worker(owner: int, environ: dict[str, str]) -> None:
     """
     os.environ.clear()
     os.environ.update(environ)
+    if background:
+        _to_background()
     exit_with_parent(owner)
     collect_as_long_job()
 
@@ -195,9 +278,9 @@ class SpareProcess:
 
     def __init__(self, preload: Callable | None = None, min_cpus: int = 2) -> None:
         self.min_cpus = min_cpus
-        self._pool = None
+        self._pool = self._pid = None
         if (os.cpu_count() or 1) >= min_cpus:
-            self._pool = worker_pool(1)
+            self._pool, self._pid = _background_pool()
             if preload is not None:
                 self._pool.submit(preload)  # an import error shows again when the call runs
 
@@ -211,10 +294,55 @@ class SpareProcess:
         pool, self._pool = self._pool, None
         if pool is None:  # never started, or already used: a new process when there are the cores
             return SideProcess(fn, *args, fallback=fallback, min_cpus=self.min_cpus)
-        return SideProcess(fn, *args, fallback=fallback, _pool=pool)
+        return SideProcess(fn, *args, fallback=fallback, _pool=pool, _pid=self._pid)
 
     def close(self) -> None:
         """Stop the process if no call was handed to it."""
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+class SideThread:
+    """``fn(*args)`` in a new thread of this process, at background priority where that can be
+    undone (module doc); :meth:`result` waits for it, restoring its priority first if it is
+    still running.
+
+    For side work that mostly runs without the GIL (shapely's predicates, Arrow): the thread
+    then takes the core the main thread leaves idle.
+
+    Examples
+    --------
+    >>> SideThread(sorted, [3, 1, 2]).result()
+    [1, 2, 3]
+    """
+
+    def __init__(self, fn: Callable, *args, name: str = "side-thread") -> None:
+        self._future: Future = Future()
+        self._nice = _nice() if can_restore_priority() else None
+        self._lock = threading.Lock()
+        self._tid: int | None = None
+        self._waited = False
+        self._thread = threading.Thread(target=self._run, args=(fn, *args), name=name)
+        self._thread.start()
+
+    def _run(self, fn: Callable, *args) -> None:
+        with self._lock:
+            if self._nice is not None and not self._waited:
+                _to_background()
+                self._tid = threading.get_native_id()
+        try:
+            self._future.set_result(fn(*args))
+        except BaseException as exc:  # raised again by result(), in the waiting thread
+            self._future.set_exception(exc)
+
+    def result(self):
+        """The call's result (its exception raised here)."""
+        with self._lock:
+            self._waited = True
+            if self._tid is not None and not self._future.done():
+                restore_priority([self._tid], self._nice)
+        try:
+            return self._future.result()
+        finally:
+            self._thread.join()

@@ -1,10 +1,13 @@
 """territoria.workers.SideProcess: a call run by a second process, or here when it cannot be."""
 
 import os
+import sys
+import time
 
 import pytest
 
-from territoria.workers import SideProcess, _alive
+from territoria import workers as workers_mod
+from territoria.workers import SideProcess, SideThread, SpareProcess, _alive
 
 
 def test_the_call_runs_in_another_process():
@@ -201,3 +204,66 @@ def test_workers_collect_garbage_as_the_main_job_does():
 
     with worker_pool(1) as pool:
         assert pool.submit(_gc_state).result() == (LONG_JOB_GC_THRESHOLD, True)
+
+
+def _thread_nice() -> int:
+    import threading
+
+    return os.getpriority(os.PRIO_PROCESS, threading.get_native_id())
+
+
+def _nice_after(seconds: float, done: str | None = None) -> int:
+    """The calling thread's nice value after ``seconds``; ``done`` is created then."""
+    time.sleep(seconds)
+    nice = _thread_nice()
+    if done:
+        open(done, "w").close()
+    return nice
+
+
+def _wait_for(path) -> None:
+    deadline = time.time() + 30
+    while not os.path.exists(path) and time.time() < deadline:
+        time.sleep(0.05)
+    assert os.path.exists(path), "the side call did not finish"
+
+
+needs_restorable_priority = pytest.mark.skipif(
+    not (sys.platform.startswith("linux") and (os.cpu_count() or 1) >= 2 and workers_mod.can_restore_priority()),
+    reason="background priority needs Linux, two cores and the right to restore a priority")
+
+
+@needs_restorable_priority
+def test_side_work_runs_at_background_priority_until_waited_for(tmp_path):
+    """A side process or thread takes the core the main process leaves idle (nice 19); one the
+    main process waits for gets this thread's priority back, or a busy machine would starve it."""
+    own = _thread_nice()
+    done = tmp_path / "done"
+    job = SideProcess(_nice_after, 0.0, str(done))
+    _wait_for(done)  # finished before anyone waited: it ran in the background
+    assert job.result() == workers_mod.BACKGROUND_NICE
+    assert SideProcess(_nice_after, 1.0).result() == own  # waited for while it sleeps
+
+    done = tmp_path / "thread_done"
+    job = SideThread(_nice_after, 0.0, str(done))
+    _wait_for(done)
+    assert job.result() == workers_mod.BACKGROUND_NICE
+    assert SideThread(_nice_after, 1.0).result() == own
+    assert _thread_nice() == own  # this thread's priority is untouched
+
+
+@needs_restorable_priority
+def test_a_spare_process_runs_its_call_in_the_background_and_parsing_workers_do_not(tmp_path):
+    done = tmp_path / "done"
+    job = SpareProcess(preload=int).run(_nice_after, 0.0, str(done))
+    _wait_for(done)
+    assert job.result() == workers_mod.BACKGROUND_NICE
+    assert SpareProcess().run(_nice_after, 1.0).result() == _thread_nice()
+    with workers_mod.worker_pool(1) as pool:  # the source-parsing pool: the main work
+        assert pool.submit(_thread_nice).result() == _thread_nice()
+
+
+def test_a_side_thread_raises_its_error_where_it_is_waited_for():
+    job = SideThread(int, "not a number")
+    with pytest.raises(ValueError, match="not a number"):
+        job.result()
