@@ -38,7 +38,6 @@ from territoria.paths import bundled_data_dir
 from territoria.registry import Registry, load_registry
 from territoria.pipelines.cache import load_all
 from territoria.settings import Parameters, load_parameters
-from territoria.workers import SideThread
 
 
 @dataclass
@@ -229,12 +228,12 @@ def run_build_features(
         sources_read()
 
     # the spatial weights need the geometries only: a thread builds them while the panel is
-    # harmonised, mostly in shapely's predicates, which run without the GIL
-    # (benchmarks/README.md, nineteenth measurement)
+    # harmonised, mostly in shapely's predicates, which run without the GIL; the same thread
+    # then writes the panel (benchmarks/README.md, nineteenth measurement)
     step(f"harmonising to the COG {params.target_cog} and computing indicators; spatial weights")
-    spatial = SideThread(_spatial_weights, geoms, identity, params.features.knn_fallback, name="spatial-weights")
-    writer = ThreadPoolExecutor(1, thread_name_prefix="panel-writer")
+    writer = ThreadPoolExecutor(1, thread_name_prefix="features-side")
     try:
+        spatial = writer.submit(_spatial_weights, geoms, identity, params.features.knn_fallback)
         t0 = time.perf_counter()
         panel, report = build_panel(tables, cog, registry, target_cog=params.target_cog)
         del tables, loaded  # the tidy source tables live on in the panel only

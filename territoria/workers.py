@@ -17,14 +17,17 @@ Importing MLflow or shap takes a second or two of CPU. A :class:`SpareProcess` i
 while a core is idle (the main process alone in a single-threaded step) and imports what a
 call will need; the call is handed to it later (:meth:`SpareProcess.run`).
 
-Side work has slack: its result is needed later. It runs at background priority (nice
-:data:`BACKGROUND_NICE`), so that it takes the core the main process leaves idle rather than a
-share of both while the main process runs two threads (two LightGBM folds, Arrow encoding):
-at equal priority a side process takes a third of two cores then. When the main process
-has to wait for it, its priority is restored first, or a machine busy with other work would
-starve it. Restoring a priority needs the right to raise one (``CAP_SYS_NICE``, or an
-``RLIMIT_NICE`` of 20); without it, side work keeps the normal priority
-(:func:`can_restore_priority`). Linux only, where each thread has its own nice value.
+Side work has slack: its result is needed later. A side process runs at background priority
+(nice :data:`BACKGROUND_NICE`), so that it takes the core the main process leaves idle rather
+than a share of both while the main process runs two threads (two LightGBM folds, Arrow
+encoding): at equal priority a side process takes a third of two cores then. When the main
+process has to wait for it, its priority is restored first, or a machine busy with other work
+would starve it. Restoring a priority needs the right to raise one (``CAP_SYS_NICE``, or an
+``RLIMIT_NICE`` of 20); without it, side processes keep the normal priority
+(:func:`can_restore_priority`). Linux only, where each thread has its own nice value. Side
+threads keep the normal priority: a thread at low priority that holds the GIL while other
+work takes the cores stalls every thread of its process (measured: a design matrix built by
+such a thread during the cross-validation made the backtest up to 30 % slower).
 
 Examples
 --------
@@ -57,7 +60,7 @@ PRELOAD = ("territoria.fork_server", "__main__", "territoria.pipelines.cache", "
            "shap")
 
 
-#: nice value of side work (:class:`SideProcess`, :class:`SpareProcess`, :class:`SideThread`)
+#: nice value of side processes (:class:`SideProcess`, :class:`SpareProcess`)
 BACKGROUND_NICE = 19
 
 
@@ -302,47 +305,3 @@ class SpareProcess:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
 
-
-class SideThread:
-    """``fn(*args)`` in a new thread of this process, at background priority where that can be
-    undone (module doc); :meth:`result` waits for it, restoring its priority first if it is
-    still running.
-
-    For side work that mostly runs without the GIL (shapely's predicates, Arrow): the thread
-    then takes the core the main thread leaves idle.
-
-    Examples
-    --------
-    >>> SideThread(sorted, [3, 1, 2]).result()
-    [1, 2, 3]
-    """
-
-    def __init__(self, fn: Callable, *args, name: str = "side-thread") -> None:
-        self._future: Future = Future()
-        self._nice = _nice() if can_restore_priority() else None
-        self._lock = threading.Lock()
-        self._tid: int | None = None
-        self._waited = False
-        self._thread = threading.Thread(target=self._run, args=(fn, *args), name=name)
-        self._thread.start()
-
-    def _run(self, fn: Callable, *args) -> None:
-        with self._lock:
-            if self._nice is not None and not self._waited:
-                _to_background()
-                self._tid = threading.get_native_id()
-        try:
-            self._future.set_result(fn(*args))
-        except BaseException as exc:  # raised again by result(), in the waiting thread
-            self._future.set_exception(exc)
-
-    def result(self):
-        """The call's result (its exception raised here)."""
-        with self._lock:
-            self._waited = True
-            if self._tid is not None and not self._future.done():
-                restore_priority([self._tid], self._nice)
-        try:
-            return self._future.result()
-        finally:
-            self._thread.join()

@@ -7,7 +7,7 @@ import time
 import pytest
 
 from territoria import workers as workers_mod
-from territoria.workers import SideProcess, SideThread, SpareProcess, _alive
+from territoria.workers import SideProcess, SpareProcess, _alive
 
 
 def test_the_call_runs_in_another_process():
@@ -235,20 +235,14 @@ needs_restorable_priority = pytest.mark.skipif(
 
 @needs_restorable_priority
 def test_side_work_runs_at_background_priority_until_waited_for(tmp_path):
-    """A side process or thread takes the core the main process leaves idle (nice 19); one the
-    main process waits for gets this thread's priority back, or a busy machine would starve it."""
+    """A side process takes the core the main process leaves idle (nice 19); one the main
+    process waits for gets this thread's priority back, or a busy machine would starve it."""
     own = _thread_nice()
     done = tmp_path / "done"
     job = SideProcess(_nice_after, 0.0, str(done))
     _wait_for(done)  # finished before anyone waited: it ran in the background
     assert job.result() == workers_mod.BACKGROUND_NICE
     assert SideProcess(_nice_after, 1.0).result() == own  # waited for while it sleeps
-
-    done = tmp_path / "thread_done"
-    job = SideThread(_nice_after, 0.0, str(done))
-    _wait_for(done)
-    assert job.result() == workers_mod.BACKGROUND_NICE
-    assert SideThread(_nice_after, 1.0).result() == own
     assert _thread_nice() == own  # this thread's priority is untouched
 
 
@@ -262,8 +256,3 @@ def test_a_spare_process_runs_its_call_in_the_background_and_parsing_workers_do_
     with workers_mod.worker_pool(1) as pool:  # the source-parsing pool: the main work
         assert pool.submit(_thread_nice).result() == _thread_nice()
 
-
-def test_a_side_thread_raises_its_error_where_it_is_waited_for():
-    job = SideThread(int, "not a number")
-    with pytest.raises(ValueError, match="not a number"):
-        job.result()
