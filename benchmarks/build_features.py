@@ -5,7 +5,7 @@ twice in a temporary output folder: cold (empty source cache: the official files
 parsed, in parallel worker processes) then warm (sources read from the cache). Prints the
 time of each stage, the totals, the ratio to the 30 s target on this 2-core machine and the
 peak resident memory of this process and of the workers. ``graph`` is the time of the
-background thread that builds the spatial weights while the panel is harmonised, not a
+thread that builds the spatial weights while the panel is harmonised, not a
 stage of its own: ``graph_wait`` is what the harmonising then waited for it.
 """
 
