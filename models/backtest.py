@@ -303,10 +303,9 @@ def shared_bins(data: TargetData, params: dict, share: bool = True) -> SharedBin
         return None
     estimator = TrajectoryRegressor(**params)
     key = json.dumps(SharedBins.params_of(estimator), sort_keys=True)
-    bins = data.bins.get(key)
-    if bins is None:
-        bins = data.bins.setdefault(key, SharedBins(data.X, estimator))
-    return bins
+    if key not in data.bins:
+        data.bins[key] = SharedBins(data.X, estimator)
+    return data.bins[key]
 
 
 def _rows_of(bins: SharedBins | None, idx) -> SharedBins | None:

@@ -415,11 +415,10 @@ class HurdleRegressor(RegressorMixin, BaseEstimator):
         clf = None
         if zero.any() and not zero.all():
             clf = clone(self.classifier if self.classifier is not None else DeteriorationClassifier())
-        if clf is None:
+        if clf is None or min(fits_at_once(reg.n_jobs, 2), fits_at_once(clf.n_jobs, 2)) < 2:
             fit_regressor()
-        elif min(fits_at_once(reg.n_jobs, 2), fits_at_once(clf.n_jobs, 2)) < 2:
-            fit_regressor()
-            clf.fit(X, zero.astype(int), sample_weight=w, groups=g, bins=bins)
+            if clf is not None:
+                clf.fit(X, zero.astype(int), sample_weight=w, groups=g, bins=bins)
         else:
             # both parts at once on one LightGBM thread each, as the backtest's folds: the same
             # trees (deterministic), and two one-thread fits side by side waste less than

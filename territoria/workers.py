@@ -75,17 +75,19 @@ def can_restore_priority() -> bool:
     def probe() -> None:
         tid = threading.get_native_id()
         nice = os.getpriority(os.PRIO_PROCESS, tid)
+        if nice >= 19:  # already the lowest: nothing to lower
+            return
         try:
-            os.setpriority(os.PRIO_PROCESS, tid, min(nice + 1, 19))
+            os.setpriority(os.PRIO_PROCESS, tid, nice + 1)
             os.setpriority(os.PRIO_PROCESS, tid, nice)
-            restored.append(nice < 19)
+            restored.append(True)
         except OSError:
             pass
 
     thread = threading.Thread(target=probe, name="priority-probe")
     thread.start()
     thread.join()
-    return bool(restored and restored[0])
+    return bool(restored)
 
 
 def _nice() -> int:
