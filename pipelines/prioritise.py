@@ -42,7 +42,7 @@ import pandas as pd
 from rich.console import Console
 
 from territoria.errors import DataError
-from territoria.io import write_atomic, write_csv, write_json, write_parquet
+from territoria.io import write_atomic, write_csv, write_csv_rounded, write_json, write_parquet
 from territoria.memory import release_free_memory
 from territoria.models import clusters as clu
 from territoria.models import diagnostics as diag
@@ -461,9 +461,7 @@ def run_prioritise(
 
         t0 = time.perf_counter()
         console.log(f"writing priorities and models to {out_dir}")
-        # formatting 3 million numbers takes seconds of Python: a worker writes the CSV meanwhile
-        table_job = SideProcess(partial(write_csv, float_format="%.6g"), csv_safe(pri), out_dir / "priorities.csv")
-        side.append(table_job)
+        write_csv_rounded(csv_safe(pri), out_dir / "priorities.csv")
         write_priorities_gpkg(pri, out_dir / "priorities.gpkg", data_dir, fb.source_cache)
         write_csv(csv_safe(gaps), out_dir / "coverage_gaps.csv")
         write_csv(csv_safe(summary), out_dir / "clusters.csv")
@@ -476,7 +474,6 @@ def run_prioritise(
         timings["write"] += time.perf_counter() - t0
         results.prune()
         t0 = time.perf_counter()
-        table_job.result()
         figures.result()
         timings["workers_wait"] = time.perf_counter() - t0
         return PriorityResult(pri, gaps, summary, engine, timings, results.hits)
@@ -631,9 +628,9 @@ def write_stability(result: stab.StabilityResult, folder: Path) -> list[Path]:
         write_json(result.summary, folder / "stability.json"),
         write_atomic(folder / "stability.md",
                      lambda tmp: tmp.write_text(stab.to_markdown(result) + "\n", encoding="utf-8")),
-        write_csv(result.replicates, folder / "stability_replicates.csv", float_format="%.6g"),
-        write_csv(zones, folder / "stability_zones.csv", float_format="%.6g"),
-    ] + ([write_csv(result.refits, folder / "stability_refits.csv", float_format="%.6g")]
+        write_csv_rounded(result.replicates, folder / "stability_replicates.csv"),
+        write_csv_rounded(zones, folder / "stability_zones.csv"),
+    ] + ([write_csv_rounded(result.refits, folder / "stability_refits.csv")]
          if len(result.refits) else [])
 
 

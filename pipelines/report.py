@@ -53,7 +53,7 @@ from markupsafe import Markup
 
 from territoria.digest import FileDigests, file_sha256
 from territoria.errors import DataError
-from territoria.io import write_atomic, write_csv, write_json
+from territoria.io import write_atomic, write_csv, write_csv_rounded, write_json
 from territoria.pipelines.explain_zone import _DOMAINS, _num, _ordinal, _signed, read_priorities
 from territoria.workers import SideProcess
 
@@ -1486,10 +1486,10 @@ def write_fairness(result, tol, folder: Path) -> dict[str, Path]:
     paths = {
         "fairness_json": write_json(result.to_dict(), folder / "fairness.json"),
         "fairness_md": write_atomic(folder / "fairness.md", lambda tmp: tmp.write_text(md + "\n", encoding="utf-8")),
-        "fairness_flags": write_csv(result.flags, folder / "fairness_flags.csv", float_format="%.6g"),
+        "fairness_flags": write_csv_rounded(result.flags, folder / "fairness_flags.csv"),
     }
     if len(result.errors):
-        paths["fairness_errors"] = write_csv(result.errors, folder / "fairness_errors.csv", float_format="%.6g")
+        paths["fairness_errors"] = write_csv_rounded(result.errors, folder / "fairness_errors.csv")
     return paths
 
 
@@ -1738,7 +1738,7 @@ def _write_outputs(run: RunOutputs, out_dir: Path, lang: str, console, timings: 
     sens = weight_sensitivity(pri, run.policy)
     paths["weights"] = write_csv(weights_table(run), out_dir / "audit" / "weights.csv")
     if not sens.empty:
-        paths["sensitivity"] = write_csv(sens, out_dir / "audit" / "sensitivity.csv", float_format="%.6g")
+        paths["sensitivity"] = write_csv_rounded(sens, out_dir / "audit" / "sensitivity.csv")
     t1 = time.perf_counter()
     fairness = fairness_of_run(run)
     paths.update(write_fairness(*fairness, out_dir / "audit"))

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import os
 import tempfile
@@ -9,6 +10,7 @@ from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 
 
@@ -44,6 +46,84 @@ def write_parquet(df: pd.DataFrame, path: Path | str) -> Path:
 def write_csv(df: pd.DataFrame, path: Path | str, **options) -> Path:
     """Write a CSV (UTF-8, ``\\n`` line ends) atomically; ``options`` go to ``to_csv``."""
     return write_atomic(path, lambda tmp: df.to_csv(tmp, index=False, lineterminator="\n", **options))
+
+
+#: the powers of ten a double holds exactly
+_POWERS_OF_TEN = 10.0 ** np.arange(23)
+
+
+def round_significant(values, digits: int = 6) -> np.ndarray:
+    """The numbers ``'%.<digits>g' % x`` writes, as floats: each value correctly rounded to
+    ``digits`` significant decimal digits; NaN, infinities and zeros are kept.
+
+    Vectorised: the value scaled by an exact power of ten is rounded to an integer, then
+    divided back (both operands exact, so the result is the double nearest the decimal,
+    as parsing the formatted text gives). Values whose scaled fraction lies within 1e-6 of
+    a tie, or beyond the exact powers of ten (1e22), are formatted by Python instead.
+
+    Examples
+    --------
+    >>> round_significant([2133111.0, 0.000123456789, -1.0, np.nan], 6).tolist()
+    [2133110.0, 0.000123457, -1.0, nan]
+    """
+    x = np.array(values, dtype=float)
+    nonzero = np.flatnonzero(np.isfinite(x) & (x != 0))
+    v = x[nonzero]
+    if not len(v):
+        return x
+    with np.errstate(over="ignore", invalid="ignore"):
+        decimals = digits - 1 - np.floor(np.log10(np.abs(v))).astype(np.int64)
+        up = _POWERS_OF_TEN[np.clip(decimals, 0, 22)]
+        down = _POWERS_OF_TEN[np.clip(-decimals, 0, 22)]
+        scaled = v * up / down
+        m = np.rint(scaled)
+        rounded = m / up * down
+    # a wrong decade (log10 at a power of ten) shows as a mantissa out of its range
+    doubtful = ((np.abs(np.abs(scaled - np.trunc(scaled)) - 0.5) < 1e-6) | (np.abs(decimals) > 22)
+                | (np.abs(m) < 10.0 ** (digits - 1)) | (np.abs(m) >= 10.0 ** digits) | ~np.isfinite(rounded))
+    fmt = f"%.{digits}g"
+    rounded[doubtful] = [float(fmt % t) for t in v[doubtful]]
+    x[nonzero] = rounded
+    return x
+
+
+def write_csv_rounded(df: pd.DataFrame, path: Path | str, digits: int = 6) -> Path:
+    """Write a CSV with its float columns rounded to ``digits`` significant digits, atomically.
+
+    The same values as ``to_csv(float_format="%.6g")``, in a tenth of the time: pandas
+    formats each float in Python (2.2 s for the 2 million floats of the communes'
+    priorities), Arrow's writer in C++ (0.2 s). Arrow's text differs in form only: text
+    values are quoted, booleans are ``true``/``false``, and no number has an exponent
+    (pandas, like spreadsheets, reads both the same). Missing values are empty cells.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     p = write_csv_rounded(pd.DataFrame({"code": ["01001", None], "x": [1 / 3, np.nan],
+    ...                                         "flag": [True, False]}), Path(d) / "t.csv")
+    ...     print(p.read_text(), end="")
+    code,x,flag
+    "01001",0.333333,true
+    ,,false
+    """
+    import pyarrow as pa
+    import pyarrow.csv as pacsv
+
+    columns = {}
+    for name, col in df.items():
+        if pd.api.types.is_float_dtype(col.dtype):
+            col = pd.Series(round_significant(col.to_numpy(dtype=float, na_value=np.nan)), index=col.index)
+        columns[name] = col
+    table = pa.Table.from_pandas(pd.DataFrame(columns, index=df.index), preserve_index=False)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "w", encoding="utf-8", newline="") as f:
+            csv.writer(f, lineterminator="\n").writerow([str(c) for c in df.columns])
+        with open(tmp, "ab") as f:
+            pacsv.write_csv(table, f, pacsv.WriteOptions(include_header=False, quoting_style="needed"))
+
+    return write_atomic(path, write)
 
 
 def write_json(obj, path: Path | str) -> Path:

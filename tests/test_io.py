@@ -1,0 +1,53 @@
+"""Rounded CSV outputs (territoria/io.py): the values ``%.6g`` gives, written by Arrow."""
+
+import io
+
+import numpy as np
+import pandas as pd
+
+from territoria.io import round_significant, write_csv_rounded
+
+
+def _edge_values(rng) -> np.ndarray:
+    powers = 10.0 ** np.arange(-30, 30)
+    return np.concatenate([
+        rng.normal(size=20_000), rng.lognormal(0, 8, 20_000), rng.uniform(-1e-3, 1e-3, 20_000),
+        rng.integers(0, 3_000_000, 20_000).astype(float),  # counts over a million lose digits
+        np.round(rng.normal(size=20_000), 7),  # decimal ties at the seventh digit
+        np.arange(1, 20_000) * 5e-7,
+        powers, powers * (1 - 1e-16), powers * (1 + 2e-16),  # either side of a decade
+        [999999.5, 9999995.0, 0.1234565, 1234565.0, 2.5e-7, 5e-324, 1.7976931348623157e308, -0.0, np.inf, -np.inf],
+    ])
+
+
+def test_round_significant_gives_the_values_printf_writes():
+    x = _edge_values(np.random.default_rng(0))
+    expected = np.array([float("%.6g" % v) for v in x])
+    got = round_significant(x, 6)
+    assert np.array_equal(got, expected)
+    assert np.signbit(round_significant([-0.0]))[0]
+    assert np.isnan(round_significant([np.nan, 1.0])[0])
+    assert np.array_equal(round_significant([1 / 3, 2 / 3], 3), [0.333, 0.667])
+
+
+def test_rounded_csv_reads_back_as_the_printf_csv(tmp_path):
+    rng = np.random.default_rng(1)
+    n = 500
+    df = pd.DataFrame({
+        "zone_code": pd.array([f"{i:05d}" for i in range(n)], dtype="string"),
+        "zone_name": ["Saint-Denis, \"la\" ville\nbis" if i % 7 == 0 else None if i % 11 == 0 else f"z{i}"
+                      for i in range(n)],
+        "population": rng.integers(0, 3_000_000, n),
+        "score": np.where(rng.random(n) < 0.1, np.nan, rng.lognormal(0, 5, n)),
+        "small": rng.normal(scale=1e-5, size=n),
+        "flag": rng.random(n) < 0.5,
+    })
+    path = write_csv_rounded(df, tmp_path / "t.csv")
+    reference = df.to_csv(index=False, lineterminator="\n", float_format="%.6g")
+    text = path.read_text(encoding="utf-8")
+    assert text.splitlines()[0] == "zone_code,zone_name,population,score,small,flag"
+    dtype = {"zone_code": str, "zone_name": str}
+    got = pd.read_csv(path, dtype=dtype)
+    pd.testing.assert_frame_equal(got, pd.read_csv(io.StringIO(reference), dtype=dtype), check_exact=True)
+    assert got["score"].isna().sum() == df["score"].isna().sum()
+    assert not list(tmp_path.glob(".t.csv.*"))  # written atomically, no temporary left
