@@ -16,6 +16,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from territoria.errors import DataError
+from territoria.blas import configure_blas_threads
 from territoria.memory import configure_allocators, freeze_at_exit
 
 app = typer.Typer(
@@ -60,6 +61,7 @@ def _features(data, out, conf, as_of, no_cache):
     # the commune stages reuse their large temporaries (the grid's Dask workers, which would
     # each keep theirs, are left alone)
     configure_allocators()
+    configure_blas_threads()
     fb = run_build_features(
         data_dir=data, out_dir=out, conf=conf, as_of=as_of, console=console, cache=not no_cache
     )
@@ -97,6 +99,7 @@ def run(
     # the workers' fork server imports their modules while this process imports the stages;
     # it inherits the allocators' settings, so they come first
     configure_allocators()
+    configure_blas_threads()
     start_fork_server()
     from territoria.pipelines.main import run_main
 
