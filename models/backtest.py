@@ -45,7 +45,6 @@ import pandas as pd
 
 from territoria.features.build import zone_cube
 from territoria.features.panel import forget_wide_tables
-from territoria.memory import release_free_memory
 from territoria.models import metrics as mx
 from territoria.models.baselines import RidgeBaseline, baseline_predictions
 from territoria.models.intervals import (
@@ -279,8 +278,6 @@ def map_folds(fn, folds: list, threads: int) -> list:
     paired = len(folds) - len(folds) % threads
     with ThreadPoolExecutor(threads, thread_name_prefix="fold") as pool:
         out = list(pool.map(lambda k: fn(k, 1), folds[:paired]))
-    # the threads' temporaries stay in allocator arenas of their own otherwise
-    release_free_memory()
     return out + [fn(k, threads) for k in folds[paired:]]
 
 

@@ -40,7 +40,6 @@ from sklearn.utils.validation import _check_sample_weight, check_is_fitted, vali
 
 from territoria.features.build import zone_cube
 from territoria.features.spatial import neighbour_mean
-from territoria.memory import release_free_memory
 from territoria.models.lgbm_threads import lightgbm_threads, num_threads_param
 from territoria.models.validation import group_validation_split
 
@@ -433,7 +432,6 @@ class HurdleRegressor(RegressorMixin, BaseEstimator):
                     part.result()
             finally:
                 reg.n_jobs, clf.n_jobs = jobs
-            release_free_memory()  # the thread's temporaries stay in its own allocator arena
         self.regressor_ = reg
         self.classifier_ = clf
         return self

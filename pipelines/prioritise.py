@@ -43,7 +43,6 @@ from rich.console import Console
 
 from territoria.errors import DataError
 from territoria.io import write_atomic, write_csv, write_csv_rounded, write_json, write_parquet
-from territoria.memory import release_free_memory
 from territoria.models import clusters as clu
 from territoria.models import diagnostics as diag
 from territoria.models import programmes as prog
@@ -377,8 +376,8 @@ def run_prioritise(
         scored = engine.baseline(forecasts)
         # scored holds the forecast designs it needs; bootstrap refits would read the prepared targets
         FeatureCache.of(fb).release()
-        if release_panel and fb.release_panel():
-            release_free_memory()  # 0.75 GB less under the SHAP step's peak
+        if release_panel:
+            fb.release_panel()
         timings["score"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
@@ -400,7 +399,7 @@ def run_prioritise(
             # the stability audit's fold-model forecasts, by a thread (LightGBM predicts without
             # the GIL) while this one tidies the SHAP values
             background = ThreadPoolExecutor(1, thread_name_prefix="fold-forecasts")
-            folds = background.submit(_then_release, fold_forecasts, engine, _shallow(scored), console, results)
+            folds = background.submit(fold_forecasts, engine, _shallow(scored), console, results)
             background.shutdown(wait=False)
         t0 = time.perf_counter()
         explanations, points = explain(engine, scored, contributions)
@@ -433,7 +432,6 @@ def run_prioritise(
             for job in written:
                 job.result()
             timings["write"] = time.perf_counter() - t0
-        release_free_memory()
 
         t0 = time.perf_counter()
         stability = None
@@ -565,15 +563,6 @@ def _shallow(scored: Scored) -> Scored:
     shared, but not the objects pandas may reorganise in place (block consolidation, caches)."""
     return replace(scored, predictions=scored.predictions.copy(deep=False),
                    designs={m: (X.copy(deep=False), M.copy(deep=False)) for m, (X, M) in scored.designs.items()})
-
-
-def _then_release(fn: Callable, *args):
-    """``fn(*args)``, then the freed memory given back: a thread's temporaries stay in its own
-    allocator arena, which the main thread does not reuse."""
-    try:
-        return fn(*args)
-    finally:
-        release_free_memory()
 
 
 def _refit_arrays(b: BootstrapForecasts) -> dict[str, np.ndarray]:

@@ -14,6 +14,10 @@ LightGBM dataset of the backtest has its pages mapped and zeroed by the kernel a
 fifth of the main job's CPU time was the kernel's). :func:`configure_allocators` keeps such
 blocks for reuse until :func:`release_free_memory` returns them between stages, and takes
 fresh memory in small pages, which a virtual machine's host backs far faster than huge ones.
+The main job returns memory between its stages only: trims within a stage (after threads,
+after freeing the panel) kept each stage's peak 0.2-0.6 GB lower, under the feature stage's,
+but the steps after them took the pages back one fault at a time (2.4 M minor faults against
+1.5 M, 1.5 core-seconds of the kernel's).
 """
 
 from __future__ import annotations
