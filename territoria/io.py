@@ -110,12 +110,15 @@ def write_csv_rounded(df: pd.DataFrame, path: Path | str, digits: int = 6) -> Pa
     import pyarrow as pa
     import pyarrow.csv as pacsv
 
-    columns = {}
-    for name, col in df.items():
+    out = df.copy(deep=False)
+    for i, (_, col) in enumerate(df.items()):
         if pd.api.types.is_float_dtype(col.dtype):
-            col = pd.Series(round_significant(col.to_numpy(dtype=float, na_value=np.nan)), index=col.index)
-        columns[name] = col
-    table = pa.Table.from_pandas(pd.DataFrame(columns, index=df.index), preserve_index=False)
+            out.isetitem(i, round_significant(col.to_numpy(dtype=float, na_value=np.nan)))
+        elif col.dtype == object or isinstance(col.dtype, pd.CategoricalDtype):
+            out.isetitem(i, col.astype("string"))  # Python objects as pandas writes them: str(value)
+    # by position: a table may repeat a column name, which from_pandas refuses
+    table = pa.Table.from_arrays([pa.array(out.iloc[:, i], from_pandas=True) for i in range(out.shape[1])],
+                                 names=[str(c) for c in df.columns])
 
     def write(tmp: Path) -> None:
         with open(tmp, "w", encoding="utf-8", newline="") as f:

@@ -41,12 +41,13 @@ def test_rounded_csv_reads_back_as_the_printf_csv(tmp_path):
         "score": np.where(rng.random(n) < 0.1, np.nan, rng.lognormal(0, 5, n)),
         "small": rng.normal(scale=1e-5, size=n),
         "flag": rng.random(n) < 0.5,
+        "mixed": [i if i % 3 else f"v{i}" for i in range(n)],  # Python objects of several types
     })
     path = write_csv_rounded(df, tmp_path / "t.csv")
     reference = df.to_csv(index=False, lineterminator="\n", float_format="%.6g")
     text = path.read_text(encoding="utf-8")
-    assert text.splitlines()[0] == "zone_code,zone_name,population,score,small,flag"
-    dtype = {"zone_code": str, "zone_name": str}
+    assert text.splitlines()[0] == "zone_code,zone_name,population,score,small,flag,mixed"
+    dtype = {"zone_code": str, "zone_name": str, "mixed": str}
     got = pd.read_csv(path, dtype=dtype)
     pd.testing.assert_frame_equal(got, pd.read_csv(io.StringIO(reference), dtype=dtype), check_exact=True)
     assert got["score"].isna().sum() == df["score"].isna().sum()
