@@ -52,3 +52,10 @@ def test_rounded_csv_reads_back_as_the_printf_csv(tmp_path):
     pd.testing.assert_frame_equal(got, pd.read_csv(io.StringIO(reference), dtype=dtype), check_exact=True)
     assert got["score"].isna().sum() == df["score"].isna().sum()
     assert not list(tmp_path.glob(".t.csv.*"))  # written atomically, no temporary left
+
+
+def test_rounded_csv_keeps_repeated_names_and_categories(tmp_path):
+    df = pd.DataFrame([[1 / 3, 2.0, "a"], [np.nan, 0.5, "b"]], columns=["x", "x", "kind"])
+    df["kind"] = df["kind"].astype("category")
+    text = write_csv_rounded(df, tmp_path / "t.csv").read_text(encoding="utf-8")
+    assert text == 'x,x,kind\n0.333333,2,"a"\n,0.5,"b"\n'
