@@ -15,8 +15,8 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
-from territoria.errors import DataError
 from territoria.blas import configure_blas_threads
+from territoria.errors import DataError
 from territoria.memory import configure_allocators, freeze_at_exit
 
 app = typer.Typer(
@@ -56,12 +56,12 @@ TrackingOpt = Annotated[
 
 
 def _features(data, out, conf, as_of, no_cache):
-    from territoria.pipelines.build_features import run_build_features
-
     # the commune stages reuse their large temporaries (the grid's Dask workers, which would
-    # each keep theirs, are left alone)
+    # each keep theirs, are left alone); before the imports, which load numpy and OpenBLAS
     configure_allocators()
     configure_blas_threads()
+    from territoria.pipelines.build_features import run_build_features
+
     fb = run_build_features(
         data_dir=data, out_dir=out, conf=conf, as_of=as_of, console=console, cache=not no_cache
     )
