@@ -38,6 +38,7 @@ def test_rounded_csv_reads_back_as_the_printf_csv(tmp_path):
         "zone_name": ["Saint-Denis, \"la\" ville\nbis" if i % 7 == 0 else None if i % 11 == 0 else f"z{i}"
                       for i in range(n)],
         "population": rng.integers(0, 3_000_000, n),
+        "income": rng.integers(0, 3_000_000, n) + 0.5,
         "score": np.where(rng.random(n) < 0.1, np.nan, rng.lognormal(0, 5, n)),
         "small": rng.normal(scale=1e-5, size=n),
         "flag": rng.random(n) < 0.5,
@@ -46,11 +47,19 @@ def test_rounded_csv_reads_back_as_the_printf_csv(tmp_path):
     path = write_csv_rounded(df, tmp_path / "t.csv")
     reference = df.to_csv(index=False, lineterminator="\n", float_format="%.6g")
     text = path.read_text(encoding="utf-8")
-    assert text.splitlines()[0] == "zone_code,zone_name,population,score,small,flag,mixed"
+    assert text.splitlines()[0] == "zone_code,zone_name,population,income,score,small,flag,mixed"
     dtype = {"zone_code": str, "zone_name": str, "mixed": str}
     got = pd.read_csv(path, dtype=dtype)
     pd.testing.assert_frame_equal(got, pd.read_csv(io.StringIO(reference), dtype=dtype), check_exact=True)
     assert got["score"].isna().sum() == df["score"].isna().sum()
+
+
+def test_rounded_csv_keeps_whole_numbers_whole(tmp_path):
+    # a count held as a float for its missing values: Paris's population, not 2.13311e+06
+    df = pd.DataFrame({"population": [2_133_111.0, np.nan, 512.0], "rate": [12.3456789, 0.5, 1e-7]})
+    got = pd.read_csv(write_csv_rounded(df, tmp_path / "t.csv"))
+    assert got["population"].iloc[0] == 2_133_111 and np.isnan(got["population"].iloc[1])
+    assert got["rate"].tolist() == [12.3457, 0.5, 1e-7]
     assert not list(tmp_path.glob(".t.csv.*"))  # written atomically, no temporary left
 
 
