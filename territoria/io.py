@@ -94,8 +94,8 @@ def write_csv_rounded(df: pd.DataFrame, path: Path | str, digits: int = 6) -> Pa
     every digit (a count held as a float for its missing values), in a tenth of the time: pandas
     formats each float in Python (2.2 s for the 2 million floats of the communes'
     priorities), Arrow's writer in C++ (0.2 s). Arrow's text differs in form only: text
-    values are quoted, booleans are ``true``/``false``, and no number has an exponent
-    (pandas, like spreadsheets, reads both the same). Missing values are empty cells.
+    values are quoted, booleans are ``true``/``false``, and numbers down to 1e-7 have no
+    exponent (pandas, like spreadsheets, reads both the same). Missing values are empty cells.
 
     Examples
     --------
