@@ -98,9 +98,8 @@ def _nice() -> int:
 
 def _to_background() -> None:
     """Lower the calling thread (and the threads it starts later) to :data:`BACKGROUND_NICE`."""
-    tid = threading.get_native_id()
-    if os.getpriority(os.PRIO_PROCESS, tid) < BACKGROUND_NICE:
-        os.setpriority(os.PRIO_PROCESS, tid, BACKGROUND_NICE)
+    if _nice() < BACKGROUND_NICE:
+        os.setpriority(os.PRIO_PROCESS, threading.get_native_id(), BACKGROUND_NICE)
 
 
 def restore_priority(tids: list[int], nice: int) -> None:
@@ -306,4 +305,3 @@ class SpareProcess:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
-
