@@ -422,7 +422,8 @@ class BacktestResult:
             "metrics_csv": write_csv(self.metrics, out_dir / "backtest_metrics.csv"),
             "table": write_atomic(out_dir / "backtest_table.txt",
                                   lambda p: p.write_text(self.table() + "\n", encoding="utf-8")),
-            "predictions": write_parquet(self.predictions, out_dir / "backtest_predictions.parquet"),
+            "predictions": write_parquet(self.predictions, out_dir / "backtest_predictions.parquet",
+                                         float_dictionary=False),
             "coverage": write_csv(self.coverage, out_dir / "interval_coverage_by_group.csv"),
         }
         return paths

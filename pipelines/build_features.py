@@ -271,7 +271,7 @@ def run_build_features(
             t0 = step(f"writing outputs to {out_dir}")
             out_dir = Path(out_dir)
             panel_written.result()
-            write_parquet(features, out_dir / "features.parquet")
+            write_parquet(features, out_dir / "features.parquet", float_dictionary=False)
             write_csv(meta, out_dir / "features_meta.csv")
             write_json(
                 {

@@ -452,16 +452,17 @@ def run_iris(fb, out_dir: Path | str, *, config: IrisConfig | Path | str | None 
     }
 
     t0 = step(f"writing the IRIS outputs to {folder}")
-    write_parquet(F_ref, folder / "features.parquet")
+    write_parquet(F_ref, folder / "features.parquet", float_dictionary=False)
     write_csv(M_ref, folder / "features_meta.csv")
-    write_parquet(F, folder / "forecast_features.parquet")
+    write_parquet(F, folder / "forecast_features.parquet", float_dictionary=False)
     write_csv(M, folder / "forecast_features_meta.csv")
-    write_parquet(index.reset_index(names="zone_code"), folder / "index.parquet")
+    write_parquet(index.reset_index(names="zone_code"), folder / "index.parquet",
+                  float_dictionary=False)
     write_json(metrics, folder / "metrics.json")
     write_atomic(folder / "backtest_table.txt",
                  lambda tmp: tmp.write_text(backtest_table(cv, temporal), encoding="utf-8"))
     write_csv(pri, folder / "priorities.csv")
-    write_parquet(explanations, folder / "explanations.parquet")
+    write_parquet(explanations, folder / "explanations.parquet", float_dictionary=False)
     booster = model.booster_
     write_atomic(folder / "model.txt", lambda tmp: booster.save_model(str(tmp)))
     write_iris_map(pri, folder / "map.html", lang=lang, contours=contours, data_dir=data_dir)

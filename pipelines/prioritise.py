@@ -418,8 +418,9 @@ def run_prioritise(
         # disk and out of memory before the stability audit
         console.log(f"writing explanations and score points to {out_dir}")
         with ThreadPoolExecutor(1, thread_name_prefix="explanations-writer") as writer:
-            written = [writer.submit(write_parquet, explanations, out_dir / "explanations.parquet"),
-                       writer.submit(write_parquet, points, out_dir / "score_points.parquet")]
+            written = [writer.submit(write_parquet, table, out_dir / name, float_dictionary=False)
+                       for table, name in ((explanations, "explanations.parquet"),
+                                           (points, "score_points.parquet"))]
             del explanations, points, location
             t0 = time.perf_counter()
             console.log("border-crossing clusters (Gi*, local Moran, FDR) and contiguous perimeters")

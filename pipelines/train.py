@@ -156,7 +156,7 @@ def _run_train(fb: FeatureBuild, out_dir: Path, as_of: int | None, config: Model
     t0 = time.perf_counter()
     console.log("composite deprivation index")
     index, weights, index_model = compute_index(fb)
-    write_parquet(index, out_dir / "index.parquet")
+    write_parquet(index, out_dir / "index.parquet", float_dictionary=False)
     write_csv(weights, out_dir / "index_weights.csv")
     timings["index"] = time.perf_counter() - t0
 
@@ -203,7 +203,7 @@ def _run_train(fb: FeatureBuild, out_dir: Path, as_of: int | None, config: Model
     # the next stages read the designs at the forecast origin and the prepared targets only
     features.release(keep_period=t)
     predictions = pd.concat(forecasts, ignore_index=True) if forecasts else pd.DataFrame()
-    write_parquet(predictions, out_dir / "predictions.parquet")
+    write_parquet(predictions, out_dir / "predictions.parquet", float_dictionary=False)
     timings["train"] = time.perf_counter() - t0
     res = TrainResult(index=index, predictions=predictions, index_model=index_model, backtest=result,
                       models=models, timings=timings, tracking=tracking)

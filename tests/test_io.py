@@ -1,11 +1,15 @@
-"""Rounded CSV outputs (territoria/io.py): the values ``%.6g`` gives, written by Arrow."""
+"""Outputs of territoria/io.py: rounded CSVs (the values ``%.6g`` gives, written by Arrow) and
+Parquet files with or without dictionaries for their floats."""
 
 import io
 
+import geopandas as gpd
 import numpy as np
 import pandas as pd
+import pyarrow.parquet as pq
+from shapely.geometry import Point
 
-from territoria.io import round_significant, write_csv_rounded
+from territoria.io import round_significant, write_csv_rounded, write_parquet
 
 
 def _edge_values(rng) -> np.ndarray:
@@ -68,3 +72,39 @@ def test_rounded_csv_keeps_repeated_names_and_categories(tmp_path):
     df["kind"] = df["kind"].astype("category")
     text = write_csv_rounded(df, tmp_path / "t.csv").read_text(encoding="utf-8")
     assert text == 'x,x,kind\n0.333333,2,"a"\n,0.5,"b"\n'
+
+
+def _dictionary_encoded(path) -> dict[str, bool]:
+    """Whether each column of a Parquet file has dictionary-encoded pages."""
+    meta = pq.ParquetFile(path).metadata.row_group(0)
+    return {meta.column(i).path_in_schema: "RLE_DICTIONARY" in str(meta.column(i).encodings)
+            for i in range(meta.num_columns)}
+
+
+def test_parquet_without_dictionary_encoded_reads_back_the_same(tmp_path):
+    rng = np.random.default_rng(0)
+    n = 2_000
+    df = pd.DataFrame({
+        "zone_code": pd.array(rng.choice(["01001", "2A004", "97411"], n), dtype="string[pyarrow]"),
+        "period": rng.integers(2014, 2022, n), "flag": rng.random(n) < 0.5,
+        "value": rng.normal(size=n), "share": pd.array(np.where(rng.random(n) < 0.1, np.nan, rng.random(n)),
+                                                       dtype="Float64"),
+    })
+    plain = write_parquet(df, tmp_path / "plain.parquet", float_dictionary=False)
+    default = write_parquet(df, tmp_path / "default.parquet")
+    for path in (plain, default):
+        pd.testing.assert_frame_equal(pd.read_parquet(path), df)
+    # (Parquet has no dictionaries of booleans)
+    assert _dictionary_encoded(plain) == {"zone_code": True, "period": True, "flag": False,
+                                          "value": False, "share": False}
+    # Parquet's default, which the panel keeps
+    assert _dictionary_encoded(default) == {**_dictionary_encoded(plain), "value": True, "share": True}
+
+
+def test_geoparquet_without_dictionary_encoded_keeps_its_geometry(tmp_path):
+    gdf = gpd.GeoDataFrame({"zone_code": ["a", "b"], "value": [0.5, 1.5]},
+                           geometry=[Point(0, 0), Point(1, 1)], crs="EPSG:2154")
+    path = write_parquet(gdf, tmp_path / "zones.parquet", float_dictionary=False)
+    back = gpd.read_parquet(path)
+    assert back.crs == gdf.crs and back.geometry.equals(gdf.geometry)
+    assert _dictionary_encoded(path) == {"zone_code": True, "value": False, "geometry": False}
