@@ -31,7 +31,7 @@ from territoria.models.targets import load_model_config
 from territoria.paths import conf_dir
 from territoria.pipelines.build_features import run_build_features
 from territoria.pipelines.prioritise import programme_job, run_prioritise
-from territoria.pipelines.report import run_report
+from territoria.pipelines.report import run_report, start_cards
 from territoria.pipelines.train import run_train
 from territoria.settings import load_parameters, load_yaml
 from territoria.verify import git_commit, package_versions, write_manifest
@@ -195,19 +195,30 @@ def run_main(
 
     t0 = stage("priorities, clusters and explanations")
     models = {tr.spec.measure: tr for tr in res.models.values()}
+    cards = []
+
+    def start_report_cards(priorities) -> None:
+        # the report's card worker starts once the tables the cards read are written, and
+        # uses the core the rest of the stage leaves idle (benchmarks/README.md, twenty-first
+        # measurement)
+        flagged = priorities.loc[priorities["priority_flag"], "zone_code"].tolist()
+        cards.append(start_cards(out_dir, lang, flagged))
+
     try:
         pri = run_prioritise(fb, res.index_model, models, out_dir, data_dir=data_dir, lang=lang, console=console,
                              model_config=config, forecasts=res.predictions, programmes=side.get("programmes"),
-                             release_panel=features is None)
+                             release_panel=features is None, priorities_written=start_report_cards)
+        timings.update({f"prioritise.{k}": v for k, v in pri.timings.items()})
+        # the MLflow runs, logged by a worker meanwhile, are in the store the report hashes
+        t1 = time.perf_counter()
+        res.wait_for_tracking()
+        timings["prioritise.tracking_wait"] = time.perf_counter() - t1
     except BaseException:
         if res.tracking is not None:  # the worker finishes logging its runs and exits
             res.tracking.close()
+        for job in cards:  # the card worker finishes its cards (atomically) and exits
+            job.close()
         raise
-    timings.update({f"prioritise.{k}": v for k, v in pri.timings.items()})
-    # the MLflow runs, logged by a worker meanwhile, are in the store the report hashes
-    t1 = time.perf_counter()
-    res.wait_for_tracking()
-    timings["prioritise.tracking_wait"] = time.perf_counter() - t1
     timings["prioritise"] = time.perf_counter() - t0
     # the report reads the outputs back from disk
     FeatureCache.of(fb).clear()
@@ -217,7 +228,8 @@ def run_main(
     t0 = stage("map, zone cards, report and audit")
     report_timings: dict[str, float] = {}
     digests = FileDigests()  # the lineage hashes the outputs, the manifest reads them back
-    run_report(out_dir, lang=lang, console=console, timings=report_timings, digests=digests)
+    run_report(out_dir, lang=lang, console=console, timings=report_timings, digests=digests,
+               cards=cards[0] if cards else None)
     timings.update({f"report.{k}": v for k, v in report_timings.items()})
     timings["report"] = time.perf_counter() - t0
 

@@ -349,6 +349,7 @@ def run_prioritise(
     forecasts: pd.DataFrame | None = None,
     programmes: SideProcess | None = None,
     release_panel: bool = False,
+    priorities_written: Callable[[pd.DataFrame], None] | None = None,
 ) -> PriorityResult:
     """Score, flag, cluster and explain every commune; write the outputs under ``out_dir``.
 
@@ -360,7 +361,10 @@ def run_prioritise(
     programme table (:func:`programme_job`; the main job starts it during the feature build).
     ``release_panel`` frees ``fb``'s panel once the zones are scored
     (:meth:`~territoria.pipelines.build_features.FeatureBuild.release_panel`: a later use reads
-    ``panel.parquet`` back); the main job, which owns its build, does.
+    ``panel.parquet`` back); the main job, which owns its build, does. ``priorities_written``
+    is called with the priority table once it and the other tables the zone cards read are
+    written, before the GeoPackage, the models and the audits (the main job starts the
+    report's card worker then: :func:`~territoria.pipelines.report.start_cards`).
     """
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
@@ -461,11 +465,13 @@ def run_prioritise(
         t0 = time.perf_counter()
         console.log(f"writing priorities and models to {out_dir}")
         write_csv_rounded(csv_safe(pri), out_dir / "priorities.csv")
-        write_priorities_gpkg(pri, out_dir / "priorities.gpkg", data_dir, fb.source_cache)
         write_csv(csv_safe(gaps), out_dir / "coverage_gaps.csv")
         write_csv(csv_safe(summary), out_dir / "clusters.csv")
         write_json({"policy": engine.config.model_dump(), "norms": engine.norms, "period": engine.period,
                     "signs": engine.signs, "formula": "see conf/priority.yml"}, out_dir / "priority_policy.json")
+        if priorities_written is not None:
+            priorities_written(pri)
+        write_priorities_gpkg(pri, out_dir / "priorities.gpkg", data_dir, fb.source_cache)
         for measure, tr in trained.items():
             save_trained(tr, out_dir / "models" / measure)
         if stability is not None:

@@ -961,16 +961,45 @@ CARD_WORKER_FROM = 500
 CARD_WORKER_SHARE = 0.75
 
 
-def _card_worker(run: RunOutputs, out_dir: Path, lang: str,
-                 zones: list[str]) -> tuple[SideProcess | None, list[str]]:
-    """A process already writing the worker's share of the cards (:class:`SideProcess`: on
-    one core, or if it fails, they are written here when its result is asked for), and the
-    zones left to this process. No worker for few cards."""
+@dataclass
+class CardJob:
+    """The zone cards of a run's flagged ``zones``: ``worker`` (None for few cards) is already
+    writing its share, ``here`` are the zones left to the process that writes the report."""
+
+    zones: list[str]
+    worker: SideProcess | None
+    here: list[str]
+
+    def close(self) -> None:
+        """Stop waiting for the worker (it finishes its cards, each written atomically)."""
+        if self.worker is not None:
+            self.worker.close()
+
+
+def start_cards(out_dir: Path | str, lang: str, zones: list[str],
+                run: RunOutputs | None = None) -> CardJob:
+    """Start writing the cards of ``zones`` (the run's flagged zones, in its order): a process
+    writes the worker's share (:class:`SideProcess`: on one core, or if it fails, they are
+    written here when its result is asked for). No worker for few cards.
+
+    The main job starts it as soon as the prioritise stage has written the outputs the cards
+    read (``priorities.csv`` and the tables before it), while that stage writes its models
+    and audits: the worker, at background priority, uses the core the stage leaves idle.
+    ``run`` is the run's :func:`load_run`, if already read (the fallback reads it otherwise).
+    """
+    out_dir = Path(out_dir)
+    zones = list(zones)
     if len(zones) < CARD_WORKER_FROM:
-        return None, zones
+        return CardJob(zones, None, zones)
     k = len(zones) - int(len(zones) * CARD_WORKER_SHARE)
-    return SideProcess(write_run_cards, out_dir, lang, zones[k:],
-                       fallback=lambda: _write_run_cards(run, out_dir, lang, zones[k:])), zones[:k]
+    share = zones[k:]
+
+    def fallback():
+        return (_write_run_cards(run, out_dir, lang, share) if run is not None
+                else write_run_cards(out_dir, lang, share))
+
+    worker = SideProcess(write_run_cards, out_dir, lang, share, fallback=fallback)
+    return CardJob(zones, worker, zones[:k])
 
 
 # --------------------------------------------------------------------------- map
@@ -1670,11 +1699,13 @@ def lineage(run: RunOutputs, written: dict[str, Path], digests: FileDigests | No
 
 # --------------------------------------------------------------------------- the stage
 def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dict | None = None,
-               digests: FileDigests | None = None) -> dict[str, Path]:
+               digests: FileDigests | None = None, cards: CardJob | None = None) -> dict[str, Path]:
     """Write the planner and auditor outputs of the run in ``out_dir``; returns the written paths.
 
     ``timings`` (optional dict) receives the seconds spent on each output; ``digests`` keeps
-    the lineage's hashes of the outputs for the caller (the main job's manifest).
+    the lineage's hashes of the outputs for the caller (the main job's manifest). ``cards``
+    is the zone cards' job if the caller started it (:func:`start_cards`, same language and
+    flagged zones), else the stage starts it.
     """
     from rich.console import Console
 
@@ -1684,19 +1715,24 @@ def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dic
     timings = timings if timings is not None else {}
     paths: dict[str, Path] = {}
 
-    t0 = time.perf_counter()
-    run = load_run(out_dir)
-    pri = run.priorities
-    timings["read"] = time.perf_counter() - t0
-    # most cards (most of the stage) are written by another process meanwhile
-    flagged = pri.loc[pri["priority_flag"], "zone_code"].tolist()
-    console.log(f"zone cards of {len(flagged):,} priority zones")
-    worker, here = _card_worker(run, out_dir, lang, flagged)
     try:
-        return _write_outputs(run, out_dir, lang, console, timings, paths, here, worker, digests)
+        t0 = time.perf_counter()
+        run = load_run(out_dir)
+        pri = run.priorities
+        timings["read"] = time.perf_counter() - t0
+        # most cards (most of the stage) are written by another process meanwhile
+        flagged = pri.loc[pri["priority_flag"], "zone_code"].tolist()
+        console.log(f"zone cards of {len(flagged):,} priority zones")
+        if cards is None:
+            cards = start_cards(out_dir, lang, flagged, run)
+        elif cards.zones != flagged:
+            raise ValueError(f"the zone cards started for {len(cards.zones):,} zones are not those "
+                             f"{out_dir / 'priorities.csv'} flags ({len(flagged):,})")
+        return _write_outputs(run, out_dir, lang, console, timings, paths, cards.here, cards.worker,
+                              digests)
     except BaseException:
-        if worker is not None:  # the worker finishes its cards (atomically) and exits
-            worker.close()
+        if cards is not None:  # the worker finishes its cards (atomically) and exits
+            cards.close()
         raise
 
 

@@ -170,6 +170,32 @@ def test_cards_written_by_the_worker_process_are_the_cards_written_here(run_dir,
     assert lineage["zone_cards"]["count"] == 8
 
 
+def test_cards_started_before_the_report_are_the_cards_it_writes(run_dir, reports, monkeypatch, tmp_path):
+    """The main job starts the card worker as soon as the priorities are written
+    (``start_cards``); the report then writes the same cards, and refuses a job started for
+    other zones."""
+    import shutil
+    import warnings
+
+    out = tmp_path / "run"
+    shutil.copytree(run_dir, out)
+    here = {p.name: p.read_bytes() for p in (run_dir / "zones").glob("*.html")}
+    shutil.rmtree(out / "zones")
+    monkeypatch.setattr(rep, "CARD_WORKER_FROM", 0)
+    pri = pd.read_csv(out / "priorities.csv", dtype={"zone_code": str})
+    flagged = pri.loc[pri["priority_flag"], "zone_code"].tolist()
+    with pytest.raises(ValueError, match="priorities.csv"):
+        rep.run_report(out, lang="fr", cards=rep.start_cards(out, "fr", flagged[1:]))
+    timings = {}
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the worker did not fail over to this process
+        job = rep.start_cards(out, "fr", flagged)
+        assert job.worker is not None and len(job.here) < len(flagged)
+        rep.run_report(out, lang="fr", timings=timings, cards=job)
+    assert timings["n_cards"] == len(here) and timings["cards_worker"] > 0
+    assert {p.name: p.read_bytes() for p in (out / "zones").glob("*.html")} == here
+
+
 def test_geometry_encoding_round_trip():
     import shapely
 
