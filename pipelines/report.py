@@ -959,6 +959,9 @@ def write_run_cards(out_dir: Path | str, lang: str, zones: list[str]) -> tuple[l
 CARD_WORKER_FROM = 500
 #: the worker's share of the cards: this process has the other outputs to write first
 CARD_WORKER_SHARE = 0.75
+#: the share of a worker started before the report stage (the main job's): it begins while
+#: the prioritise stage writes its models and audits, about 2 s before this process's part
+EARLY_CARD_WORKER_SHARE = 0.875
 
 
 @dataclass
@@ -977,10 +980,10 @@ class CardJob:
 
 
 def start_cards(out_dir: Path | str, lang: str, zones: list[str],
-                run: RunOutputs | None = None) -> CardJob:
+                run: RunOutputs | None = None, share: float = CARD_WORKER_SHARE) -> CardJob:
     """Start writing the cards of ``zones`` (the run's flagged zones, in its order): a process
     writes the worker's share (:class:`SideProcess`: on one core, or if it fails, they are
-    written here when its result is asked for). No worker for few cards.
+    written here when its result is asked for), ``share`` of them. No worker for few cards.
 
     The main job starts it as soon as the prioritise stage has written the outputs the cards
     read (``priorities.csv`` and the tables before it), while that stage writes its models
@@ -991,14 +994,14 @@ def start_cards(out_dir: Path | str, lang: str, zones: list[str],
     zones = list(zones)
     if len(zones) < CARD_WORKER_FROM:
         return CardJob(zones, None, zones)
-    k = len(zones) - int(len(zones) * CARD_WORKER_SHARE)
-    share = zones[k:]
+    k = len(zones) - int(len(zones) * share)
+    theirs = zones[k:]
 
     def fallback():
-        return (_write_run_cards(run, out_dir, lang, share) if run is not None
-                else write_run_cards(out_dir, lang, share))
+        return (_write_run_cards(run, out_dir, lang, theirs) if run is not None
+                else write_run_cards(out_dir, lang, theirs))
 
-    worker = SideProcess(write_run_cards, out_dir, lang, share, fallback=fallback)
+    worker = SideProcess(write_run_cards, out_dir, lang, theirs, fallback=fallback)
     return CardJob(zones, worker, zones[:k])
 
 
