@@ -1712,13 +1712,13 @@ def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dic
     """
     from rich.console import Console
 
-    _text(lang)
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
     timings = timings if timings is not None else {}
     paths: dict[str, Path] = {}
 
     try:
+        _text(lang)
         t0 = time.perf_counter()
         run = load_run(out_dir)
         pri = run.priorities
