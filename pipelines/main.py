@@ -31,7 +31,7 @@ from territoria.models.targets import load_model_config
 from territoria.paths import conf_dir
 from territoria.pipelines.build_features import run_build_features
 from territoria.pipelines.prioritise import programme_job, run_prioritise
-from territoria.pipelines.report import EARLY_CARD_WORKER_SHARE, run_report, start_cards
+from territoria.pipelines.report import EARLY_CARD_WORKER_SHARE, panel_series, run_report, start_cards
 from territoria.pipelines.train import run_train
 from territoria.settings import load_parameters, load_yaml
 from territoria.verify import git_commit, package_versions, write_manifest
@@ -196,13 +196,16 @@ def run_main(
     t0 = stage("priorities, clusters and explanations")
     models = {tr.spec.measure: tr for tr in res.models.values()}
     cards = []
+    # the cards' series, taken before the stage frees the panel (the card worker and this
+    # process then do not scan panel.parquet for them)
+    series = panel_series(fb.panel) if features is None else None
 
     def start_report_cards(priorities) -> None:
         # the report's card worker starts once the tables the cards read are written, and
         # uses the core the rest of the stage leaves idle (benchmarks/README.md, twenty-first
         # measurement)
         flagged = priorities.loc[priorities["priority_flag"], "zone_code"].tolist()
-        cards.append(start_cards(out_dir, lang, flagged, share=EARLY_CARD_WORKER_SHARE))
+        cards.append(start_cards(out_dir, lang, flagged, share=EARLY_CARD_WORKER_SHARE, series=series))
 
     try:
         pri = run_prioritise(fb, res.index_model, models, out_dir, data_dir=data_dir, lang=lang, console=console,

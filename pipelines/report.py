@@ -937,22 +937,45 @@ def remove_other_cards(folder: Path, cards: list[Path]) -> None:
             old.unlink(missing_ok=True)
 
 
-def _write_run_cards(run: RunOutputs, out_dir: Path, lang: str, zones: list[str]) -> tuple[list[Path], float]:
-    """The cards of ``zones`` of the run ``run`` read from ``out_dir``, and the seconds spent."""
+def _write_run_cards(run: RunOutputs, out_dir: Path, lang: str, zones: list[str],
+                     series: pd.DataFrame | None = None) -> tuple[list[Path], float]:
+    """The cards of ``zones`` of the run ``run`` read from ``out_dir`` (``series``: its
+    :func:`read_series`, if the caller has it), and the seconds spent."""
     if not zones:
         return [], 0.0
     t0 = time.perf_counter()
-    cards = write_cards(prepare_cards(run, zones, read_series(out_dir)), zones, out_dir / "zones", lang)
+    series = read_series(out_dir) if series is None else series
+    cards = write_cards(prepare_cards(run, zones, series), zones, out_dir / "zones", lang)
     return cards, time.perf_counter() - t0
 
 
-def write_run_cards(out_dir: Path | str, lang: str, zones: list[str]) -> tuple[list[Path], float]:
-    """The cards of ``zones``, reading the run's outputs; returns the paths and the seconds
-    spent (what :func:`run_report`'s card worker runs)."""
+def write_run_cards(out_dir: Path | str, lang: str, zones: list[str],
+                    series: pd.DataFrame | None = None) -> tuple[list[Path], float]:
+    """The cards of ``zones``, reading the run's outputs (``series`` as in
+    :func:`_write_run_cards`); returns the paths and the seconds spent (what
+    :func:`run_report`'s card worker runs)."""
     t0 = time.perf_counter()
     out_dir = Path(out_dir)
-    cards, _ = _write_run_cards(load_run(out_dir), out_dir, lang, zones)
+    cards, _ = _write_run_cards(load_run(out_dir), out_dir, lang, zones, series)
     return cards, time.perf_counter() - t0
+
+
+def panel_series(panel: pd.DataFrame, measures: tuple[str, ...] = KEY_INDICATORS) -> pd.DataFrame:
+    """:func:`read_series` of every commune, from the panel in memory rather than from
+    ``panel.parquet`` (the same rows, in the same order): the main job takes them before it
+    frees the panel, and its card worker then does not scan the file's 6.8 million rows."""
+    from territoria.features.panel import panel_codes
+
+    codes = panel_codes(panel)  # the panel's integer codes, already computed by the stages
+    parts = [codes.by_measure[m] for m in measures if m in codes.by_measure]
+    rows = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
+    if "commune" in codes.levels:
+        rows = rows[codes.level[rows] == codes.levels.get_loc("commune")]
+    else:
+        rows = rows[:0]
+    rows = rows[~np.isnan(panel["value"].to_numpy(float)[rows])]
+    cols = ["zone_code", "period", "measure", "value", "source"]
+    return panel[cols].iloc[rows].reset_index(drop=True)
 
 
 #: flagged zones from which a worker process writes most cards while this one writes the rest
@@ -972,6 +995,8 @@ class CardJob:
     zones: list[str]
     worker: SideProcess | None
     here: list[str]
+    #: the cards' series (:func:`panel_series`), if the caller had them
+    series: pd.DataFrame | None = None
 
     def close(self) -> None:
         """Stop waiting for the worker (it finishes its cards, each written atomically)."""
@@ -979,8 +1004,8 @@ class CardJob:
             self.worker.close()
 
 
-def start_cards(out_dir: Path | str, lang: str, zones: list[str],
-                run: RunOutputs | None = None, share: float = CARD_WORKER_SHARE) -> CardJob:
+def start_cards(out_dir: Path | str, lang: str, zones: list[str], run: RunOutputs | None = None,
+                share: float = CARD_WORKER_SHARE, series: pd.DataFrame | None = None) -> CardJob:
     """Start writing the cards of ``zones`` (the run's flagged zones, in its order): a process
     writes the worker's share (:class:`SideProcess`: on one core, or if it fails, they are
     written here when its result is asked for), ``share`` of them. No worker for few cards.
@@ -988,21 +1013,22 @@ def start_cards(out_dir: Path | str, lang: str, zones: list[str],
     The main job starts it as soon as the prioritise stage has written the outputs the cards
     read (``priorities.csv`` and the tables before it), while that stage writes its models
     and audits: the worker, at background priority, uses the core the stage leaves idle.
-    ``run`` is the run's :func:`load_run`, if already read (the fallback reads it otherwise).
+    ``run`` is the run's :func:`load_run`, if already read (the fallback reads it otherwise);
+    ``series`` its :func:`read_series` (or :func:`panel_series`), if the caller has them.
     """
     out_dir = Path(out_dir)
     zones = list(zones)
     if len(zones) < CARD_WORKER_FROM:
-        return CardJob(zones, None, zones)
+        return CardJob(zones, None, zones, series)
     k = len(zones) - int(len(zones) * share)
     theirs = zones[k:]
 
     def fallback():
-        return (_write_run_cards(run, out_dir, lang, theirs) if run is not None
-                else write_run_cards(out_dir, lang, theirs))
+        return (_write_run_cards(run, out_dir, lang, theirs, series) if run is not None
+                else write_run_cards(out_dir, lang, theirs, series))
 
-    worker = SideProcess(write_run_cards, out_dir, lang, theirs, fallback=fallback)
-    return CardJob(zones, worker, zones[:k])
+    worker = SideProcess(write_run_cards, out_dir, lang, theirs, series, fallback=fallback)
+    return CardJob(zones, worker, zones[:k], series)
 
 
 # --------------------------------------------------------------------------- map
@@ -1731,8 +1757,7 @@ def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dic
         elif cards.zones != flagged:
             raise ValueError(f"the zone cards started for {len(cards.zones):,} zones are not those "
                              f"{out_dir / 'priorities.csv'} flags ({len(flagged):,})")
-        return _write_outputs(run, out_dir, lang, console, timings, paths, cards.here, cards.worker,
-                              digests)
+        return _write_outputs(run, out_dir, lang, console, timings, paths, cards, digests)
     except BaseException:
         if cards is not None:  # the worker finishes its cards (atomically) and exits
             cards.close()
@@ -1740,8 +1765,8 @@ def run_report(out_dir: Path | str, lang: str = "fr", console=None, timings: dic
 
 
 def _write_outputs(run: RunOutputs, out_dir: Path, lang: str, console, timings: dict, paths: dict,
-                   here: list[str], worker: SideProcess | None, digests: FileDigests | None) -> dict[str, Path]:
-    """:func:`run_report`'s outputs other than the worker's cards (the cards of ``here``
+                   job: CardJob, digests: FileDigests | None) -> dict[str, Path]:
+    """:func:`run_report`'s outputs other than the worker's cards (the cards of ``job.here``
     are written by this process), then the lineage of all."""
     pri = run.priorities
 
@@ -1791,9 +1816,9 @@ def _write_outputs(run: RunOutputs, out_dir: Path, lang: str, console, timings: 
                                        lambda tmp: tmp.write_text(card, encoding="utf-8"))
     timings["audit"] = time.perf_counter() - t0
 
-    cards, timings["cards"] = _write_run_cards(run, out_dir, lang, here)
+    cards, timings["cards"] = _write_run_cards(run, out_dir, lang, job.here, job.series)
     t0 = time.perf_counter()
-    worker_cards, timings["cards_worker"] = worker.result() if worker is not None else ([], 0.0)
+    worker_cards, timings["cards_worker"] = job.worker.result() if job.worker is not None else ([], 0.0)
     timings["cards_wait"] = time.perf_counter() - t0
     cards += worker_cards
     remove_other_cards(out_dir / "zones", cards)

@@ -172,8 +172,9 @@ def test_cards_written_by_the_worker_process_are_the_cards_written_here(run_dir,
 
 def test_cards_started_before_the_report_are_the_cards_it_writes(run_dir, reports, monkeypatch, tmp_path):
     """The main job starts the card worker as soon as the priorities are written
-    (``start_cards``); the report then writes the same cards, and refuses a job started for
-    other zones."""
+    (``start_cards``), with the cards' series taken from the panel in memory (``panel_series``,
+    the rows ``read_series`` reads); the report then writes the same cards, and refuses a job
+    started for other zones."""
     import shutil
     import warnings
 
@@ -187,9 +188,12 @@ def test_cards_started_before_the_report_are_the_cards_it_writes(run_dir, report
     with pytest.raises(ValueError, match="priorities.csv"):
         rep.run_report(out, lang="fr", cards=rep.start_cards(out, "fr", flagged[1:]))
     timings = {}
+    series = rep.panel_series(pd.read_parquet(out / "panel.parquet"))
+    pd.testing.assert_frame_equal(series, rep.read_series(out), check_exact=True)
+    assert len(series)
     with warnings.catch_warnings():
         warnings.simplefilter("error")  # the worker did not fail over to this process
-        job = rep.start_cards(out, "fr", flagged)
+        job = rep.start_cards(out, "fr", flagged, series=series)
         assert job.worker is not None and len(job.here) < len(flagged)
         rep.run_report(out, lang="fr", timings=timings, cards=job)
     assert timings["n_cards"] == len(here) and timings["cards_worker"] > 0
