@@ -356,17 +356,21 @@ def _codes_in(zones) -> tuple:
     return ("zone_code", "in", pa.array([str(z) for z in zones], pa.string()))
 
 
+#: the panel's columns a card's series read
+SERIES_COLUMNS = ["zone_code", "period", "measure", "value", "source"]
+
+
 def read_series(out_dir: Path, zones: list[str] | None = None,
                 measures: tuple[str, ...] = KEY_INDICATORS) -> pd.DataFrame:
     """Commune rows of ``panel.parquet`` for ``measures`` (and ``zones`` when given)."""
     path = Path(out_dir) / "panel.parquet"
-    cols = ["zone_code", "period", "measure", "value", "source"]
     if not path.exists():
-        return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else "object") for c in cols})
+        return pd.DataFrame({c: pd.Series(dtype="float64" if c == "value" else "object")
+                             for c in SERIES_COLUMNS})
     filters = [("level", "==", "commune"), ("measure", "in", list(measures))]
     if zones is not None:
         filters.append(_codes_in(zones))
-    df = pd.read_parquet(path, columns=cols, filters=filters)
+    df = pd.read_parquet(path, columns=SERIES_COLUMNS, filters=filters)
     return df[df["value"].notna()].reset_index(drop=True)
 
 
@@ -969,13 +973,10 @@ def panel_series(panel: pd.DataFrame, measures: tuple[str, ...] = KEY_INDICATORS
     codes = panel_codes(panel)  # the panel's integer codes, already computed by the stages
     parts = [codes.by_measure[m] for m in measures if m in codes.by_measure]
     rows = np.sort(np.concatenate(parts)) if parts else np.zeros(0, np.int64)
-    if "commune" in codes.levels:
-        rows = rows[codes.level[rows] == codes.levels.get_loc("commune")]
-    else:
-        rows = rows[:0]
+    # -1 when the panel has no commune, which no row's code equals
+    rows = rows[codes.level[rows] == codes.levels.get_indexer(["commune"])[0]]
     rows = rows[~np.isnan(panel["value"].to_numpy(float)[rows])]
-    cols = ["zone_code", "period", "measure", "value", "source"]
-    return panel[cols].iloc[rows].reset_index(drop=True)
+    return panel[SERIES_COLUMNS].iloc[rows].reset_index(drop=True)
 
 
 #: flagged zones from which a worker process writes most cards while this one writes the rest
