@@ -24,6 +24,7 @@ from pathlib import Path
 from rich.console import Console
 
 from territoria.digest import FileDigests, file_sha256
+from territoria.errors import OutputError, os_problem
 from territoria.io import write_json
 from territoria.memory import configure_allocators, fewer_collections, release_free_memory
 from territoria.models.backtest import FeatureCache
@@ -150,6 +151,10 @@ def run_main(
     """
     console = console or Console(quiet=True)
     out_dir = Path(out_dir)
+    try:  # an output folder that cannot be made fails now, not after the sources are parsed
+        out_dir.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise OutputError(out_dir, os_problem(exc)) from exc
     timings: dict[str, float] = {}
     configure_allocators()  # large temporaries reused within a stage, returned between stages
 

@@ -1,7 +1,9 @@
 """The ``territoria`` command line.
 
 Bad input never ends in a traceback: a :class:`~territoria.errors.DataError` is printed as one
-line naming the file and the problem, and the command exits with code 2.
+line naming the file and the problem, and the command exits with code 2. An output that cannot
+be written (:class:`~territoria.errors.OutputError`: no space left, no permission) or another
+operating-system error is printed the same way, with exit code 1.
 """
 
 from __future__ import annotations
@@ -16,7 +18,7 @@ from rich.markup import escape
 from rich.table import Table
 
 from territoria.blas import configure_blas_threads
-from territoria.errors import DataError
+from territoria.errors import DataError, OutputError, os_problem
 from territoria.memory import configure_allocators, freeze_at_exit
 
 app = typer.Typer(
@@ -505,14 +507,22 @@ def grid(
 
 
 def main() -> None:
-    """Console-script entry point: one-line errors and exit code 2 on bad input."""
+    """Console-script entry point: one-line errors; exit code 2 on bad input, 1 on an output
+    that cannot be written or another operating-system error."""
     freeze_at_exit()  # the process ends with the command
     try:
         app()
     except DataError as exc:
-        # escaped: a message may hold brackets (`pip install territoria[tune]`) that are not markup
-        err_console.print(f"[bold red]error:[/bold red] {escape(str(exc))}", highlight=False, soft_wrap=True)
-        sys.exit(2)
+        _print_error(str(exc))
+        sys.exit(1 if isinstance(exc, OutputError) else 2)
+    except OSError as exc:
+        _print_error(f"{exc.filename}: {os_problem(exc)}" if exc.filename else os_problem(exc))
+        sys.exit(1)
+
+
+def _print_error(message: str) -> None:
+    # escaped: a message may hold brackets (`pip install territoria[tune]`) that are not markup
+    err_console.print(f"[bold red]error:[/bold red] {escape(message)}", highlight=False, soft_wrap=True)
 
 
 if __name__ == "__main__":

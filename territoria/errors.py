@@ -1,7 +1,10 @@
-"""Errors raised on bad input: one clear line naming the file, the column and the problem."""
+"""Errors raised on bad input or on an output that cannot be written: one clear line naming
+the file, the column and the problem."""
 
 from __future__ import annotations
 
+import errno
+import re
 from pathlib import Path
 
 
@@ -44,3 +47,47 @@ class DataError(Exception):
 
 def _rebuild(cls: type[DataError], file: str, problem: str, column: str | None, line: int | None) -> DataError:
     return cls(file, problem, column=column, line=line)
+
+
+class OutputError(DataError):
+    """An output file cannot be written: no space left, no permission, a file size limit.
+
+    Raised by the atomic writers (:func:`territoria.io.atomic_path`), which leave the previous
+    version of the file in place; the message names the output, not its temporary file. The
+    CLI prints it as one line and exits with code 1.
+
+    Examples
+    --------
+    >>> str(OutputError("out/panel.parquet", os_problem(OSError(errno.ENOSPC, "No space left on device"))))
+    'out/panel.parquet: no space left on the device: free some space or write to another folder (--out)'
+    """
+
+
+_OS_PROBLEMS = {
+    errno.ENOSPC: "no space left on the device: free some space or write to another folder (--out)",
+    errno.EDQUOT: "disk quota exceeded: free some space or write to another folder (--out)",
+    errno.EFBIG: "file too large for the file system or for the file size limit of the process (ulimit -f)",
+    errno.EACCES: "permission denied: write to a folder you may write to (--out)",
+    errno.EPERM: "operation not permitted: write to a folder you may write to (--out)",
+    errno.EROFS: "read-only file system: write to another folder (--out)",
+}
+
+
+def os_problem(exc: OSError) -> str:
+    """What an operating-system error means for whoever runs the command, and what to do.
+
+    Arrow's write errors carry the error number in their message only (``[errno 28] No space
+    left on device``); it is read from there.
+
+    Examples
+    --------
+    >>> os_problem(OSError("Error writing bytes to file. Detail: [errno 28] No space left on device"))
+    'no space left on the device: free some space or write to another folder (--out)'
+    >>> os_problem(OSError(errno.EIO, "Input/output error"))
+    'Input/output error'
+    """
+    code = exc.errno
+    if code is None:
+        found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+        code = int(found.group(1)) if found else None
+    return _OS_PROBLEMS.get(code) or exc.strerror or str(exc)

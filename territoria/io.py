@@ -13,21 +13,50 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
+from territoria.errors import OutputError, os_problem
+
+
+def _umask() -> int:
+    """The process's file mode creation mask (read, not changed, where /proc tells it: setting
+    it to read it back is not thread-safe)."""
+    try:
+        with open("/proc/self/status", encoding="ascii") as status:
+            for line in status:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: permissions of a written file: those of a file opened for writing (``mkstemp`` makes its
+#: temporary files private, 0600, which planners sharing an output folder could not read)
+FILE_MODE = 0o666 & ~_umask()
+
 
 @contextmanager
 def atomic_path(path: Path | str):
-    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success."""
+    """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
+
+    An operating-system error (no space left, no permission...) becomes an
+    :class:`~territoria.errors.OutputError` naming ``path``, not its temporary file."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    # the temporary name ends with the final extension: format drivers check it (GeoPackage)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
-    os.close(fd)
-    tmp_path = Path(tmp)
+    tmp_path = None
     try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        # the temporary name ends with the final extension: format drivers check it (GeoPackage)
+        fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=f".tmp{path.suffix}", dir=path.parent)
+        os.close(fd)
+        tmp_path = Path(tmp)
+        os.chmod(tmp_path, FILE_MODE)
         yield tmp_path
         os.replace(tmp_path, path)
+    except OSError as exc:
+        raise OutputError(path, os_problem(exc)) from exc
     finally:
-        if tmp_path.exists():
+        if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
 
 

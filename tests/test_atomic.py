@@ -10,7 +10,8 @@ import time
 import pandas as pd
 import pytest
 
-from territoria.io import atomic_path, write_csv
+from territoria.errors import OutputError
+from territoria.io import atomic_path, write_atomic, write_csv, write_parquet
 
 N_ROWS = 400_000
 
@@ -53,6 +54,35 @@ def test_exception_before_the_first_version_leaves_no_file(tmp_path):
         with atomic_path(target):
             raise ValueError("no data")
     assert not target.exists() and _temporaries(target.parent, "new.parquet") == []
+
+
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full (Linux)")
+def test_a_full_disk_names_the_output_and_keeps_its_previous_version(tmp_path):
+    target = tmp_path / "predictions.parquet"
+    previous = pd.DataFrame({"zone_code": ["01001"], "prediction": [0.5]})
+    write_parquet(previous, target)
+    table = pd.DataFrame({"zone_code": ["01001", "01002"], "prediction": [0.7, 0.1]})
+    # Arrow's writer on a device that is always full: the error a full disk gives it
+    with pytest.raises(OutputError) as caught:
+        write_atomic(target, lambda tmp: table.to_parquet("/dev/full"))
+    message = str(caught.value)
+    assert message.startswith(str(target) + ":") and "no space left on the device" in message
+    assert ".tmp" not in message  # the output is named, not its temporary file
+    pd.testing.assert_frame_equal(pd.read_parquet(target), previous)
+    assert _temporaries(tmp_path, target.name) == []
+
+
+def test_outputs_are_readable_as_the_umask_allows(tmp_path):
+    # mkstemp makes private (0600) files: an output folder shared with planners or served by a
+    # web server must get the permissions any new file gets
+    mask = os.umask(0o022)
+    os.umask(mask)
+    write_csv(pd.DataFrame({"a": [1]}), tmp_path / "shared.csv")
+    assert (tmp_path / "shared.csv").stat().st_mode & 0o777 == 0o666 & ~mask
+    script = ("import os, sys; os.umask(0o027); import pandas as pd; from territoria.io import write_parquet; "
+              "write_parquet(pd.DataFrame({'a': [1]}), sys.argv[1])")
+    subprocess.run([sys.executable, "-c", script, str(tmp_path / "group.parquet")], check=True)
+    assert (tmp_path / "group.parquet").stat().st_mode & 0o777 == 0o640
 
 
 @pytest.mark.parametrize("trial", [0, 1])

@@ -102,6 +102,7 @@ def test_result_cache_write_error_is_raised_by_wait(tmp_path, monkeypatch):
     import numpy as np
     import pytest
 
+    from territoria.errors import OutputError
     from territoria.pipelines import cache as cache_module
 
     def disk_full(path, arrays):
@@ -110,7 +111,7 @@ def test_result_cache_write_error_is_raised_by_wait(tmp_path, monkeypatch):
     monkeypatch.setattr(cache_module, "_save_npz", disk_full)
     cache = cache_module.ResultCache(tmp_path)
     assert cache.get("shap", "k", lambda: {"phi": np.ones(3)})["phi"].tolist() == [1.0, 1.0, 1.0]
-    with pytest.raises(OSError, match="No space left"):
+    with pytest.raises(OutputError, match="shap-k.npz: no space left on the device"):
         cache.prune()
     assert not list(tmp_path.iterdir())  # no half-written entry
 

@@ -45,6 +45,35 @@ def test_malformed_file_gives_one_line_and_exit_2(tmp_path):
     assert not (tmp_path / "out" / "features.parquet").exists()
 
 
+@pytest.mark.skipif(sys.platform != "linux", reason="a file size limit (RLIMIT_FSIZE)")
+def test_an_output_that_cannot_be_written_gives_one_line_and_exit_1(tmp_path):
+    import resource
+
+    def small_files():  # a 2 MB file size limit: the first larger output fails with EFBIG
+        resource.setrlimit(resource.RLIMIT_FSIZE, (2 * 1024**2, 2 * 1024**2))
+
+    env = {**os.environ, "COLUMNS": "200"}
+    out = tmp_path / "out"
+    res = subprocess.run([CLI, "run", "--out", str(out)], capture_output=True, text=True, env=env, timeout=600,
+                         preexec_fn=small_files)
+    assert res.returncode == 1
+    assert "Traceback" not in res.stderr + res.stdout
+    err = [line for line in res.stderr.splitlines() if line.startswith("error:")]
+    assert len(err) == 1 and "file size limit" in err[0]
+    named = Path(err[0].removeprefix("error: ").split(": ")[0])
+    assert named.parent.is_relative_to(out) and not named.name.startswith(".")
+    assert not [p for p in out.rglob("*") if ".tmp" in p.name]  # no half-written file left
+    assert not (out / "run.json").exists()
+
+
+def test_an_output_folder_that_cannot_be_made_fails_at_once(tmp_path):
+    (tmp_path / "a_file").write_text("", encoding="utf-8")
+    res = _run("run", "--out", str(tmp_path / "a_file" / "out"))
+    assert res.returncode == 1 and "Traceback" not in res.stderr
+    assert f"error: {tmp_path / 'a_file' / 'out'}: Not a directory" in res.stderr
+    assert "town halls" not in res.stderr  # before the sources are read
+
+
 def test_bad_parameters_file(tmp_path):
     conf = tmp_path / "params.yml"
     conf.write_text("reference_period: soon\n", encoding="utf-8")
