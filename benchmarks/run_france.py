@@ -97,12 +97,10 @@ def main() -> None:
     # imported here: the workers re-import this script; timed, and counted in the first
     # run's total, as `territoria run` pays it (which starts the workers' fork server first)
     start = time.perf_counter()
-    from territoria.blas import configure_blas_threads
-    from territoria.memory import configure_allocators
+    from territoria.cli import prepare_long_job
     from territoria.workers import start_fork_server
 
-    configure_allocators()
-    configure_blas_threads()
+    prepare_long_job()
     start_fork_server()
     from territoria.pipelines.main import run_main
     imports = time.perf_counter() - start

@@ -57,11 +57,19 @@ TrackingOpt = Annotated[
 ]
 
 
-def _features(data, out, conf, as_of, no_cache):
-    # the commune stages reuse their large temporaries (the grid's Dask workers, which would
-    # each keep theirs, are left alone); before the imports, which load numpy and OpenBLAS
-    configure_allocators()
+def prepare_long_job() -> None:
+    """Settings of a long job, before the imports that load numpy and OpenBLAS: OpenBLAS's
+    idle threads asleep at once (:func:`~territoria.blas.configure_blas_threads`), then the
+    allocators (:func:`~territoria.memory.configure_allocators`), which import pyarrow and with
+    it numpy, so after the timeout, which OpenBLAS reads when it is loaded. The commune stages
+    reuse their large temporaries; the grid's Dask workers, which would each keep theirs, are
+    left alone."""
     configure_blas_threads()
+    configure_allocators()
+
+
+def _features(data, out, conf, as_of, no_cache):
+    prepare_long_job()
     from territoria.pipelines.build_features import run_build_features
 
     fb = run_build_features(
@@ -99,9 +107,8 @@ def run(
     from territoria.workers import start_fork_server
 
     # the workers' fork server imports their modules while this process imports the stages;
-    # it inherits the allocators' settings, so they come first
-    configure_allocators()
-    configure_blas_threads()
+    # it inherits the settings, so they come first
+    prepare_long_job()
     start_fork_server()
     from territoria.pipelines.main import run_main
 
