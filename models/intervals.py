@@ -159,7 +159,9 @@ def fit_spread_model(X, abs_residual, groups, fold, sample_weight=None, params: 
                                          bins=None if bins is None else bins.take(tr))
         return te, m.predict(rows(te))
 
-    *cross_fitted, model = map_folds(fit, [*np.unique(fold), None], threads)
+    # the model of every row, the longest fit, first: the other thread then takes the folds
+    # one after the other, and neither waits alone at the end for a long last fit
+    model, *cross_fitted = map_folds(fit, [None, *np.unique(fold)], threads)
     for te, p in cross_fitted:
         oof[te] = p
     return np.maximum(oof, floor), model, floor
