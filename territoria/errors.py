@@ -73,11 +73,27 @@ _OS_PROBLEMS = {
 }
 
 
+#: error numbers that say an output cannot be written where it is asked to be
+WRITE_ERRNOS = frozenset(_OS_PROBLEMS)
+
+
+def os_errno(exc: OSError) -> int | None:
+    """The error number of ``exc``, read from the message where Arrow leaves it only there
+    (``[errno 28] No space left on device``).
+
+    Examples
+    --------
+    >>> os_errno(OSError("Error writing bytes to file. Detail: [errno 28] No space left on device"))
+    28
+    """
+    if exc.errno is not None:
+        return exc.errno
+    found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
+    return int(found.group(1)) if found else None
+
+
 def os_problem(exc: OSError) -> str:
     """What an operating-system error means for whoever runs the command, and what to do.
-
-    Arrow's write errors carry the error number in their message only (``[errno 28] No space
-    left on device``); it is read from there.
 
     Examples
     --------
@@ -86,8 +102,4 @@ def os_problem(exc: OSError) -> str:
     >>> os_problem(OSError(errno.EIO, "Input/output error"))
     'Input/output error'
     """
-    code = exc.errno
-    if code is None:
-        found = re.search(r"\[errno (\d+)\]", str(exc), re.IGNORECASE)
-        code = int(found.group(1)) if found else None
-    return _OS_PROBLEMS.get(code) or exc.strerror or str(exc)
+    return _OS_PROBLEMS.get(os_errno(exc)) or exc.strerror or str(exc)

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import pandas as pd
 
-from territoria.errors import OutputError, os_problem
+from territoria.errors import WRITE_ERRNOS, OutputError, os_errno, os_problem
 
 
 def _umask() -> int:
@@ -40,8 +40,9 @@ FILE_MODE = 0o666 & ~_umask()
 def atomic_path(path: Path | str):
     """Yield a temporary path next to ``path``; rename it onto ``path`` only on success.
 
-    An operating-system error (no space left, no permission...) becomes an
-    :class:`~territoria.errors.OutputError` naming ``path``, not its temporary file."""
+    An operating-system error in writing it (no space left, no permission...) becomes an
+    :class:`~territoria.errors.OutputError` naming ``path``, not its temporary file; an error
+    about another file is raised as it is."""
     path = Path(path)
     tmp_path = None
     try:
@@ -54,10 +55,21 @@ def atomic_path(path: Path | str):
         yield tmp_path
         os.replace(tmp_path, path)
     except OSError as exc:
+        if not _about_output(exc, path, tmp_path):
+            raise  # an input the writer reads, say: reported as it is
         raise OutputError(path, os_problem(exc)) from exc
     finally:
         if tmp_path is not None and tmp_path.exists():
             tmp_path.unlink()
+
+
+def _about_output(exc: OSError, path: Path, tmp: Path | None) -> bool:
+    """Whether ``exc`` is about writing ``path``: it names the output, its temporary file or a
+    folder above them, or names no file (as Arrow's errors) and says a file cannot be written."""
+    if exc.filename is None:
+        return os_errno(exc) in WRITE_ERRNOS
+    failed = Path(exc.filename)
+    return failed == tmp or path.is_relative_to(failed)
 
 
 def write_atomic(path: Path | str, writer: Callable[[Path], None]) -> Path:

@@ -72,6 +72,14 @@ def test_a_full_disk_names_the_output_and_keeps_its_previous_version(tmp_path):
     assert _temporaries(tmp_path, target.name) == []
 
 
+def test_an_input_missing_inside_a_writer_is_not_reported_as_the_output(tmp_path):
+    target = tmp_path / "grid_cells.parquet"
+    with pytest.raises(FileNotFoundError) as caught:
+        write_atomic(target, lambda tmp: pd.read_parquet(tmp_path / "work" / "part-00000.parquet"))
+    assert not isinstance(caught.value, OutputError) and "part-00000" in str(caught.value)
+    assert not target.exists() and _temporaries(tmp_path, target.name) == []
+
+
 def test_outputs_are_readable_as_the_umask_allows(tmp_path):
     # mkstemp makes private (0600) files: an output folder shared with planners or served by a
     # web server must get the permissions any new file gets
