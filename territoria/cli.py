@@ -58,12 +58,11 @@ TrackingOpt = Annotated[
 
 
 def prepare_long_job() -> None:
-    """Settings of a long job, before the imports that load numpy and OpenBLAS: OpenBLAS's
-    idle threads asleep at once (:func:`~territoria.blas.configure_blas_threads`), then the
-    allocators (:func:`~territoria.memory.configure_allocators`), which import pyarrow and with
-    it numpy, so after the timeout, which OpenBLAS reads when it is loaded. The commune stages
-    reuse their large temporaries; the grid's Dask workers, which would each keep theirs, are
-    left alone."""
+    """Settings of a long job, before the imports that load numpy and OpenBLAS, which read
+    theirs then: OpenBLAS's idle threads asleep at once
+    (:func:`~territoria.blas.configure_blas_threads`) and the allocators
+    (:func:`~territoria.memory.configure_allocators`). The commune stages reuse their large
+    temporaries; the grid's Dask workers, which would each keep theirs, are left alone."""
     configure_blas_threads()
     configure_allocators()
 

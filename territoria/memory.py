@@ -28,6 +28,7 @@ import ctypes.util
 import functools
 import gc
 import os
+import sys
 from collections.abc import Callable
 
 #: glibc's allocator settings of a long job: blocks up to 1 GB from the heap, which keeps up
@@ -109,15 +110,15 @@ def configure_allocators() -> bool:
         return False
     if not all(libc.mallopt(_MALLOPT[name], value) == 1 for name, value in values.items()):
         return False
-    if os.environ.setdefault(ARROW_POOL, "system") == "system":
+    # pyarrow and numpy read their variables when imported: set here only where they already
+    # are, since importing them here would load OpenBLAS before a caller's settings for it
+    # (territoria.blas)
+    if os.environ.setdefault(ARROW_POOL, "system") == "system" and "pyarrow" in sys.modules:
+        import pyarrow
+
+        pyarrow.set_memory_pool(pyarrow.system_memory_pool())
+    if os.environ.setdefault(NUMPY_HUGEPAGE, "0") == "0" and "numpy" in sys.modules:
         try:
-            import pyarrow
-        except ImportError:
-            pass
-        else:  # this process read the variable when pyarrow made its first allocation
-            pyarrow.set_memory_pool(pyarrow.system_memory_pool())
-    if os.environ.setdefault(NUMPY_HUGEPAGE, "0") == "0":
-        try:  # numpy read the variable when it was imported
             from numpy._core.multiarray import _set_madvise_hugepage
         except ImportError:  # numpy < 2
             from numpy.core.multiarray import _set_madvise_hugepage

@@ -83,6 +83,14 @@ def test_configure_allocators_sets_arrow_and_numpy_unless_the_user_chose():
         chosen[bool(user)] = subprocess.run([sys.executable, "-c", code], env={**env, **user}, check=True,
                                             capture_output=True, text=True).stdout.split()
     assert chosen == {False: ["system", "False"], True: ["jemalloc", "True"]}
+    # set before numpy and pyarrow are imported (as the commands do): they take the variables
+    # when imported, and OpenBLAS is not loaded by the call
+    later = ("import sys; from territoria import memory; memory.configure_allocators(); "
+             "loaded = 'numpy' in sys.modules; "
+             "import pyarrow as pa; from numpy._core.multiarray import _get_madvise_hugepage; "
+             "print(loaded, pa.default_memory_pool().backend_name, _get_madvise_hugepage())")
+    out = subprocess.run([sys.executable, "-c", later], env=env, check=True, capture_output=True, text=True)
+    assert out.stdout.split() == ["False", "system", "False"]
 
 
 def test_objects_alive_at_exit_are_frozen_out_of_the_collector():
