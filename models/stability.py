@@ -100,6 +100,7 @@ from scipy.optimize import brentq
 from scipy.special import ndtri
 
 from territoria.models.index import _midrank_fraction, draw_weights, exponential_transform
+from territoria.models.kendall import KendallReference
 
 #: replicates processed together (memory: chunk × zones × domains floats)
 CHUNK = 25
@@ -663,7 +664,7 @@ def replicate(problem: StabilityProblem, settings: StabilitySettings,
     scored = np.isfinite(S0)
     r0 = ranks_desc(S0[None, :])[0][scored].astype(float)
     r0 -= r0.mean()
-    S0s = S0[scored]
+    kendall = KendallReference(S0[scored])
 
     def chunk(start: int) -> tuple[np.ndarray, np.ndarray, list[dict]]:
         rngs = [np.random.default_rng(s) for s in seeds[start:start + CHUNK]]
@@ -680,7 +681,7 @@ def replicate(problem: StabilityProblem, settings: StabilitySettings,
             "n_flagged": int(flag[j].sum()), "n_top": int(top[j].sum()),
             "jaccard_top": jaccard(top[j], top0), "jaccard_flagged": jaccard(flag[j], f0),
             "kept_share": float((flag[j] & f0).sum() / max(int(f0.sum()), 1)),
-            "kendall_tau": float(stats.kendalltau(S0s, S[j, scored]).statistic), "spearman": float(rho[j]),
+            "kendall_tau": kendall.tau(S[j, scored]), "spearman": float(rho[j]),
         } for j in range(len(rngs))]
         return flag.sum(axis=0), top.sum(axis=0), rows
 
