@@ -25,6 +25,8 @@ if [ ! -x .venv/bin/python ]; then
 fi
 .venv/bin/python -m pip install --quiet --upgrade pip
 .venv/bin/python -m pip install --quiet -e '.[dev]'
-# numba caches the TreeSHAP kernels it compiles next to the module: compiled once here
-.venv/bin/python -c "from territoria.models.treeshap import compile_kernels; compile_kernels()"
+# numba caches the kernels it compiles (TreeSHAP, the stability audit's Kendall tau) next to their modules: compiled once here
+.venv/bin/python -c "from territoria.models import kendall, treeshap; treeshap.compile_kernels(); kendall.compile_kernels()"
+# an empty MLflow store in the user's cache, which every new output folder's store copies
+.venv/bin/python -c "from territoria.models.tracking import empty_store_template; empty_store_template()"
 echo "installed: $(.venv/bin/territoria --help >/dev/null && echo territoria) in .venv"
