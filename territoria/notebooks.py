@@ -31,6 +31,7 @@ from importlib import metadata, resources
 from pathlib import Path
 
 from territoria.errors import DataError
+from territoria.paths import user_cache_dir
 
 RUN_DIR_ENV = "TERRITORIA_RUN_DIR"
 CACHE_ENV = "TERRITORIA_NOTEBOOK_CACHE"
@@ -64,8 +65,7 @@ def cache_root() -> Path:
     if env:
         root = Path(env)
     else:
-        base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
-        root = Path(base) / "territoria" / "notebooks"
+        root = user_cache_dir() / "notebooks"
     root.mkdir(parents=True, exist_ok=True)
     return root
 

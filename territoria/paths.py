@@ -18,6 +18,13 @@ def bundled_data_dir() -> Path:
     return Path(str(resources.files("territoria.data")))
 
 
+def user_cache_dir() -> Path:
+    """The user's cache folder for territoria (not created): ``$XDG_CACHE_HOME/territoria``,
+    ``~/.cache/territoria`` by default. What it holds can be rebuilt at any time."""
+    base = os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache"
+    return Path(base) / "territoria"
+
+
 def conf_dir() -> Path:
     """Folder of the committed configuration (`conf/` in the repository)."""
     return Path(str(resources.files("territoria.conf")))

@@ -1,7 +1,6 @@
 """MLflow tracking: log → register → load by alias → same predictions, all in tmp_path.
 
-One embedded store is built per module (creating the SQLite schema takes a few seconds);
-the tests read it back with MlflowClient.
+One embedded store is logged to per module; the tests read it back with MlflowClient.
 """
 
 from __future__ import annotations
@@ -233,3 +232,37 @@ def test_preload_opens_the_store_that_runs_are_then_logged_to(logged, tmp_path):
                              model=logged["booster"])
     client = MlflowClient(tracking_uri=store.tracking_uri)
     assert client.get_run(run_id).data.params["seed"] == "1"
+
+
+def test_new_stores_are_copies_of_an_empty_template_in_the_users_cache(logged, tmp_path, monkeypatch):
+    """The first new store builds the template (an empty store without experiments) in the
+    user's cache; later ones copy it, get MLflow's Default experiment as a built store does,
+    and take runs without touching the template."""
+    from mlflow import MlflowClient
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    first = tr.tracking_store(tmp_path / "a")
+    first.client()
+    template = tr.empty_store_template()
+    assert template.parent == tmp_path / "cache" / "territoria" / "mlflow"
+    before = template.read_bytes()
+    run_id = tr.log_training(out_dir=tmp_path / "b", run_name="copied", params={"seed": 2},
+                             metrics={"lightgbm": {"spearman": 0.5}}, features=list(logged["X"].columns),
+                             model=logged["booster"])
+    client = MlflowClient(tracking_uri=tr.tracking_store(tmp_path / "b").tracking_uri)
+    assert client.get_run(run_id).data.params["seed"] == "2"
+    assert [e.name for e in client.search_experiments(order_by=["name"])] == ["Default", tr.DEFAULT_EXPERIMENT]
+    assert [e.name for e in first.client().search_experiments()] == ["Default"]
+    assert template.read_bytes() == before
+    assert (tmp_path / "b" / "mlflow.db").stat().st_ino != template.stat().st_ino
+
+
+def test_a_damaged_template_is_rebuilt_and_an_unwritable_cache_is_skipped(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    template = tr.empty_store_template()
+    template.write_bytes(b"not an SQLite file" * 64)
+    assert [e.name for e in tr.tracking_store(tmp_path / "a").client().search_experiments()] == ["Default"]
+    assert template.read_bytes().startswith(b"SQLite format 3")
+    (tmp_path / "file").write_text("a file, not a folder")
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "file"))  # the cache cannot be created
+    assert [e.name for e in tr.tracking_store(tmp_path / "b").client().search_experiments()] == ["Default"]
