@@ -44,9 +44,14 @@ def plot_global(model: str, contributions: pd.DataFrame, X: pd.DataFrame, folder
     return plot_figures(model, phi, vals, folder, partner)
 
 
-def plot_figures(model: str, phi: np.ndarray, vals: pd.DataFrame, folder, partner: dict) -> list:
+def plot_figures(model: str, phi: np.ndarray, vals: pd.DataFrame, folder, partner: dict, seed: int = 0) -> list:
     """:func:`plot_global`'s figures from its sample (:func:`plot_sample`) and the
-    feature → interaction partner map."""
+    feature → interaction partner map.
+
+    shap shuffles the points' drawing order and jitters the beeswarm: with ``seed``, so that
+    the same inputs give the same images (its dependence plot draws from numpy's global
+    generator, seeded here for the call and restored after it).
+    """
     import matplotlib
 
     matplotlib.use("Agg")
@@ -63,12 +68,17 @@ def plot_figures(model: str, phi: np.ndarray, vals: pd.DataFrame, folder, partne
         plt.close("all")
         written.append(path)
 
-    shap.summary_plot(phi, vals, max_display=15, show=False)
+    shap.summary_plot(phi, vals, max_display=15, show=False, rng=np.random.default_rng(seed))
     plt.title(f"{model}: SHAP values of the 15 most important features")
     save(f"shap_summary_{model}.png")
-    for i in np.argsort(-np.abs(phi).mean(axis=0))[:3]:
-        shap.dependence_plot(int(i), phi, vals, interaction_index=partner.get(cols[i]), show=False)
-        save(f"shap_dependence_{model}_{cols[i]}.png")
+    state = np.random.get_state()
+    try:
+        for i in np.argsort(-np.abs(phi).mean(axis=0))[:3]:
+            np.random.seed(seed)
+            shap.dependence_plot(int(i), phi, vals, interaction_index=partner.get(cols[i]), show=False)
+            save(f"shap_dependence_{model}_{cols[i]}.png")
+    finally:
+        np.random.set_state(state)
     return written
 
 

@@ -73,3 +73,22 @@ def test_lever_sentences_leave_out_what_is_unknown():
     ]
     assert lever_sentences("Taux", [3.0], "%", None, [1.0], [0.5], "fr") == [
         "Taux (3,0\u00a0%, 1er décile le plus élevé du département) augmente le score de 0,50"]
+
+
+def test_shap_figures_are_the_same_images_for_the_same_inputs(tmp_path):
+    """shap shuffles and jitters the points: seeded, two drawings are byte-identical, and
+    numpy's global generator is left as the caller had it."""
+    from territoria.models.shap_figures import plot_global
+
+    rng = np.random.default_rng(3)
+    X = pd.DataFrame(rng.normal(size=(400, 4)), columns=["a", "b", "c", "d"])
+    phi = pd.DataFrame(X.to_numpy() * [1.0, 0.5, 0.2, 0.1], columns=X.columns)
+    np.random.seed(11)
+    expected_next = np.random.get_state()[1].copy()
+    images = []
+    for k in range(2):
+        paths = plot_global("demo", phi, X, tmp_path / str(k), hints=pd.DataFrame(
+            {"feature": ["a", "b", "c"], "interacts_most_with": ["b", "a", "a"]}))
+        images.append([p.read_bytes() for p in paths])
+    assert len(images[0]) == 4 and images[0] == images[1]
+    assert (np.random.get_state()[1] == expected_next).all()
