@@ -178,7 +178,10 @@ def _tables(leaf_value, leaf_d, leaf_z):
 def _contributions(X, out, first, last, feat, thr, dleft, miss, tree_nodes, tree_leaves, leaf_d, leaf_feat,
                    cond_start, cond_node, cond_left, cond_slot, table, offsets, base, zero, block):
     # rows first..last-1 into out, by blocks of rows, tree by tree: a tree's tables stay in
-    # cache while the block's rows read them; without the GIL, so threads share the rows
+    # cache while the block's rows read them; without the GIL, so threads share the rows.
+    # The block's contributions are summed feature by feature (acc: features x rows), each
+    # leaf's addition to a feature then running over contiguous rows; a value's additions
+    # come in the same order as row by row, so the sums are the same to the last bit
     n_feat = X.shape[1]
     n_trees = len(tree_nodes) - 1
     widest = 1
@@ -186,8 +189,11 @@ def _contributions(X, out, first, last, feat, thr, dleft, miss, tree_nodes, tree
         widest = max(widest, tree_nodes[t + 1] - tree_nodes[t])
     goes_left = np.empty((widest, block), np.bool_)
     codes = np.empty(block, np.int64)
+    at = np.empty(block, np.int64)
+    acc = np.empty((n_feat, block))
     for r0 in range(first, last, block):
         m = min(last, r0 + block) - r0
+        acc[:, :m] = 0.0
         for t in range(n_trees):
             n0 = tree_nodes[t]
             for k in range(n0, tree_nodes[t + 1]):
@@ -209,15 +215,19 @@ def _contributions(X, out, first, last, feat, thr, dleft, miss, tree_nodes, tree
                 d = leaf_d[leaf]
                 codes[:m] = (1 << d) - 1
                 for c in range(cond_start[leaf], cond_start[leaf + 1]):
-                    k, want, off = cond_node[c] - n0, cond_left[c], ~(1 << cond_slot[c])
+                    # the condition's bit cleared where the row goes the other way
+                    k, bit, want = cond_node[c] - n0, np.int64(1) << cond_slot[c], np.int64(cond_left[c])
                     for r in range(m):
-                        if goes_left[k, r] != want:
-                            codes[r] &= off
+                        codes[r] &= ~(bit & -(np.int64(goes_left[k, r]) ^ want))
                 for r in range(m):
-                    at = offsets[leaf] + codes[r] * d
-                    for j in range(d):
-                        out[r0 + r, leaf_feat[leaf, j]] += table[at + j]
+                    at[r] = offsets[leaf] + codes[r] * d
+                for j in range(d):
+                    f = leaf_feat[leaf, j]
+                    for r in range(m):
+                        acc[f, r] += table[at[r] + j]
         for r in range(m):
+            for f in range(n_feat):
+                out[r0 + r, f] = acc[f, r]
             out[r0 + r, n_feat] = base
 
 
@@ -257,7 +267,7 @@ def tree_shap(booster, X, num_iteration: int | None = None, n_jobs: int | None =
     if X.ndim != 2 or X.shape[1] != booster.num_feature():
         raise ValueError(f"X has shape {X.shape}: the booster takes {booster.num_feature()} features")
     table, offsets = _tables(leaf_value, leaf_d, leaf_z)
-    out = np.zeros((X.shape[0], X.shape[1] + 1))
+    out = np.empty((X.shape[0], X.shape[1] + 1))  # every cell is written
     n = len(X)
     threads = max(1, min(n_jobs or os.cpu_count() or 1, -(-n // ROW_BLOCK)))
     bounds = np.linspace(0, n, threads + 1).astype(int)
