@@ -179,6 +179,9 @@ def _is_empty_store(path: Path) -> bool:
 def _seed_store(db: Path) -> bool:
     """Create the store file ``db`` as a copy of :func:`empty_store_template`; False (MLflow
     then builds it) when the template cannot be built or ``db`` appeared meanwhile."""
+    from mlflow.exceptions import MlflowException
+    from sqlalchemy.exc import SQLAlchemyError
+
     try:
         template = empty_store_template()
         db.parent.mkdir(parents=True, exist_ok=True)
@@ -187,7 +190,7 @@ def _seed_store(db: Path) -> bool:
             shutil.copyfile(template, copy)
             os.link(copy, db)  # never replaces a store another process has just created
         return True
-    except (OSError, RuntimeError, sqlite3.Error):  # RuntimeError: no home folder
+    except (OSError, RuntimeError, sqlite3.Error, MlflowException, SQLAlchemyError):  # RuntimeError: no home
         return False
 
 
