@@ -25,6 +25,20 @@ from numba import njit
 
 
 @njit(nogil=True, cache=True)
+def _tied_pairs(a: np.ndarray, lo: int, hi: int) -> np.int64:
+    """Pairs of equal values in the sorted slice ``a[lo:hi]``."""
+    pairs = np.int64(0)
+    run = np.int64(1)
+    for i in range(lo + 1, hi):
+        if a[i] == a[i - 1]:
+            run += 1
+        else:
+            pairs += run * (run - 1) // 2
+            run = 1
+    return pairs + run * (run - 1) // 2 if hi > lo else pairs
+
+
+@njit(nogil=True, cache=True)
 def _tau_b(y: np.ndarray, order: np.ndarray, starts: np.ndarray, xtie: np.int64) -> float:
     """tau-b of ``y`` against the reference whose ascending order is ``order`` and whose
     runs of equal values begin at ``starts`` (closed by ``len(order)``), ``xtie`` their pairs."""
@@ -40,14 +54,7 @@ def _tau_b(y: np.ndarray, order: np.ndarray, starts: np.ndarray, xtie: np.int64)
         hi = starts[g + 1] if g + 1 < starts.size else n
         if hi - lo > 1:
             a[lo:hi] = np.sort(a[lo:hi])
-            run = np.int64(1)
-            for i in range(lo + 1, hi):
-                if a[i] == a[i - 1]:
-                    run += 1
-                else:
-                    ntie += run * (run - 1) // 2
-                    run = 1
-            ntie += run * (run - 1) // 2
+            ntie += _tied_pairs(a, lo, hi)
     # discordant pairs: strict inversions of y, counted by a bottom-up merge sort
     dis = np.int64(0)
     buf = np.empty(n)
@@ -76,15 +83,7 @@ def _tau_b(y: np.ndarray, order: np.ndarray, starts: np.ndarray, xtie: np.int64)
                 k += 1
         a, buf = buf, a
         width *= 2
-    ytie = np.int64(0)
-    run = np.int64(1)
-    for i in range(1, n):
-        if a[i] == a[i - 1]:
-            run += 1
-        else:
-            ytie += run * (run - 1) // 2
-            run = 1
-    ytie += run * (run - 1) // 2
+    ytie = _tied_pairs(a, 0, n)
     tot = np.int64(n) * (n - 1) // 2
     if xtie == tot or ytie == tot:
         return np.nan
