@@ -138,7 +138,9 @@ def run_models(run_dir: Path):
                  ("spread", trained.spread_model)]
         for label, est in parts:
             if est is not None:
-                out.append((f"{folder.name}/{label}", est.booster_, X, int(est.best_iteration_), data))
+                # a spread model reads a subset of the design's columns
+                cols = list(getattr(est, "feature_names_in_", X.columns))
+                out.append((f"{folder.name}/{label}", est.booster_, X[cols], int(est.best_iteration_), data))
     return out, fb
 
 

@@ -167,6 +167,17 @@ def fit_spread_model(X, abs_residual, groups, fold, sample_weight=None, params: 
     return np.maximum(oof, floor), model, floor
 
 
+def predict_spread(model, X, floor: float) -> np.ndarray:
+    """The spread model's predictions for the rows of ``X``, floored at ``floor``.
+
+    ``X`` is a design matrix with at least the model's columns (a spread model reads the
+    columns :func:`~territoria.models.backtest.spread_columns` chose, by name)."""
+    names = getattr(model, "feature_names_in_", None)
+    if names is not None and hasattr(X, "columns") and list(X.columns) != list(names):
+        X = X.loc[:, list(names)]
+    return np.maximum(model.predict(X), floor)
+
+
 def zone_groups(
     population, density=None, zone=None, urban_density: float = 300.0
 ) -> pd.DataFrame:

@@ -86,6 +86,9 @@ class IntervalConfig(BaseModel):
 
     levels: list[float] = Field(default_factory=lambda: [0.8, 0.9])
     normalised: bool = True
+    #: the spread model reads the columns the fold models split on for most of their gain
+    #: (None: every column of the design)
+    spread_features: int | None = Field(default=60, ge=1)
     urban_density: float = 300.0
 
 

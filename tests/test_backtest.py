@@ -16,9 +16,12 @@ from territoria.models.backtest import (
     backtest_oof,
     predict_target,
     run_backtest,
+    spread_columns,
     train_target,
 )
+from territoria.models.intervals import predict_spread
 from territoria.models.targets import load_model_config
+from territoria.models.trajectory import HurdleRegressor, TrajectoryRegressor
 from territoria.registry import load_registry
 
 FAST = {"n_estimators": 60, "learning_rate": 0.1, "n_jobs": 1}
@@ -289,12 +292,43 @@ def test_final_model_reuses_the_fold_models_and_the_spread_model(feature_build, 
     assert refit.spread_floor == reused.spread_floor
     data_X = FeatureCache.of(feature_build).design("unemployment_rate", 2018, load_registry(),
                                                    select=False)[0].reindex(columns=refit.columns).iloc[:300]
-    np.testing.assert_array_equal(refit.spread_model.predict(data_X), reused.spread_model.predict(data_X))
+    # the spread model reads the columns of most gain in the fold models, found again the same
+    spread_cols = list(reused.spread_model.feature_names_in_)
+    assert len(spread_cols) == min(normalised_config.intervals.spread_features, len(refit.columns))
+    assert spread_cols == list(refit.spread_model.feature_names_in_)
+    assert spread_cols == [c for c in refit.columns if c in set(spread_cols)]
+    np.testing.assert_array_equal(predict_spread(refit.spread_model, data_X, 0.0),
+                                  predict_spread(reused.spread_model, data_X, 0.0))
     for a, b in zip(refit.fold_models, reused.fold_models, strict=True):
         np.testing.assert_array_equal(a.predict(data_X), b.predict(data_X))
     # the scored zones' intervals in the backtest use the spreads the final model calibrates on
     p = result.predictions[result.predictions["scored"]]
     assert p["low_80"].notna().all() and (p["high_80"] > p["low_80"]).all()
+
+
+def test_spread_columns_are_those_the_fold_models_gain_most_on():
+    """The spread model reads the columns of most gain (summed over the folds and over both
+    parts of a hurdle model), kept in the design's order; all of them when none is dropped."""
+    rng = np.random.default_rng(0)
+    cols = [f"x{i}" for i in range(8)]
+    X = pd.DataFrame(rng.normal(size=(600, 8)), columns=cols)
+    y = 3 * X["x5"] + X["x2"] + rng.normal(scale=0.1, size=600)
+    zero = (X["x7"] > 0.8).to_numpy()  # the classifier of a hurdle model learns x7
+    reg = TrajectoryRegressor(n_estimators=40, early_stopping_rounds=None)
+    models = [reg.fit(X, y), HurdleRegressor(regressor=reg).fit(X, y, structural_zero=zero)]
+    assert spread_columns(models[:1], cols, 2) == ["x2", "x5"]
+    assert spread_columns(models, cols, 3) == ["x2", "x5", "x7"]
+    assert spread_columns(models, cols, None) == cols == spread_columns(models, cols, 8)
+    with pytest.raises(ValueError, match="7 columns"):
+        spread_columns(models, cols[:7], 3)
+
+
+def test_spread_predictions_read_the_spread_models_columns():
+    rng = np.random.default_rng(1)
+    X = pd.DataFrame(rng.normal(size=(300, 4)), columns=["a", "b", "c", "d"])
+    model = TrajectoryRegressor(n_estimators=20, early_stopping_rounds=None).fit(X[["b", "d"]], np.abs(X["d"]))
+    np.testing.assert_array_equal(predict_spread(model, X, 0.0), model.predict(X[["b", "d"]]))
+    assert (predict_spread(model, X, 0.5) >= 0.5).all()
 
 
 def test_a_saved_model_loads_with_its_fold_models(feature_build, normalised_config, tmp_path):
