@@ -5,7 +5,7 @@
 Both follow the scikit-learn contract (``__init__`` stores parameters only, ``fit`` returns
 ``self``, fitted attributes end with ``_``; checked with ``parametrize_with_checks``) and:
 
-* are small and fast by default (31 leaves, depth at most 8 in ``conf/models.yml``, learning
+* are small and fast by default (23 leaves, depth at most 8 in ``conf/models.yml``, learning
   rate 0.05, at most 400 rounds);
 * stop early on a **spatially blocked** validation split: whole groups (departments) carved
   out of the training rows when ``fit(..., groups=...)`` receives them, a random split
