@@ -53,7 +53,7 @@ from markupsafe import Markup
 
 from territoria.digest import FileDigests, file_sha256
 from territoria.errors import DataError
-from territoria.io import write_atomic, write_csv, write_csv_rounded, write_json
+from territoria.io import write_atomic, write_bytes_atomic, write_csv, write_csv_rounded, write_json
 from territoria.pipelines.explain_zone import _DOMAINS, _num, _ordinal, _signed, read_priorities
 from territoria.workers import SideProcess
 
@@ -927,8 +927,7 @@ def write_cards(cd: CardData, zones: list[str], folder: Path, lang: str, chunk: 
     for i in range(0, len(zones), chunk):
         for ctx in card_contexts(cd, zones[i:i + chunk], lang):
             text = env_t.render(z=ctx, t=T, links=True)
-            written.append(write_atomic(folder / f"{ctx['code']}.html",
-                                        lambda tmp, s=text: tmp.write_text(s, encoding="utf-8")))
+            written.append(write_bytes_atomic(folder / f"{ctx['code']}.html", text.encode("utf-8")))
     return written
 
 
@@ -936,7 +935,7 @@ def remove_other_cards(folder: Path, cards: list[Path]) -> None:
     """Remove the cards of ``folder`` that are not ``cards`` (zones no longer listed)."""
     keep = {p.name for p in cards}
     for old in folder.glob("*.html"):
-        # dot files are other writers' temporaries (write_atomic), not cards
+        # dot files are other writers' temporaries (write_atomic, write_bytes_atomic), not cards
         if old.name not in keep and not old.name.startswith("."):
             old.unlink(missing_ok=True)
 

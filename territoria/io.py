@@ -6,6 +6,7 @@ import csv
 import json
 import os
 import tempfile
+import threading
 from collections.abc import Callable
 from contextlib import contextmanager
 from pathlib import Path
@@ -77,6 +78,39 @@ def write_atomic(path: Path | str, writer: Callable[[Path], None]) -> Path:
     with atomic_path(path) as tmp:
         writer(tmp)
     return Path(path)
+
+
+def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
+    """Write ``data`` to ``path`` atomically, in an existing folder: for many small files.
+
+    The temporary file is created, written and renamed through one descriptor: a third of
+    :func:`write_atomic`'s system calls (no ``mkdir``, no reopening, no ``chmod``: the file
+    gets the permissions the umask allows, as any new file). 4,186 zone cards of 9 kB took
+    0.34-0.39 s against 1.2-1.3 s (benchmarks/README.md, twenty-fourth measurement). Errors
+    are reported as :func:`write_atomic`'s are, naming ``path``.
+    """
+    path = Path(path)
+    # one writer per process and thread at a time: the name is its own (O_EXCL refuses any
+    # other); a file of that name is a temporary left by a killed process of the same id
+    tmp = path.with_name(f".{path.name}.{os.getpid()}-{threading.get_ident()}.tmp")
+    try:
+        try:
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        except FileExistsError:
+            tmp.unlink()
+            fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666)
+        try:
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+        except BaseException:
+            tmp.unlink(missing_ok=True)
+            raise
+    except OSError as exc:
+        if not _about_output(exc, path, tmp):
+            raise
+        raise OutputError(path, os_problem(exc)) from exc
+    return path
 
 
 def write_parquet(df: pd.DataFrame, path: Path | str, float_dictionary: bool = True) -> Path:

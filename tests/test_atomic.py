@@ -5,13 +5,14 @@ import signal
 import subprocess
 import sys
 import textwrap
+import threading
 import time
 
 import pandas as pd
 import pytest
 
 from territoria.errors import OutputError
-from territoria.io import atomic_path, write_atomic, write_csv, write_parquet
+from territoria.io import atomic_path, write_atomic, write_bytes_atomic, write_csv, write_parquet
 
 N_ROWS = 400_000
 
@@ -91,6 +92,39 @@ def test_outputs_are_readable_as_the_umask_allows(tmp_path):
               "write_parquet(pd.DataFrame({'a': [1]}), sys.argv[1])")
     subprocess.run([sys.executable, "-c", script, str(tmp_path / "group.parquet")], check=True)
     assert (tmp_path / "group.parquet").stat().st_mode & 0o777 == 0o640
+
+
+def test_small_files_are_written_whole_with_the_umasks_permissions(tmp_path):
+    card = tmp_path / "75056.html"
+    assert write_bytes_atomic(card, "<p>Paris</p>".encode()) == card
+    assert card.read_text(encoding="utf-8") == "<p>Paris</p>"
+    mask = os.umask(0o022)
+    os.umask(mask)
+    assert card.stat().st_mode & 0o777 == 0o666 & ~mask
+    # a new version replaces it; a temporary a killed process of the same id left is taken over
+    stale = tmp_path / f".75056.html.{os.getpid()}-{threading.get_ident()}.tmp"
+    stale.write_text("half a card", encoding="utf-8")
+    write_bytes_atomic(card, "<p>Paris, 2</p>".encode())
+    assert card.read_text(encoding="utf-8") == "<p>Paris, 2</p>"
+    assert _temporaries(tmp_path, card.name) == []
+
+
+def test_a_small_file_that_cannot_be_written_names_it_and_keeps_its_previous_version(tmp_path, monkeypatch):
+    missing = tmp_path / "zones" / "13055.html"
+    with pytest.raises(OutputError) as caught:
+        write_bytes_atomic(missing, b"<p>Marseille</p>")
+    assert str(caught.value).startswith(str(missing) + ":") and ".tmp" not in str(caught.value)
+    card = tmp_path / "13055.html"
+    write_bytes_atomic(card, b"<p>Marseille</p>")
+
+    def full_disk(src, dst):
+        raise OSError(28, "No space left on device", str(src))
+
+    monkeypatch.setattr(os, "replace", full_disk)
+    with pytest.raises(OutputError) as caught:
+        write_bytes_atomic(card, b"<p>Marseille, 2</p>")
+    assert str(caught.value).startswith(str(card) + ":") and "no space left" in str(caught.value)
+    assert card.read_bytes() == b"<p>Marseille</p>" and _temporaries(tmp_path, card.name) == []
 
 
 @pytest.mark.parametrize("trial", [0, 1])
