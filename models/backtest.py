@@ -614,7 +614,7 @@ def spread_columns(models: list, columns, n_features: int | None) -> list[str]:
 
     The spread model estimates how large a model's error is where it is sure or unsure; on the
     key targets, the 60 columns of most gain give intervals whose interval score is within
-    0.5 % of the whole design's, for half the spread model's fitting time (benchmarks/README.md,
+    0.6 % of the whole design's, for half the spread model's fitting time (benchmarks/README.md,
     twenty-fourth measurement).
     """
     columns = [str(c) for c in columns]

@@ -85,7 +85,7 @@ def write_bytes_atomic(path: Path | str, data: bytes) -> Path:
 
     The temporary file is created, written and renamed through one descriptor: a third of
     :func:`write_atomic`'s system calls (no ``mkdir``, no reopening, no ``chmod``: the file
-    gets the permissions the umask allows, as any new file). 4,186 zone cards of 9 kB took
+    gets the permissions the umask allows, as any new file). 4,186 files of 9 kB took
     0.34-0.39 s against 1.2-1.3 s (benchmarks/README.md, twenty-fourth measurement). Errors
     are reported as :func:`write_atomic`'s are, naming ``path``.
     """
