@@ -5,7 +5,7 @@ scores with the run's: 200 calls of :func:`scipy.stats.kendalltau` on ~35,000 co
 1.4 s of CPU, each call sorting the run's scores again. :class:`KendallReference` sorts the
 reference once (with its ties), and each comparison then sorts the other vector within the
 reference's ties and counts the discordant pairs by a merge sort (Knight's algorithm, as
-scipy does), compiled with numba and without the GIL: about 1 ms a call. The statistic is
+scipy does), compiled with numba and without the GIL: 2.9 ms a call against 7.1 ms. The statistic is
 scipy's formula on the same counts, so the values are equal to scipy's.
 
 Examples

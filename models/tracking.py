@@ -176,8 +176,8 @@ def _is_empty_store(path: Path) -> bool:
         return False
 
 
-def _seed_store(db: Path) -> bool:
-    """Create the store file ``db`` as a copy of :func:`empty_store_template`; False (MLflow
+def _seed_store(db: Path) -> None:
+    """Create the store file ``db`` as a copy of :func:`empty_store_template`; nothing (MLflow
     then builds it) when the template cannot be built or ``db`` appeared meanwhile."""
     from mlflow.exceptions import MlflowException
     from sqlalchemy.exc import SQLAlchemyError
@@ -189,9 +189,8 @@ def _seed_store(db: Path) -> bool:
             copy = Path(tmp) / db.name
             shutil.copyfile(template, copy)
             os.link(copy, db)  # never replaces a store another process has just created
-        return True
     except (OSError, RuntimeError, sqlite3.Error, MlflowException, SQLAlchemyError):  # RuntimeError: no home
-        return False
+        pass
 
 
 def tracking_store(
