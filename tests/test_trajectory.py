@@ -227,7 +227,8 @@ def test_select_features_drops_constant_empty_and_duplicates():
     assert select_features(X, corr_threshold=0.9) == ["a", "c"]
 
 
-def test_average_ranks_are_dataframe_rank_with_missing_at_the_mean_rank():
+@pytest.mark.parametrize("threads", [1, 2, 3])
+def test_average_ranks_are_dataframe_rank_with_missing_at_the_mean_rank(threads):
     from territoria.models.trajectory import _average_ranks
 
     rng = np.random.default_rng(2)
@@ -239,10 +240,14 @@ def test_average_ranks_are_dataframe_rank_with_missing_at_the_mean_rank():
     })
     expected = X.rank()
     expected = expected.fillna(expected.mean())
-    np.testing.assert_array_equal(_average_ranks(X.to_numpy()), expected.to_numpy())
-    ranks, distinct = _average_ranks(X.to_numpy(), distinct=True)
+    np.testing.assert_array_equal(_average_ranks(X.to_numpy(), threads=threads), expected.to_numpy())
+    ranks, distinct = _average_ranks(X.to_numpy(), distinct=True, threads=threads)
     np.testing.assert_array_equal(ranks, expected.to_numpy())
     np.testing.assert_array_equal(distinct, X.nunique().to_numpy())
+    # no column, no row
+    assert _average_ranks(np.zeros((5, 0)), threads=threads).shape == (5, 0)
+    ranks, distinct = _average_ranks(np.zeros((0, 3)), distinct=True, threads=threads)
+    assert ranks.shape == (0, 3) and distinct.tolist() == [0, 0, 0]
 
 
 # --------------------------------------------------------------------------- history features
