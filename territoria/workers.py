@@ -142,6 +142,10 @@ class SideProcess:
                 self._future = self._pool.submit(fn, *args)
             except BrokenProcessPool:  # the spare process died while preloading: run it here
                 self.close()
+            else:
+                # the process exits as soon as its call returns (the result is kept): an idle
+                # worker would hold its memory until :meth:`result` is asked for, often a stage later
+                self._future.add_done_callback(functools.partial(_shut_down, self._pool))
 
     @property
     def in_process(self) -> bool:
@@ -169,6 +173,11 @@ class SideProcess:
         if self._pool is not None:
             self._pool.shutdown(wait=False, cancel_futures=True)
             self._pool = None
+
+
+def _shut_down(pool: ProcessPoolExecutor, _done: Future) -> None:
+    """Let ``pool``'s processes exit once their calls are done (a done-callback)."""
+    pool.shutdown(wait=False)
 
 
 def worker_pool(workers: int, background: bool = False) -> ProcessPoolExecutor:
