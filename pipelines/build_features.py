@@ -223,6 +223,7 @@ def run_build_features(
     tables = {name: df for name, df in loaded.items() if sources[name].kind == "table"}
     points = {name: df for name, df in loaded.items() if sources[name].kind == "points"}
     geoms = loaded["commune_geometries"]
+    del loaded  # the tables are freed as the panel is built: build_panel(consume=True)
     timings["sources"] = time.perf_counter() - t0
     if sources_read is not None:
         sources_read()
@@ -235,8 +236,7 @@ def run_build_features(
     try:
         spatial = writer.submit(_spatial_weights, geoms, identity, params.features.knn_fallback)
         t0 = time.perf_counter()
-        panel, report = build_panel(tables, cog, registry, target_cog=params.target_cog)
-        del tables, loaded  # the tidy source tables live on in the panel only
+        panel, report = build_panel(tables, cog, registry, target_cog=params.target_cog, consume=True)
         if as_of is not None:
             panel = panel[panel["period"] <= as_of].reset_index(drop=True)
         timings["panel"] = time.perf_counter() - t0
