@@ -116,6 +116,29 @@ def decode(uniques: pd.Index, codes: np.ndarray) -> pd.Series:
     return pd.Series(uniques.array.take(np.asarray(codes), allow_fill=True), dtype="str")
 
 
+def decode_categorical(uniques: pd.Index, codes: np.ndarray) -> pd.Series:
+    """Categorical Series of ``uniques[codes]`` (missing where the code is ``-1``), its
+    categories the strings used, sorted.
+
+    A column of a few distinct strings over millions of rows (a panel's measures, levels and
+    sources): one small integer per row instead of a string.
+
+    Examples
+    --------
+    >>> s = decode_categorical(pd.Index(["y", "x", "unused"]), np.array([0, 1, 0, -1]))
+    >>> s.tolist()[:3], s.cat.categories.tolist(), int(s.isna().sum())
+    (['y', 'x', 'y'], ['x', 'y'], 1)
+    """
+    codes = np.asarray(codes)
+    used = np.flatnonzero(np.bincount(codes[codes >= 0], minlength=len(uniques)))
+    categories = pd.Index(np.asarray(uniques, dtype=object)[used], dtype="str")
+    order = np.argsort(np.asarray(categories, dtype=object))
+    position = np.full(len(uniques) + 1, -1, dtype=np.int64)  # the last entry: code -1 stays -1
+    position[used[order]] = np.arange(len(used))
+    small = np.int8 if len(used) < 2**7 else np.int16 if len(used) < 2**15 else np.int32
+    return pd.Series(pd.Categorical.from_codes(position[codes].astype(small), categories=categories[order]))
+
+
 def union(*dictionaries: pd.Index) -> tuple[pd.Index, list[np.ndarray]]:
     """Union of dictionaries and, for each one, the position of its entries in the union.
 
