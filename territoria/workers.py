@@ -175,9 +175,20 @@ class SideProcess:
             self._pool = None
 
 
-def _shut_down(pool: ProcessPoolExecutor, _done: Future) -> None:
-    """Let ``pool``'s processes exit once their calls are done (a done-callback)."""
-    pool.shutdown(wait=False)
+def _shut_down(pool: ProcessPoolExecutor, done: Future) -> None:
+    """Let ``pool``'s processes exit once the call of ``done`` is (a done-callback).
+
+    The callback may run in the pool's manager thread while it holds the lock that
+    ``shutdown`` takes (a broken pool sets its futures' errors so): the shutdown is asked for
+    from a thread of its own. A broken or cancelled call's pool is being shut down already.
+    """
+    if done.cancelled() or isinstance(done.exception(), BrokenProcessPool):
+        return
+    try:
+        threading.Thread(target=pool.shutdown, kwargs={"wait": False}, name="side-process-exit",
+                         daemon=True).start()
+    except RuntimeError:  # the interpreter is exiting: its pools are shut down anyway
+        pass
 
 
 def worker_pool(workers: int, background: bool = False) -> ProcessPoolExecutor:

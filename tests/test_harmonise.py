@@ -180,3 +180,41 @@ def test_souleuvre_rebuilt_in_bpe_2009_and_2013(cog2026, mapping):
         assert len(parts) >= 15
         row = _out(res, "14061", "n_school_primary", period)
         assert row.value == parts.value.sum() and row.n_parts == len(parts)
+
+
+def _two_sources(filosofi):
+    """Filosofi's rows of two departments (one of them Corsica's), split by variable into two
+    tables, as if from two sources."""
+    rows = filosofi[filosofi.zone_code.str[:2].isin(["59", "2A"])]
+    variables = sorted(rows.variable.unique())
+    return {"a": rows[rows.variable.isin(variables[::2])].reset_index(drop=True),
+            "b": rows[rows.variable.isin(variables[1::2])].reset_index(drop=True)}
+
+
+def test_build_panel_consumes_its_tables_and_codes_its_keys(filosofi, cog2026):
+    """``consume=True`` frees the caller's tables as they are harmonised and gives the same
+    panel; its level, measure and source are categorical, their categories sorted and used."""
+    import weakref
+
+    from territoria.features.panel import build_panel, panel_codes
+
+    registry = load_registry()
+    reference, _ = build_panel(_two_sources(filosofi), cog2026, registry, target_cog=2026)
+    tables = _two_sources(filosofi)
+    freed = [weakref.ref(t) for t in tables.values()]
+    panel, _ = build_panel(tables, cog2026, registry, target_cog=2026, consume=True)
+    assert tables == {} and all(ref() is None for ref in freed)
+    pd.testing.assert_frame_equal(panel, reference)
+    assert panel.zone_code.str.startswith("2A").any()
+    for column in ("level", "measure", "source"):
+        values = panel[column]
+        assert isinstance(values.dtype, pd.CategoricalDtype)
+        assert list(values.cat.categories) == sorted(set(values.astype(str)))
+    assert set(panel.source) == {"a", "b"}
+    # the panel's codes read the categorical columns as the string ones
+    codes = panel_codes(panel)
+    strings = panel.astype({c: "str" for c in ("level", "measure", "source")})
+    other = panel_codes(strings)
+    assert list(codes.measures) == list(other.measures) and codes.measures.dtype == other.measures.dtype
+    np.testing.assert_array_equal(codes.measure, other.measure)
+    np.testing.assert_array_equal(codes.level, other.level)

@@ -16,6 +16,30 @@ def test_the_call_runs_in_another_process():
     assert job.result() != os.getpid()
 
 
+def test_a_side_process_exits_once_its_call_returns_and_keeps_the_result():
+    """An idle worker would hold its memory until the result is asked for, often a stage
+    later in the main job: it exits as soon as its call is done."""
+    job = SideProcess(os.getpid, min_cpus=1)
+    deadline = time.monotonic() + 30
+    while not job._future.done() and time.monotonic() < deadline:
+        time.sleep(0.05)
+    pid = job._future.result()
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid)
+    assert job.result() == pid != os.getpid()
+
+
+def test_a_spare_process_exits_once_the_call_handed_to_it_returns():
+    spare = SpareProcess(min_cpus=1)
+    job = spare.run(os.getpid)
+    pid = job._future.result(timeout=30)
+    deadline = time.monotonic() + 30
+    while _alive(pid) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert not _alive(pid) and job.result() == pid
+
+
 def test_a_broken_worker_falls_back_to_this_process_with_a_warning():
     # the worker dies without answering (as a spawned child of an unguarded script does)
     job = SideProcess(os._exit, 3, fallback=lambda: "written here", min_cpus=1)
