@@ -12,12 +12,12 @@ run's total includes importing the pipeline, as ``territoria run`` does), the jo
 within each stage, the total, and the ratios to the targets of issue 6 on this 2-core
 machine (60 s, 3 GB).
 
-The job's memory is that of all its processes: this one, the workers' fork server and the
-worker processes (source parsing, MLflow logging, figures, zone cards), sampled every 0.1 s
-as the sum of their proportional set sizes (PSS, Linux's ``smaps_rollup``: a page shared by
-several processes, such as the modules a forked worker shares with the fork server, is
-counted once in the sum). The peak resident memory of this process alone (``ru_maxrss``) is
-printed too. GB here are 1024³ bytes.
+The job's memory is that of all its processes, sampled every 0.1 s: the resident size of
+this one plus the proportional set sizes of the workers' fork server and the worker
+processes (source parsing, MLflow logging, figures, zone cards; PSS, from Linux's
+``smaps_rollup``: a page shared by several processes, such as the modules a forked worker
+shares with the fork server, is counted once in the sum). The peak resident memory of this
+process alone (``ru_maxrss``) is printed too. GB here are 1024³ bytes.
 """
 
 from __future__ import annotations
@@ -26,8 +26,10 @@ import argparse
 import json
 import os
 import resource
+import select
+import subprocess
+import sys
 import tempfile
-import threading
 import time
 from pathlib import Path
 
@@ -68,37 +70,56 @@ def _pss_gb(pid: int) -> float:
     return 0.0
 
 
+def _rss_gb(pid: int) -> float:
+    """Resident size of ``pid`` in GB (0 if it ended)."""
+    try:
+        with open(f"/proc/{pid}/statm", encoding="ascii") as f:
+            return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 1024**3
+    except OSError:
+        return 0.0
+
+
+def _sample_memory(owner: int, interval: float) -> None:
+    """The sampler process: every ``interval`` seconds, the resident size of ``owner`` plus
+    the PSS of its descendants (this process left out), until its standard input closes; then
+    one ``time GB`` line per sample (``time.monotonic``, the same clock in every process)."""
+    me, samples = os.getpid(), []
+    while not select.select([sys.stdin], [], [], interval)[0]:
+        others = sum(_pss_gb(p) for p in _descendants(owner) if p not in (me, owner))
+        samples.append((time.monotonic(), _rss_gb(owner) + others))
+    sys.stdout.write("".join(f"{t} {gb}\n" for t, gb in samples))
+
+
 class MemorySampler:
-    """Memory of this process and its descendants (sum of PSS), sampled every ``interval``
-    seconds in a thread, to give the job's peak and tell which stage sets it. Where
-    ``smaps_rollup`` is missing (not Linux), this process's resident size from ``ru_maxrss``."""
+    """Memory of this process and its descendants, sampled every ``interval`` seconds, to
+    give the job's peak and tell which stage sets it: this process's resident size plus the
+    PSS of the others. This process's PSS would be at most its resident size (a little less:
+    its library pages are shared with the workers); reading it walks the process's page
+    tables, which at this rate slowed its training by 3 s. The sampling runs in a process of
+    its own, out of this one's GIL. Where ``smaps_rollup`` is missing (not Linux), the peak is
+    this process's resident size from ``ru_maxrss``."""
 
     def __init__(self, interval: float = 0.1) -> None:
         self.interval = interval
         self.samples: list[tuple[float, float]] = []
-        self._stop = threading.Event()
         self.available = os.path.exists(f"/proc/{os.getpid()}/smaps_rollup")
 
-    def _run(self) -> None:
-        me = os.getpid()
-        while not self._stop.is_set():
-            gb = (sum(_pss_gb(p) for p in _descendants(me)) if self.available else _peak_gb())
-            self.samples.append((time.perf_counter(), gb))
-            self._stop.wait(self.interval)
-
     def __enter__(self) -> MemorySampler:
-        self.start = time.perf_counter()
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
+        self.start = time.monotonic()
+        self._process = (subprocess.Popen([sys.executable, __file__, "--sample-memory-of", str(os.getpid()),
+                                           "--interval", str(self.interval)],
+                                          stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+                         if self.available else None)
         return self
 
     def __exit__(self, *exc) -> None:
-        self._stop.set()
-        self._thread.join()
+        if self._process is not None:
+            out, _ = self._process.communicate("")  # closing its input stops it
+            self.samples = [(float(t), float(gb)) for t, gb in (line.split() for line in out.splitlines())]
 
     @property
     def peak(self) -> float:
-        return max((gb for _, gb in self.samples), default=float("nan"))
+        return max((gb for _, gb in self.samples), default=float("nan")) if self.available else _peak_gb()
 
     def peak_by_stage(self, timings: dict[str, float]) -> dict[str, float]:
         """Peak memory (GB) within each stage, the stages taken back to back from the start."""
@@ -124,12 +145,22 @@ def _report(label: str, wall: float, out: Path, memory: MemorySampler, imports: 
     if imports:
         print(f"  imports     {imports:7.1f} s")
     print(f"  total       {wall:7.1f} s   (target {TARGET_S:.0f} s: ratio {wall / TARGET_S:.2f})")
-    what = "all processes, PSS" if memory.available else "this process"
+    what = "all processes" if memory.available else "this process"
     print(f"  peak memory {memory.peak:7.2f} GB  ({what}; target {TARGET_GB:.0f} GB: ratio {memory.peak / TARGET_GB:.2f})")
     print(f"  this process's peak resident memory so far: {_peak_gb():.2f} GB")
 
 
 def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--data", type=Path, default=None)
+    parser.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary one)")
+    parser.add_argument("--no-rerun", action="store_true", help="skip the second, reusing run")
+    parser.add_argument("--sample-memory-of", type=int, default=None, help=argparse.SUPPRESS)
+    parser.add_argument("--interval", type=float, default=0.1, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.sample_memory_of is not None:  # the sampler process (MemorySampler)
+        _sample_memory(args.sample_memory_of, args.interval)
+        return
     # imported here: the workers re-import this script; timed, and counted in the first
     # run's total, as `territoria run` pays it (which starts the workers' fork server first)
     start = time.perf_counter()
@@ -140,12 +171,6 @@ def main() -> None:
     start_fork_server()
     from territoria.pipelines.main import run_main
     imports = time.perf_counter() - start
-
-    parser = argparse.ArgumentParser()
-    parser.add_argument("--data", type=Path, default=None)
-    parser.add_argument("--out", type=Path, default=None, help="output folder (default: a temporary one)")
-    parser.add_argument("--no-rerun", action="store_true", help="skip the second, reusing run")
-    args = parser.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         out = args.out or Path(tmp) / "run"
         labels = ["run 1"] + ([] if args.no_rerun else ["run 2, same folder"])
