@@ -14,10 +14,15 @@ LightGBM dataset of the backtest has its pages mapped and zeroed by the kernel a
 fifth of the main job's CPU time was the kernel's). :func:`configure_allocators` keeps such
 blocks for reuse until :func:`release_free_memory` returns them between stages, and takes
 fresh memory in small pages, which a virtual machine's host backs far faster than huge ones.
-The main job returns memory between its stages only: trims within a stage (after threads,
-after freeing the panel) kept each stage's peak 0.2-0.6 GB lower, under the feature stage's,
-but the steps after them took the pages back one fault at a time (2.4 M minor faults against
-1.5 M, 1.5 core-seconds of the kernel's).
+The main job returns memory between its stages, and within a stage only where most of what
+the process holds has just been freed and worker processes are alive beside it: once the
+panel's source tables are coded (:func:`territoria.features.panel.build_panel`), and in the
+scoring stage once the panel and the design matrices, then the SHAP tables, are freed (1.2-1.7
+GB of free memory held then). Each trim makes the next steps take their pages back one fault
+at a time (trims after every step cost 1.5 core-seconds of the kernel's); these few cost no
+measurable time. With the worker processes exiting as soon as their call returns and the
+panel's keys categorical, they took the whole job's peak, workers included, from 3.1-3.3 to
+2.4-2.5 GB (benchmarks/README.md, twenty-sixth measurement).
 """
 
 from __future__ import annotations
