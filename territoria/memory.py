@@ -17,7 +17,7 @@ fresh memory in small pages, which a virtual machine's host backs far faster tha
 The main job returns memory between its stages, and within a stage only where most of what
 the process holds has just been freed and worker processes are alive beside it: once the
 panel's source tables are coded (:func:`territoria.features.panel.build_panel`), and in the
-scoring stage once the panel and the design matrices, then the SHAP tables, are freed (1.2-1.7
+scoring stage once the panel and the design matrices, then the SHAP tables, are freed (1.1-1.8
 GB of free memory held then). Each trim makes the next steps take their pages back one fault
 at a time (trims after every step cost 1.5 core-seconds of the kernel's); these few cost no
 measurable time. With the worker processes exiting as soon as their call returns and the
