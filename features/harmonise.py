@@ -135,8 +135,8 @@ def decode_categorical(uniques: pd.Index, codes: np.ndarray) -> pd.Series:
     order = np.argsort(np.asarray(categories, dtype=object))
     position = np.full(len(uniques) + 1, -1, dtype=np.int64)  # the last entry: code -1 stays -1
     position[used[order]] = np.arange(len(used))
-    small = np.int8 if len(used) < 2**7 else np.int16 if len(used) < 2**15 else np.int32
-    return pd.Series(pd.Categorical.from_codes(position[codes].astype(small), categories=categories[order]))
+    # from_codes stores the codes in the narrowest integers that hold them
+    return pd.Series(pd.Categorical.from_codes(position[codes], categories=categories[order]))
 
 
 def union(*dictionaries: pd.Index) -> tuple[pd.Index, list[np.ndarray]]:
